@@ -1,0 +1,17 @@
+"""convlab: from a folder of photos to a well-tuned convolutional image classifier.
+
+TensorFlow is imported lazily, so `import convlab` and `convlab --help` stay fast and the
+ingest worker processes (Pillow only) never load it.
+"""
+
+from convlab.errors import ConvlabError
+
+__version__ = "0.1.0"
+__all__ = ["ConvlabError", "__version__", "train"]
+
+
+def train(*args, **kwargs):
+    """Train a model; see `convlab.training.trainer.train`."""
+    from convlab.training.trainer import train as _train
+
+    return _train(*args, **kwargs)

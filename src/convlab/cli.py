@@ -1,0 +1,256 @@
+"""The `convlab` command: thin subcommands over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from convlab import __version__
+from convlab.errors import ConvlabError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+# ---- data ----
+
+
+def cmd_data_prepare(args) -> int:
+    from convlab.data import prepare
+
+    manifest = prepare(args.src, args.out, size=args.size, shards=args.shards,
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                       quality=args.quality, seed=args.seed, workers=args.workers,
+                       overwrite=args.overwrite, progress=not args.quiet)
+    print_prepare_summary(manifest, args.out)
+    return 0
+
+
+def print_prepare_summary(manifest: dict, out) -> None:
+    from rich.table import Table
+
+    console = _console()
+    if manifest.get("resumed") == "already complete":
+        console.print(f"[bold]{out}[/] already holds this dataset, unchanged; nothing to do.")
+    splits = list(manifest["counts"]["per_split"])
+    table = Table(title=f"{out}: {manifest['counts']['total']} images, "
+                        f"{manifest['image_size'][0]} px, {len(manifest['shards'])} shards")
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    table.add_column("total", justify="right")
+    for label, per_split in manifest["counts"]["per_class"].items():
+        table.add_row(label, *(str(per_split.get(s, 0)) for s in splits),
+                      str(sum(per_split.values())))
+    table.add_row("[bold]all", *(f"[bold]{manifest['counts']['per_split'][s]}" for s in splits),
+                  f"[bold]{manifest['counts']['total']}")
+    console.print(table)
+    counts = manifest["counts"]
+    line = (f"kept {counts['total']} of {counts['candidates']} candidate files; "
+            f"skipped {counts['skipped']}")
+    if manifest["skipped_by_reason"]:
+        line += " (" + ", ".join(f"{n} {r}" for r, n in manifest["skipped_by_reason"].items()) + ")"
+    line += f"; ignored {counts['ignored']} non-image files"
+    console.print(line)
+    for label in manifest["empty_classes"]:
+        console.print(f"[yellow]warning:[/] class folder {label!r} has no usable images; "
+                      "it is not a class of this dataset")
+    if counts["skipped"]:
+        console.print(f"every skipped file and its reason: {Path(out) / 'manifest.json'} "
+                      "(\"skipped\", \"duplicates\")")
+
+
+def cmd_data_inspect(args) -> int:
+    from rich.table import Table
+
+    from convlab.data.inspect import counts, sample_grid
+
+    info = counts(args.path)
+    table = Table(title=f"{args.path}" + ("" if info["prepared"] else " (not prepared)"))
+    table.add_column("class")
+    for split in info["splits"]:
+        table.add_column(split, justify="right")
+    for label in info["classes"]:
+        table.add_row(label, *(str(info["per_class"][label].get(s, 0)) for s in info["splits"]))
+    console = _console()
+    console.print(table)
+    console.print(f"skipped: {info['skipped']}, ignored: {info['ignored']}")
+    out = args.out or Path(args.path) / "samples.png"
+    if not args.out and not os.access(args.path, os.W_OK):
+        out = Path(f"samples-{Path(args.path).name}.png")
+    png = sample_grid(args.path, out, split=args.split, count=args.count)
+    console.print(f"sample grid: {png}")
+    return 0
+
+
+def cmd_data_bench(args) -> int:
+    from rich.table import Table
+
+    from convlab.data.bench import bench
+
+    rows, info = bench(args.path, split=args.split, batch_size=args.batch_size,
+                       rounds=args.rounds, size=args.size, progress=not args.quiet)
+    base = {r.augment: r.images_per_s for r in rows if r.path == "per-file"}
+    table = Table(title=f"input pipeline, {info['images']} {info['split']} images at "
+                        f"{info['size']} px, batch {info['batch_size']}, median of "
+                        f"{info['rounds']} rounds")
+    for col in ("path", "cache", "augment", "images/s", "vs per-file"):
+        table.add_column(col, justify="right" if col in ("images/s", "vs per-file") else "left")
+    for r in rows:
+        table.add_row(r.path, r.cache, "yes" if r.augment else "no", f"{r.images_per_s:,.0f}",
+                      f"{r.images_per_s / base[r.augment]:.2f}x")
+    _console().print(table)
+    return 0
+
+
+# ---- models and training ----
+
+
+def cmd_models(args) -> int:
+    from rich.table import Table
+
+    from convlab.models import create_model, get_model_info, list_models
+
+    if args.name:
+        info = get_model_info(args.name)
+        model = create_model(args.name, args.classes, args.image_size, weights=None) if \
+            info.pretrained else create_model(args.name, args.classes, args.image_size)
+        model.summary()
+        return 0
+    table = Table(title=f"convlab models (parameters for {args.classes} classes)")
+    for col in ("name", "input", "parameters", "pretrained", "description"):
+        table.add_column(col)
+    for info in list_models():
+        opts = {"weights": None} if info.pretrained else {}
+        params = create_model(info.name, args.classes, info.image_size, **opts).count_params()
+        table.add_row(info.name, f"{info.image_size} px", f"{params:,}",
+                      "ImageNet" if info.pretrained else "-", info.description)
+    _console().print(table)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from convlab.training.trainer import TrainConfig, train
+
+    config = TrainConfig(model=args.model, data=args.data, image_size=args.image_size,
+                         epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.lr, augment=not args.no_augment,
+                         precision=args.precision, seed=args.seed, runs_dir=args.runs_dir)
+    run = train(config, progress=not args.quiet)
+    summary = (run / "summary.txt").read_text()
+    _console().print(f"\nrun folder: [bold]{run}[/]\n{summary}")
+    return 0
+
+
+# ---- parser ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convlab",
+        description="From a folder of photos to a well-tuned convolutional image classifier.")
+    p.add_argument("--version", action="version", version=f"convlab {__version__}")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="prepare, inspect and benchmark image data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    prep = dsub.add_parser(
+        "prepare", help="photos -> validated, deduplicated, sharded TFRecords + manifest.json",
+        description="Validate, deduplicate, resize and shard photos into TFRecords. SRC is a "
+                    "folder of class subfolders, a glob or gs:// pattern (class = parent "
+                    "folder), 'flowers' (the public 5-class set, downloaded once) or "
+                    "'synthetic' (generated shapes, for offline demos).")
+    prep.add_argument("src")
+    prep.add_argument("out")
+    prep.add_argument("--size", type=int, default=192, help="output image size in px (192)")
+    prep.add_argument("--shards", type=int, default=16, help="TFRecord files per split (16)")
+    prep.add_argument("--val-fraction", type=float, default=0.2,
+                      help="validation share, stratified by class (0.2)")
+    prep.add_argument("--test-fraction", type=float, default=0.0, help="test share (0)")
+    prep.add_argument("--quality", type=int, default=90, help="JPEG quality (90)")
+    prep.add_argument("--seed", type=int, default=42, help="split and shuffle seed (42)")
+    prep.add_argument("--workers", type=int, default=None, help="processes (all cores)")
+    prep.add_argument("--overwrite", action="store_true",
+                      help="replace a different dataset already in OUT")
+    prep.add_argument("--quiet", action="store_true", help="no progress bars")
+    prep.set_defaults(func=cmd_data_prepare)
+
+    insp = dsub.add_parser("inspect", help="counts per class/split and a PNG grid of samples")
+    insp.add_argument("path", help="prepared folder or folder of class subfolders")
+    insp.add_argument("--out", default=None, help="PNG path (default PATH/samples.png)")
+    insp.add_argument("--split", default="train")
+    insp.add_argument("--count", type=int, default=25, help="images in the grid (25)")
+    insp.set_defaults(func=cmd_data_inspect)
+
+    bench = dsub.add_parser("bench", help="images/s: per-file JPEG vs TFRecord pipeline")
+    bench.add_argument("path", help="prepared folder (or photo folder, prepared first)")
+    bench.add_argument("--split", default="train")
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    bench.add_argument("--size", type=int, default=128, help="size when preparing a photo folder")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=cmd_data_bench)
+
+    models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
+    models.add_argument("name", nargs="?")
+    models.add_argument("--classes", type=int, default=5)
+    models.add_argument("--image-size", type=int, default=None)
+    models.set_defaults(func=cmd_models)
+
+    tr = sub.add_parser("train", help="train a model; writes a run folder")
+    tr.add_argument("model", help="model name (see `convlab models`)")
+    tr.add_argument("--data", default="flowers",
+                    help="prepared folder, folder of class subfolders, 'flowers' (download) "
+                         "or 'synthetic' (default: flowers)")
+    tr.add_argument("--epochs", type=int, default=5)
+    tr.add_argument("--batch-size", type=int, default=32, help="global batch size (32)")
+    tr.add_argument("--image-size", type=int, default=None, help="default: the model's own")
+    tr.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+    tr.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    tr.add_argument("--precision", default="auto",
+                    help="auto|float32|mixed_bfloat16|mixed_float16 (auto)")
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--runs-dir", default="runs", help="where run folders go (runs/)")
+    tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
+    tr.set_defaults(func=cmd_train)
+    return p
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr muted: its C++ start-up lines (oneDNN, CUDA probing)
+    ignore TF_CPP_MIN_LOG_LEVEL and would bury convlab's own output."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # probes CUDA, which logs when there is none
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _import_tensorflow_quietly()
+    try:
+        return args.func(args)
+    except ConvlabError as err:
+        print(f"convlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convlab: interrupted; re-run the same command to resume where it can",
+              file=sys.stderr)
+        return 130

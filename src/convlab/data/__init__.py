@@ -1,0 +1,21 @@
+"""The data layer: photos -> validated TFRecords -> fast tf.data pipelines.
+
+`prepare` (ingest) needs only Pillow; `load`, `load_files` and `load_folder` import
+TensorFlow, so they are resolved on first use.
+"""
+
+from convlab.data.ingest import prepare, read_manifest
+
+__all__ = ["Augment", "load", "load_files", "load_folder", "prepare", "read_manifest"]
+
+
+def __getattr__(name):
+    if name in ("load", "load_files", "load_folder"):
+        from convlab.data import pipeline
+
+        return getattr(pipeline, name)
+    if name == "Augment":
+        from convlab.data.augment import Augment
+
+        return Augment
+    raise AttributeError(f"module 'convlab.data' has no attribute {name!r}")

@@ -1,0 +1,77 @@
+"""Training-time augmentation, applied to whole batches of float images in [0, 1].
+
+Every op draws its randomness per image but runs vectorised over the batch: on a 2-core CPU,
+one batched op is several times cheaper than the same op mapped image by image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from convlab.errors import ConvlabError
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What to randomise. The defaults are the codelab's: left-right flip and saturation.
+
+    Attributes:
+        flip: random left-right flip.
+        saturation: (low, high) saturation factor range; None disables. The codelab uses
+            tf.image.random_saturation(image, 0, 2).
+        zoom: smallest crop side as a fraction of the image (random crop, resized back);
+            0 disables. E.g. 0.8 crops between 80% and 100% of each side.
+        brightness: max absolute brightness shift; 0 disables.
+        contrast: (low, high) contrast factor range; None disables.
+    """
+
+    flip: bool = True
+    saturation: tuple[float, float] | None = (0.0, 2.0)
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.zoom < 1.0:
+            raise ConvlabError(f"augment zoom must be in [0, 1), received: {self.zoom}")
+        for name in ("saturation", "contrast"):
+            rng = getattr(self, name)
+            if rng is not None and not (len(rng) == 2 and 0 <= rng[0] <= rng[1]):
+                raise ConvlabError(f"augment {name} must be (low, high) with 0 <= low <= high, "
+                                   f"received: {rng}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flip or self.saturation or self.zoom or self.brightness or self.contrast)
+
+
+def _uniform(batch: tf.Tensor, low: float, high: float, seed=None) -> tf.Tensor:
+    return tf.random.uniform([tf.shape(batch)[0], 1, 1, 1], low, high, seed=seed)
+
+
+def _blend(a: tf.Tensor, b: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    return b + factor * (a - b)
+
+
+def augment_batch(images: tf.Tensor, aug: Augment) -> tf.Tensor:
+    """Randomly augment a (batch, height, width, 3) float batch in [0, 1]."""
+    if aug.zoom:
+        n = tf.shape(images)[0]
+        side = tf.random.uniform([n, 1], aug.zoom, 1.0)
+        top_left = tf.random.uniform([n, 2]) * (1.0 - side)
+        boxes = tf.concat([top_left, top_left + side], axis=1)
+        images = tf.image.crop_and_resize(images, boxes, tf.range(n), tf.shape(images)[1:3])
+    if aug.flip:
+        images = tf.image.random_flip_left_right(images)
+    if aug.saturation:
+        # Scale the distance from each pixel's grey value: factor 0 is greyscale, 1 unchanged.
+        grey = tf.image.rgb_to_grayscale(images)
+        images = _blend(images, grey, _uniform(images, *aug.saturation))
+    if aug.brightness:
+        images = images + _uniform(images, -aug.brightness, aug.brightness)
+    if aug.contrast:
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        images = _blend(images, mean, _uniform(images, *aug.contrast))
+    return tf.clip_by_value(images, 0.0, 1.0)

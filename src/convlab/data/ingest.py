@@ -1,0 +1,443 @@
+"""Ingest: photos -> validated, deduplicated, resized, sharded TFRecords + manifest.json.
+
+Two parallel passes over the source: a cheap probe (read, hash, sniff the header) that lets
+duplicates and non-images be found before anything is split, then the decode/resize/re-encode
+pass, streamed shard by shard. Each shard is written under a temporary name and renamed when
+complete, with a small record of it beside; a re-run with the same plan resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from convlab.data import decode
+from convlab.data.sources import Scan, is_remote, read_bytes, scan_source
+from convlab.errors import ConvlabError
+
+MANIFEST = "manifest.json"
+STATE = ".convlab-prepare.json"
+PARTS = ".convlab-parts"
+SPLITS = ("train", "validation", "test")
+FORMAT = "convlab.tfrecords/1"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What determines the prepared dataset (workers and progress do not)."""
+
+    size: int = 192
+    shards: int = 16
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    quality: int = 90
+    seed: int = 42
+
+    def validate(self) -> None:
+        if not 8 <= self.size <= 4096:
+            raise ConvlabError(f"--size must be between 8 and 4096 pixels, received: {self.size}")
+        if self.shards < 1:
+            raise ConvlabError(f"--shards must be at least 1, received: {self.shards}")
+        for name, value in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise ConvlabError(f"--{name}-fraction must be in [0, 1), received: {value}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConvlabError(
+                "--val-fraction + --test-fraction must leave images for training, received: "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        if not 1 <= self.quality <= 100:
+            raise ConvlabError(f"--quality must be in 1..100, received: {self.quality}")
+
+
+# ---- worker functions (module level so they pickle; Pillow only) ----
+
+
+def _probe(path: str, data: bytes | None) -> dict:
+    try:
+        data = read_bytes(path) if data is None else data
+    except OSError as err:
+        return {"path": path, "reason": "unreadable", "detail": str(err)}
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        fmt, (width, height) = decode.sniff(data)
+    except decode.SkipImage as skip:
+        return {"path": path, "sha256": digest, "reason": skip.reason, "detail": skip.detail}
+    return {"path": path, "sha256": digest, "format": fmt, "width": width, "height": height}
+
+
+def _decode(path: str, data: bytes | None, size: int, quality: int) -> tuple[str, object]:
+    try:
+        data = read_bytes(path) if data is None else data
+        return path, decode.decode_and_resize(data, size, quality)
+    except decode.SkipImage as skip:
+        return path, {"reason": skip.reason, "detail": skip.detail}
+    except OSError as err:
+        return path, {"reason": "unreadable", "detail": str(err)}
+
+
+# ---- planning ----
+
+
+def _dedupe(probes: list[dict], label_of: dict[str, str]) -> tuple[list[dict], list[dict], list]:
+    """Keep one copy of byte-identical files within a class; drop copies across classes."""
+    by_hash = defaultdict(list)
+    for p in probes:
+        by_hash[p["sha256"]].append(p)
+    kept, skipped, groups = [], [], []
+    for digest, group in by_hash.items():
+        group.sort(key=lambda p: p["path"])
+        classes = sorted({label_of[p["path"]] for p in group})
+        if len(classes) > 1:
+            groups.append({"sha256": digest, "kind": "ambiguous", "classes": classes,
+                           "kept": None, "dropped": [p["path"] for p in group]})
+            for p in group:
+                skipped.append({"path": p["path"], "class": label_of[p["path"]],
+                                "reason": "ambiguous duplicate",
+                                "detail": f"identical files under classes {', '.join(classes)}"})
+            continue
+        kept.append(group[0])
+        if len(group) > 1:
+            groups.append({"sha256": digest, "kind": "same class", "classes": classes,
+                           "kept": group[0]["path"], "dropped": [p["path"] for p in group[1:]]})
+            for p in group[1:]:
+                skipped.append({"path": p["path"], "class": classes[0], "reason": "duplicate",
+                                "detail": f"same bytes as {group[0]['path']}"})
+    return kept, skipped, groups
+
+
+def _split(items: list[dict], opts: PrepareOptions) -> dict[str, list[list[dict]]]:
+    """Stratified split by class, then shuffle each split and cut it into shards."""
+    rng = random.Random(opts.seed)
+    by_class = defaultdict(list)
+    for item in sorted(items, key=lambda i: i["path"]):
+        by_class[item["class"]].append(item)
+    splits = {name: [] for name in SPLITS}
+    for label in sorted(by_class):
+        group = by_class[label]
+        rng.shuffle(group)
+        n_val = round(len(group) * opts.val_fraction)
+        n_test = round(len(group) * opts.test_fraction)
+        if opts.val_fraction > 0 and n_val == 0 and len(group) > 1:
+            n_val = 1  # a class never seen in validation hides its errors
+        splits["validation"] += group[:n_val]
+        splits["test"] += group[n_val:n_val + n_test]
+        splits["train"] += group[n_val + n_test:]
+    sharded = {}
+    for name, members in splits.items():
+        if not members:
+            continue
+        rng.shuffle(members)
+        k = min(opts.shards, len(members))
+        sharded[name] = [members[i * len(members) // k:(i + 1) * len(members) // k]
+                         for i in range(k)]
+    return sharded
+
+
+def _fingerprint(opts: PrepareOptions, classes: list[str], plan: dict) -> str:
+    body = {"options": asdict(opts), "classes": classes,
+            "plan": {s: [[i["sha256"] for i in shard] for shard in shards]
+                     for s, shards in plan.items()}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# ---- the output folder: new, resumable, up to date, or refused ----
+
+
+def _convlab_files(out: Path) -> list[Path]:
+    return [p for p in out.iterdir()
+            if p.name in (MANIFEST, STATE, PARTS) or p.name.endswith((".tfrec", ".tfrec.tmp"))]
+
+
+def _claim_output(out: Path, fingerprint: str, source: str, overwrite: bool) -> dict | None:
+    """Make OUT ready for this plan. Returns the existing manifest if it is already done."""
+    if out.exists() and not out.is_dir():
+        raise ConvlabError(f"output '{out}' is a file; give a folder (it will be created)")
+    if out.is_dir():
+        previous = None
+        for name in (MANIFEST, STATE):
+            if (out / name).exists():
+                previous = json.loads((out / name).read_text())
+                break
+        same_plan = previous is not None and previous.get("fingerprint") == fingerprint
+        if same_plan and (out / MANIFEST).exists():
+            return previous  # done already
+        if not same_plan:  # same plan without a manifest: an interrupted run, resume it
+            if overwrite:
+                for p in _convlab_files(out):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            elif previous is not None:
+                raise ConvlabError(
+                    f"'{out}' already holds a different prepared dataset (from "
+                    f"{previous.get('source')}, size {previous.get('options', {}).get('size')});"
+                    " choose another output folder or pass --overwrite"
+                )
+            others = [p.name for p in out.iterdir()]
+            if others:
+                raise ConvlabError(
+                    f"output folder '{out}' is not empty and is not a convlab dataset "
+                    f"(has {others[0]!r}); choose an empty or new folder"
+                )
+    try:
+        (out / PARTS).mkdir(parents=True, exist_ok=True)
+        probe = out / ".convlab-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConvlabError(f"cannot write to output folder '{out}': {err.strerror}") from None
+    return None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+# ---- the whole job ----
+
+
+def _pool(workers: int | None, n_tasks: int):
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or n_tasks < 64:
+        return None  # spawning processes costs more than it saves on tiny jobs
+    # spawn, not fork: the parent may already hold TensorFlow's threads.
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+
+
+def _map(pool, fn, args: list[tuple], chunksize: int = 16):
+    if pool is None:
+        return (fn(*a) for a in args)
+    return pool.map(fn, *zip(*args, strict=True), chunksize=chunksize) if args else iter(())
+
+
+def _progress(enabled: bool):
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def prepare(
+    src: str,
+    out: str | os.PathLike,
+    *,
+    size: int = 192,
+    shards: int = 16,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    quality: int = 90,
+    seed: int = 42,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Turn photos into sharded TFRecords with a manifest.
+
+    Args:
+        src: a folder of class subfolders, a glob or gs:// pattern, or "flowers".
+        out: output folder; created if missing. Re-running with the same source and
+            options resumes an interrupted run or finds it already done.
+        size: output images are size x size (aspect kept, centre-cropped).
+        shards: TFRecord files per split (fewer if a split has fewer images).
+        val_fraction, test_fraction: stratified by class.
+        quality: JPEG quality of the re-encoded images.
+        seed: fixes the split and the shuffle.
+        workers: processes for decoding (default: all cores).
+        overwrite: replace a different dataset already in `out`.
+        progress: show progress bars.
+
+    Returns:
+        The manifest (also written to `out/manifest.json`).
+
+    Raises:
+        ConvlabError: bad path, no images, bad options, or an output folder that holds
+            something else.
+    """
+    opts = PrepareOptions(size, shards, val_fraction, test_fraction, quality, seed)
+    opts.validate()
+    out = Path(out)
+    started = time.time()
+    scan = scan_source(src)
+    label_of = {c.path: c.label for c in scan.candidates}
+    remote = bool(scan.candidates) and is_remote(scan.candidates[0].path)
+    pool = _pool(workers, len(scan.candidates))
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("checking files", total=len(scan.candidates))
+            probes, skipped = [], list(scan.skipped)
+            args = [(c.path, read_bytes(c.path) if remote else None) for c in scan.candidates]
+            for result in _map(pool, _probe, args, chunksize=32):
+                bar.advance(task)
+                if "reason" in result:
+                    skipped.append({"path": result["path"], "class": label_of[result["path"]],
+                                    "reason": result["reason"], "detail": result["detail"]})
+                else:
+                    probes.append(result)
+        kept, dup_skipped, dup_groups = _dedupe(probes, label_of)
+        skipped += dup_skipped
+        classes = sorted({label_of[p["path"]] for p in kept})
+        empty = sorted(set(scan.empty_classes) | (set(scan.labels) - set(classes)))
+        if len(classes) < 2:
+            raise ConvlabError(
+                f"found {len(kept)} usable images in {len(classes)} class(es) under '{src}' "
+                f"({len(skipped)} skipped, {len(scan.ignored)} ignored); a classifier needs "
+                "image files in at least 2 class subfolders"
+            )
+        items = [{"path": p["path"], "class": label_of[p["path"]], "sha256": p["sha256"]}
+                 for p in kept]
+        plan = _split(items, opts)
+        fingerprint = _fingerprint(opts, classes, plan)
+        done = _claim_output(out, fingerprint, scan.source, overwrite)
+        if done is not None:
+            done["resumed"] = "already complete"
+            return done
+        _write_json(out / STATE, {"fingerprint": fingerprint, "source": scan.source,
+                                  "options": asdict(opts), "started": started})
+        shard_records = _write_shards(out, plan, classes, opts, pool, remote, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    manifest = _manifest(out, scan, opts, classes, empty, plan, shard_records, skipped,
+                         dup_groups, fingerprint, started)
+    _write_json(out / MANIFEST, manifest)
+    (out / STATE).unlink(missing_ok=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    return manifest
+
+
+def _write_shards(out, plan, classes, opts, pool, remote, progress) -> list[dict]:
+    import tensorflow as tf
+
+    from convlab.data.tfrecord import encode_example, shard_name
+
+    class_index = {c: i for i, c in enumerate(classes)}
+    records, todo = [], []
+    for split, shards in plan.items():
+        for index, members in enumerate(shards):
+            part = out / PARTS / f"{split}{index:02d}.json"
+            if part.exists():
+                record = json.loads(part.read_text())
+                if (out / record["file"]).exists():
+                    records.append(record)
+                    continue
+            for stale in out.glob(f"{split}{index:02d}-*.tfrec"):
+                stale.unlink()  # renamed but never recorded: redo it
+            todo.append((split, index, members))
+    total = sum(len(m) for _, _, m in todo)
+    with _progress(progress) as bar:
+        task = bar.add_task("writing shards", total=total)
+        for split, index, members in todo:
+            tmp = out / f"{split}{index:02d}.tfrec.tmp"
+            per_class, failures, count = Counter(), [], 0
+            args = [(m["path"], read_bytes(m["path"]) if remote else None, opts.size,
+                     opts.quality) for m in members]
+            by_path = {m["path"]: m for m in members}
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for path, result in _map(pool, _decode, args):
+                    bar.advance(task)
+                    member = by_path[path]
+                    if isinstance(result, dict):
+                        failures.append({"path": path, "class": member["class"], **result})
+                        continue
+                    writer.write(encode_example(result.jpeg, class_index[member["class"]],
+                                                member["class"], opts.size, len(classes)))
+                    per_class[member["class"]] += 1
+                    count += 1
+                    member["format"] = result.source_format
+            failed = {f["path"] for f in failures}
+            name = shard_name(split, index, count)
+            record = {"file": name, "split": split, "count": count,
+                      "bytes": tmp.stat().st_size, "sha256": _file_sha256(tmp),
+                      "per_class": dict(sorted(per_class.items())), "failures": failures,
+                      "members": [{"path": m["path"], "class": m["class"],
+                                   "sha256": m["sha256"]} for m in members
+                                  if m["path"] not in failed]}
+            os.replace(tmp, out / name)
+            _write_json(out / PARTS / f"{split}{index:02d}.json", record)
+            records.append(record)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return sorted(records, key=lambda r: (order[r["split"]], r["file"]))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup_groups,
+              fingerprint, started) -> dict:
+    from convlab import __version__
+
+    failures = [f for r in records for f in r["failures"]]
+    skipped = sorted(skipped + failures, key=lambda s: s["path"])
+    per_class = {c: {s: 0 for s in plan} for c in classes}
+    per_split = Counter()
+    for r in records:
+        per_split[r["split"]] += r["count"]
+        for c, n in r["per_class"].items():
+            per_class[c][r["split"]] += n
+    return {
+        "format": FORMAT,
+        "convlab_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 1),
+        "source": scan.source,
+        "fingerprint": fingerprint,
+        "options": asdict(opts),
+        "image_size": [opts.size, opts.size],
+        "classes": classes,
+        "num_classes": len(classes),
+        "counts": {
+            "total": sum(per_split.values()),
+            "per_split": dict(per_split),
+            "per_class": per_class,
+            "candidates": len(scan.candidates),
+            "skipped": len(skipped),
+            "ignored": len(scan.ignored),
+        },
+        "shards": [{k: r[k] for k in ("file", "split", "count", "bytes", "sha256", "per_class")}
+                   for r in records],
+        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "skipped": skipped,
+        "duplicates": sorted(dup_groups, key=lambda g: g["dropped"][0]),
+        "ignored": sorted(scan.ignored),
+        "empty_classes": empty,
+        "inputs": [dict(m, split=r["split"], shard=r["file"]) for r in records
+                   for m in r["members"]],
+    }
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a prepared dataset folder.
+
+    Raises:
+        ConvlabError: not a prepared folder, or its shards are missing.
+    """
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.exists():
+        hint = " (an interrupted `convlab data prepare`? run it again to resume)" if (
+            path / STATE).exists() else ""
+        raise ConvlabError(f"'{path}' is not a prepared dataset: no {MANIFEST}{hint}")
+    manifest = json.loads(file.read_text())
+    missing = [s["file"] for s in manifest["shards"] if not (path / s["file"]).exists()]
+    if missing:
+        raise ConvlabError(
+            f"prepared dataset '{path}' is missing shard {missing[0]} "
+            f"({len(missing)} missing); prepare it again with --overwrite"
+        )
+    return manifest

@@ -1,0 +1,46 @@
+"""The TFRecord schema, compatible with the codelab's flowers files.
+
+Each `tf.train.Example` holds `image` (JPEG bytes), `class` (int64), `label` (class name
+bytes), `size` (int64[2]: height, width) and `one_hot_class` (float list).
+Shards are named `<split><index:02d>-<count>.tfrec` so counts can be read from names.
+"""
+
+from __future__ import annotations
+
+import re
+
+import tensorflow as tf
+
+SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)(?P<index>\d{2,})-(?P<count>\d+)\.tfrec$")
+
+FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "class": tf.io.FixedLenFeature([], tf.int64),
+    "label": tf.io.FixedLenFeature([], tf.string),
+    "size": tf.io.FixedLenFeature([2], tf.int64),
+    "one_hot_class": tf.io.VarLenFeature(tf.float32),
+}
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}{index:02d}-{count}.tfrec"
+
+
+def encode_example(jpeg: bytes, class_index: int, label: str, size: int, num_classes: int) -> bytes:
+    one_hot = [0.0] * num_classes
+    one_hot[class_index] = 1.0
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+        "class": tf.train.Feature(int64_list=tf.train.Int64List(value=[class_index])),
+        "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode()])),
+        "size": tf.train.Feature(int64_list=tf.train.Int64List(value=[size, size])),
+        "one_hot_class": tf.train.Feature(float_list=tf.train.FloatList(value=one_hot)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parse one serialized Example into its features (works eagerly and in tf.data)."""
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    parsed["one_hot_class"] = tf.sparse.to_dense(parsed["one_hot_class"])
+    return parsed

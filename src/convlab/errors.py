@@ -1,0 +1,8 @@
+"""The one exception type for a user's mistake: the CLI prints it on one line and exits 2."""
+
+
+class ConvlabError(Exception):
+    """Bad input, a bad config or an environment problem the user can fix.
+
+    The message is one line that names the bad value and what to do about it.
+    """

@@ -1,0 +1,89 @@
+"""The model zoo: one registry, one public constructor.
+
+Every model takes float32 images of shape (image_size, image_size, 3) with values in [0, 1]
+and does any further preprocessing (e.g. scaling to [-1, 1] for a pretrained backbone) inside
+itself, so the input pipeline never has to guess. Outputs are class probabilities in float32,
+also under mixed precision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from convlab.errors import ConvlabError
+
+# Families are imported on first use so that `convlab models` does not pay for all of them.
+_FAMILY_MODULES = ("dense", "convnet", "squeezenet", "applications", "efficientnet_lite")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a registered model is and the input it expects."""
+
+    name: str
+    builder: Callable
+    image_size: int  # the size it was designed or pretrained for
+    description: str
+    pretrained: bool = False  # has ImageNet weights (downloaded or shipped)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, image_size: int, description: str, pretrained: bool = False):
+    """Decorator registering `builder(num_classes, image_size, **options) -> keras.Model`."""
+
+    def wrap(builder):
+        _REGISTRY[name] = ModelInfo(name, builder, image_size, description, pretrained)
+        return builder
+
+    return wrap
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        try:
+            importlib.import_module(f"convlab.models.{module}")
+        except ModuleNotFoundError as err:
+            # A family not written yet is simply absent; any other missing import is a bug.
+            if err.name != f"convlab.models.{module}":
+                raise
+
+
+def list_models() -> list[ModelInfo]:
+    """All registered models, sorted by name."""
+    _load_families()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_model_info(name: str) -> ModelInfo:
+    _load_families()
+    if name not in _REGISTRY:
+        raise ConvlabError(
+            f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} "
+            "(see `convlab models`)"
+        )
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, image_size: int | None = None, **options):
+    """Build a registered model.
+
+    Args:
+        name: registry name, e.g. "squeezenet" (see `list_models()`).
+        num_classes: size of the softmax output.
+        image_size: square input size in pixels; defaults to the model's own.
+        **options: family-specific options (e.g. `weights`, `dropout`, `layout`).
+
+    Returns:
+        An uncompiled `keras.Model` taking [0, 1] float images and returning probabilities.
+
+    Raises:
+        ConvlabError: unknown name or a bad option value.
+    """
+    info = get_model_info(name)
+    if num_classes < 2:
+        raise ConvlabError(f"num_classes must be at least 2, received: {num_classes}")
+    return info.builder(num_classes, image_size or info.image_size, **options)

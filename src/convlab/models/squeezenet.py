@@ -1,0 +1,114 @@
+"""SqueezeNet-style convnet built from fire modules, as in the codelab.
+
+Based on the "Keras and modern convnets on TPUs" codelab notebook
+(training-data-analyst, courses/fast-and-lean-data-science/07_Keras_Flowers_TPU_squeezenet):
+
+    stem Conv 3x3 32 + BN, fire(24, 48), pool, fire(48, 96), pool, fire(64, 128), pool,
+    fire(48, 96), pool, fire(24, 48), GlobalAveragePooling, Dense softmax
+
+where y = fire(x, squeeze, expand) is a 1x1 "squeeze" conv of `squeeze` filters feeding a 1x1 and
+a 3x3 "expand" conv of expand // 2 filters each, concatenated (so `expand` channels come out).
+One deliberate difference: every conv here runs conv (no bias) -> BN -> relu, where the codelab
+ran conv (bias, relu) -> BN; BN momentum is the codelab's 0.9.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from convlab.errors import ConvlabError
+from convlab.models import register_model
+
+# Entries: (squeeze, expand) for a fire module, an int s for fire(s, 2 * s), "pool" for 2x2 max pool.
+DEFAULT_LAYOUT = ((24, 48), "pool", (48, 96), "pool", (64, 128), "pool", (48, 96), "pool", (24, 48))
+STEM_FILTERS = 32
+BN_MOMENTUM = 0.9
+
+
+def _parse_layout(layout) -> list:
+    """Normalise a layout to a list of (squeeze, expand) tuples and "pool" strings."""
+    help_ = "entries are (squeeze, expand), an int squeeze (expand = 2 * squeeze) or 'pool'"
+    if isinstance(layout, str) or not layout:
+        raise ConvlabError(
+            f"squeezenet layout must be a non-empty sequence; {help_}. Received: layout={layout!r}"
+        )
+    parsed = []
+    for entry in layout:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            entry = (entry, 2 * entry)
+        if (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in entry)
+        ):
+            parsed.append(tuple(entry))
+        elif entry == "pool":
+            parsed.append("pool")
+        else:
+            raise ConvlabError(
+                f"bad squeezenet layout entry {entry!r}; {help_}. Received: layout={layout!r}"
+            )
+    return parsed
+
+
+def _conv_bn_relu(x, filters: int, kernel: int, name: str):
+    # No bias: the BN right after it has its own offset.
+    x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _fire(x, squeeze: int, expand: int, name: str):
+    s = _conv_bn_relu(x, squeeze, 1, f"{name}_squeeze")
+    e1 = _conv_bn_relu(s, expand // 2, 1, f"{name}_expand1x1")
+    e3 = _conv_bn_relu(s, expand - expand // 2, 3, f"{name}_expand3x3")
+    return keras.layers.Concatenate(name=f"{name}_concat")([e1, e3])
+
+
+@register_model(
+    "squeezenet",
+    image_size=192,
+    description="the codelab's SqueezeNet: fire modules + BN + max pools, GAP head; options layout, width, dropout",
+)
+def squeezenet(
+    num_classes: int,
+    image_size: int,
+    *,
+    layout=DEFAULT_LAYOUT,
+    width: float = 1.0,
+    dropout: float = 0.0,
+) -> keras.Model:
+    blocks = _parse_layout(layout)
+    if not width > 0:
+        raise ConvlabError(f"squeezenet width multiplier must be > 0. Received: width={width!r}")
+    if not 0 <= dropout < 1:
+        raise ConvlabError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    num_pools = blocks.count("pool")
+    if image_size < 2**num_pools:
+        raise ConvlabError(
+            f"this squeezenet layout halves the image {num_pools} times, so it needs at least "
+            f"{2**num_pools} px; use fewer 'pool' entries or bigger images. Received: image_size={image_size}"
+        )
+
+    def scaled(n: int) -> int:
+        return max(1, round(n * width))
+
+    # The codelab fed [0, 1] pixels straight in, so there is no preprocessing layer.
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = _conv_bn_relu(inputs, scaled(STEM_FILTERS), 3, "stem")
+    fires = pools = 0
+    for block in blocks:
+        if block == "pool":
+            pools += 1
+            x = keras.layers.MaxPooling2D(2, name=f"pool{pools}")(x)
+        else:
+            fires += 1
+            squeeze, expand = block
+            x = _fire(x, scaled(squeeze), max(2, scaled(expand)), f"fire{fires}")
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name="squeezenet")

@@ -1,0 +1,198 @@
+"""The model contract, checked for every registered model on tiny inputs, plus family specifics."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from convlab.errors import ConvlabError
+from convlab.models import create_model, list_models
+from convlab.models.applications import set_backbone_trainable
+
+NUM_CLASSES = 3
+# 32 px everywhere except where the architecture needs more (Xception's entry flow: 71 px).
+IMAGE_SIZE = {"xception": 71}
+MODELS = list_models()
+
+
+def tiny_model(info, **options) -> keras.Model:
+    if info.pretrained:
+        options.setdefault("weights", None)  # this machine is offline; weights don't matter here
+    return create_model(info.name, NUM_CLASSES, image_size=IMAGE_SIZE.get(info.name, 32), **options)
+
+
+def tiny_batch(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
+    size = model.input_shape[1]
+    images = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype("float32")
+    return images, np.array([0, NUM_CLASSES - 1])
+
+
+def assert_probabilities(probs) -> None:
+    probs = keras.ops.convert_to_numpy(probs)
+    assert probs.shape == (2, NUM_CLASSES)
+    assert probs.dtype == np.float32
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def assert_one_step_learns(model: keras.Model, images, labels, *, run_eagerly=False) -> None:
+    # Tracing the train step takes ~10x longer than one eager step on CPU; the contract test
+    # traces it (as `fit` does), the other tests run eagerly to stay fast.
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=run_eagerly)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    after = [w.numpy() for w in model.trainable_weights]
+    assert any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("info", MODELS, ids=lambda info: info.name)
+def test_model_contract(info, tmp_path):
+    model = tiny_model(info)
+    images, labels = tiny_batch(model)
+
+    assert_probabilities(model(images, training=False))
+    assert_one_step_learns(model, images, labels)
+
+    path = tmp_path / f"{info.name}.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(reloaded(images, training=False)),
+        keras.ops.convert_to_numpy(model(images, training=False)),
+    )
+
+
+@pytest.mark.parametrize("info", MODELS, ids=lambda info: info.name)
+def test_model_outputs_float32_under_mixed_precision(info, mixed_bfloat16):
+    model = tiny_model(info)
+    images, labels = tiny_batch(model)
+    assert model.output.dtype == "float32"
+    assert_probabilities(model(images, training=False))
+    assert_one_step_learns(model, images, labels, run_eagerly=True)
+
+
+def test_squeezenet_follows_a_custom_layout():
+    model = create_model(
+        "squeezenet", NUM_CLASSES, image_size=16, layout=((8, 16), "pool", 12, "pool", [8, 20])
+    )
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if n.endswith("_concat")] == [
+        "fire1_concat",
+        "fire2_concat",
+        "fire3_concat",
+    ]
+    assert [n for n in names if n.startswith("pool")] == ["pool1", "pool2"]
+    assert model.get_layer("fire2_squeeze_conv").filters == 12
+    assert model.get_layer("fire2_concat").output.shape[-1] == 24  # an int s means fire(s, 2 * s)
+    assert model.get_layer("fire3_concat").output.shape[-1] == 20
+
+
+def test_squeezenet_width_scales_every_conv():
+    model = create_model("squeezenet", NUM_CLASSES, image_size=16, layout=((8, 16),), width=0.5)
+    assert model.get_layer("stem_conv").filters == 16
+    assert model.get_layer("fire1_squeeze_conv").filters == 4
+    assert model.get_layer("fire1_concat").output.shape[-1] == 8
+
+
+def test_convnet_heads_differ_only_at_the_top():
+    flatten = create_model("convnet", NUM_CLASSES, image_size=32, head="flatten")
+    gap = create_model("convnet", NUM_CLASSES, image_size=32, head="gap")
+    assert "flatten" in [layer.name for layer in flatten.layers]
+    assert "avg_pool" in [layer.name for layer in gap.layers]
+    assert gap.get_layer("predictions").kernel.shape == (40, NUM_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "quoted"),
+    [
+        ("convnet", {"head": "gapp"}, "head='gapp'"),
+        ("squeezenet", {"layout": ((8, 16), "pol")}, "'pol'"),
+        ("squeezenet", {"layout": ((8, 16), (0, 16))}, "(0, 16)"),
+        ("squeezenet", {"layout": ("pool",) * 6}, "image_size=32"),
+        ("squeezenet", {"dropout": 1.5}, "dropout=1.5"),
+        ("mobilenetv2", {"weights": "imagnet"}, "weights='imagnet'"),
+        ("xception", {"weights": None}, "image_size=32"),
+    ],
+)
+def test_bad_option_values_raise_convlab_error_quoting_them(name, options, quoted):
+    with pytest.raises(ConvlabError) as excinfo:
+        create_model(name, NUM_CLASSES, image_size=32, **options)
+    message = str(excinfo.value)
+    assert quoted in message
+    assert "\n" not in message
+
+
+def test_mobilenetv2_offline_imagenet_weights_names_the_way_out():
+    try:
+        create_model("mobilenetv2", NUM_CLASSES, image_size=96, weights="imagenet")
+    except ConvlabError as err:
+        assert "--weights none" in str(err)
+        assert "weights=None" in str(err)
+    else:
+        pytest.skip(
+            "ImageNet weights were downloaded or cached: there is no offline failure to check"
+        )
+
+
+def test_mobilenetv2_unreadable_weights_file_raises_convlab_error(tmp_path):
+    weights_file = tmp_path / "not_weights.h5"
+    weights_file.write_text("not an HDF5 file")
+    with pytest.raises(ConvlabError, match="no-top weights"):
+        create_model("mobilenetv2", NUM_CLASSES, image_size=32, weights=str(weights_file))
+
+
+def test_mobilenetv2_backbone_is_frozen_until_set_trainable():
+    model = create_model("mobilenetv2", NUM_CLASSES, image_size=32, weights=None)
+    backbone = model.get_layer("backbone")
+    assert not backbone.trainable
+    assert backbone.trainable_weights == []
+    assert {w.path for w in model.trainable_weights} == {"predictions/kernel", "predictions/bias"}
+
+    set_backbone_trainable(model, True)
+    assert backbone.get_layer("Conv1").trainable
+    assert not backbone.get_layer("bn_Conv1").trainable  # BN stays in inference mode by default
+    assert len(model.trainable_weights) > 50
+    set_backbone_trainable(model, True, train_batchnorm=True)
+    assert backbone.get_layer("bn_Conv1").trainable
+    set_backbone_trainable(model, False)
+    assert backbone.trainable_weights == []
+
+
+def test_fine_tuning_a_pretrained_backbone_keeps_its_batchnorm_statistics(tmp_path):
+    # A local weights file stands in for the ImageNet download (this machine is offline).
+    weights_file = tmp_path / "mobilenetv2_notop.weights.h5"
+    backbone = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    )
+    backbone.save_weights(weights_file)
+    model = create_model("mobilenetv2", NUM_CLASSES, image_size=32, weights=str(weights_file))
+    set_backbone_trainable(model, True)
+    bn = model.get_layer("backbone").get_layer("bn_Conv1")
+    conv = model.get_layer("backbone").get_layer("Conv1")
+    moving_mean, kernel = bn.moving_mean.numpy().copy(), conv.kernel.numpy().copy()
+
+    assert_one_step_learns(model, *tiny_batch(model), run_eagerly=True)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), moving_mean)
+    assert not np.array_equal(conv.kernel.numpy(), kernel)
+
+    model.save(tmp_path / "fine_tuned.keras")
+    reloaded = keras.saving.load_model(tmp_path / "fine_tuned.keras").get_layer("backbone")
+    assert reloaded.get_layer("Conv1").trainable
+    assert not reloaded.get_layer("bn_Conv1").trainable
+
+
+def test_set_backbone_trainable_rejects_a_model_without_backbone():
+    model = create_model("convnet", NUM_CLASSES, image_size=32)
+    with pytest.raises(ConvlabError, match="'convnet' has no 'backbone'"):
+        set_backbone_trainable(model, True)
