@@ -47,7 +47,7 @@ def messy(tmp_path):
          "circle")
     keep(save(root / "circle" / "png_named.jpg", photo(seed=51), "PNG"), "circle")
     keep(save(root / "circle" / "cmyk.jpg", photo(seed=52, mode="CMYK"), "JPEG"), "circle")
-    img16 = Image.fromarray((np.asarray(photo(seed=53, mode="L"), np.uint16) * 257))
+    img16 = Image.fromarray(np.asarray(photo(seed=53, mode="L"), np.uint16) * 257)
     keep(save(root / "circle" / "sixteen.png", img16, "PNG"), "circle")
     exif = Image.Exif()
     exif[0x0112] = 6

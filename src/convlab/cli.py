@@ -142,8 +142,7 @@ def cmd_train(args) -> int:
                          learning_rate=args.lr, augment=not args.no_augment,
                          precision=args.precision, seed=args.seed, runs_dir=args.runs_dir)
     run = train(config, progress=not args.quiet)
-    summary = (run / "summary.txt").read_text()
-    _console().print(f"\nrun folder: [bold]{run}[/]\n{summary}")
+    print(f"\nrun folder: {run}\n{(run / 'summary.txt').read_text()}", end="")
     return 0
 
 

@@ -195,7 +195,8 @@ def fetch_flowers(root: Path | None = None, *, url: str = FLOWERS_URL,
     """
     root = Path(root or cache_dir() / "datasets")
     folder = root / "flower_photos"
-    if (folder / ".complete").exists():
+    complete = root / "flower_photos.complete"  # beside, not inside: it is not a photo
+    if complete.exists() and folder.is_dir():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "flower_photos.tgz"
@@ -214,7 +215,7 @@ def fetch_flowers(root: Path | None = None, *, url: str = FLOWERS_URL,
 
             shutil.rmtree(folder)
         os.replace(Path(tmp) / "flower_photos", folder)
-    (folder / ".complete").touch()
+    complete.touch()
     return folder
 
 

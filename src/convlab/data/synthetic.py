@@ -11,6 +11,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from convlab.errors import ConvlabError
@@ -29,7 +30,9 @@ def draw(label: str, size: int, rng: random.Random) -> Image.Image:
         raise ConvlabError(f"unknown synthetic class {label!r}; choose from {', '.join(CLASSES)}")
     bg = tuple(rng.randint(0, 110) for _ in range(3))
     fg = tuple(rng.randint(140, 255) for _ in range(3))
-    img = Image.effect_noise((size, size), rng.uniform(10, 40)).convert("RGB")
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(128, rng.uniform(10, 40),
+                                                               (size, size))
+    img = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "L").convert("RGB")
     img = Image.blend(img, Image.new("RGB", (size, size), bg), 0.7)
     d = ImageDraw.Draw(img)
     cx, cy = (rng.uniform(0.35, 0.65) * size for _ in range(2))

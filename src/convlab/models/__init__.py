@@ -9,8 +9,8 @@ also under mixed precision.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from convlab.errors import ConvlabError
 

@@ -1,0 +1,120 @@
+"""The `convlab` command as a user runs it: outputs, files written, and clean errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from convlab.cli import main
+from convlab.data.synthetic import make_folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("cli") / "photos", num_classes=3, per_class=24,
+                       size=40)
+
+
+@pytest.fixture(scope="module")
+def prepared(photos):
+    out = photos.parent / "prepared"
+    assert main(["data", "prepare", str(photos), str(out), "--size", "24", "--shards", "3",
+                 "--quiet"]) == 0
+    return out
+
+
+def run_cli(*args, env=None):
+    """Run `python -m convlab` in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "convlab", *map(str, args)], text=True,
+                          capture_output=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_prepare_prints_a_summary_table(photos, tmp_path, capsys):
+    (photos.parent / "notes.txt").write_text("x")
+    assert main(["data", "prepare", str(photos), str(tmp_path / "o"), "--size", "16",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "72 images, 16 px" in out and "circle" in out and "train" in out
+    assert "kept 72 of 72 candidate files; skipped 0" in out
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda p: p / "missing", "data folder not found"),
+    (lambda p: p / "circle" / "circle_00000.jpg", "is a file, not a folder"),
+    (lambda p: p / "circle", "no class subfolders"),
+])
+def test_bad_source_exits_2_with_one_line(photos, tmp_path, capsys, make_bad, message):
+    assert main(["data", "prepare", str(make_bad(photos)), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convlab: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_folder_without_images_and_unwritable_output(tmp_path, photos, capsys):
+    junk = tmp_path / "junk" / "a"
+    junk.mkdir(parents=True)
+    (junk / "x.jpg").write_text("not an image")
+    (tmp_path / "junk" / "b").mkdir()
+    assert main(["data", "prepare", str(tmp_path / "junk"), str(tmp_path / "o")]) == 2
+    assert "found 0 usable images" in capsys.readouterr().err
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    assert main(["data", "prepare", str(photos), str(blocker / "out"), "--quiet"]) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err
+    assert main(["data", "prepare", str(photos), str(blocker), "--quiet"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_user_error_in_a_fresh_process_has_no_traceback(tmp_path):
+    result = run_cli("data", "prepare", tmp_path / "nope", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"convlab: error: data folder not found: '{tmp_path / 'nope'}'; check the path"]
+
+
+def test_inspect_prints_counts_and_writes_a_grid(prepared, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    assert main(["data", "inspect", str(prepared), "--out", str(png), "--count", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "circle" in out and "validation" in out
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.width > 200
+
+
+def test_bench_compares_per_file_and_tfrecord(prepared, capsys):
+    assert main(["data", "bench", str(prepared), "--rounds", "1", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert len(rows) == 6 and "memory (2nd epoch)" in out and "1.00x" in out
+
+
+def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", "squeezenet", "--data", str(prepared), "--epochs", "2",
+                 "--batch-size", "8", "--image-size", "24", "--runs-dir", str(runs),
+                 "--quiet"]) == 0
+    (run,) = runs.iterdir()
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert [int(h["epoch"]) for h in history] == [0, 1]
+    assert {"accuracy", "val_accuracy", "loss"} <= set(history[0])
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "squeezenet" and config["classes"] == ["circle", "square",
+                                                                     "triangle"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-001.keras",
+                                                                        "epoch-002.keras"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["images_per_second"] > 0 and summary["epochs"] == 2
+    assert (run / "model.keras").stat().st_size > 0
+    assert f"run folder: {run}" in capsys.readouterr().out
+
+
+def test_train_rejects_bad_values(prepared, capsys):
+    assert main(["train", "squeezenet", "--data", str(prepared), "--precision", "fp8"]) == 2
+    assert "--precision must be one of" in capsys.readouterr().err
+    assert main(["train", "nosuchnet", "--data", str(prepared)]) == 2
+    assert "unknown model 'nosuchnet'" in capsys.readouterr().err

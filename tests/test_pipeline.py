@@ -1,0 +1,130 @@
+"""The tf.data pipelines: TFRecord and per-file paths, caching, batching, augmentation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from convlab.data import Augment, load, load_files, load_folder, prepare
+from convlab.data.augment import augment_batch
+from convlab.data.synthetic import make_folder
+from convlab.errors import ConvlabError
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    src = make_folder(root / "src", num_classes=3, per_class=20, size=32, image_format="PNG")
+    manifest = prepare(str(src), root / "out", size=24, shards=4, val_fraction=0.25,
+                       progress=False)
+    return root / "out", manifest
+
+
+def test_training_batches_have_fixed_shapes_and_repeat(prepared):
+    out, manifest = prepared
+    ds = load(out, "train", batch_size=8, augment=True, seed=1)
+    assert ds.element_spec[0].shape.as_list() == [8, 24, 24, 3]  # static: TPU-friendly
+    n_train = manifest["counts"]["per_split"]["train"]
+    batches = list(ds.take(n_train // 8 * 3))  # three epochs' worth: it repeats
+    images = np.concatenate([b[0].numpy() for b in batches])
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
+    assert set(labels) == {0, 1, 2}
+
+
+def test_validation_is_complete_ordered_and_not_augmented(prepared):
+    out, manifest = prepared
+    ds = load(out, "val", batch_size=8)
+    first = [(x.numpy(), y.numpy()) for x, y in ds]
+    second = [(x.numpy(), y.numpy()) for x, y in ds]
+    assert sum(len(y) for _, y in first) == manifest["counts"]["per_split"]["validation"]
+    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_augmentation_only_changes_training_images(prepared):
+    out, _ = prepared
+    plain = load(out, "train", training=False, batch_size=45, cache=False)
+    x_plain, y_plain = next(iter(plain))
+    aug = load(out, "train", training=False, augment=True, batch_size=45, cache=False)
+    np.testing.assert_array_equal(next(iter(aug))[0], x_plain)  # not training: ignored
+    # Same seed, same order: the only difference between these two is the augmentation.
+    common = {"training": True, "batch_size": 45, "repeat": False, "shuffle_buffer": 1,
+              "deterministic": True, "seed": 0, "cache": False}
+    x_same, y_same = next(iter(load(out, "train", augment=False, **common)))
+    x_aug, y_aug = next(iter(load(out, "train", augment=True, **common)))
+    np.testing.assert_array_equal(y_aug, y_same)
+    per_image = np.abs(x_aug.numpy() - x_same.numpy()).mean(axis=(1, 2, 3))
+    assert (per_image > 0.01).mean() > 0.8, per_image
+
+
+def test_file_cache_is_written_and_reused(prepared, tmp_path):
+    out, _ = prepared
+    cache = tmp_path / "cache" / "val"
+    cache.parent.mkdir()
+    ds = load(out, "val", batch_size=4, cache=str(cache))
+    first = np.concatenate([x.numpy() for x, _ in ds])
+    assert list(cache.parent.glob("val*.index"))
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in ds]), first)
+
+
+def test_per_file_path_matches_tfrecord_path(prepared, tmp_path):
+    out, manifest = prepared
+    inputs = [i for i in manifest["inputs"] if i["split"] == "validation"]
+    classes = {c: i for i, c in enumerate(manifest["classes"])}
+    per_file = load_files([i["path"] for i in inputs], [classes[i["class"]] for i in inputs],
+                          image_size=24, batch_size=100)
+    x_files, y_files = next(iter(per_file))
+    x_rec, y_rec = next(iter(load(out, "val", batch_size=100)))
+    order_f, order_r = np.argsort(x_files.numpy().sum(axis=(1, 2, 3))), np.argsort(
+        x_rec.numpy().sum(axis=(1, 2, 3)))
+    assert sorted(y_files.numpy()) == sorted(y_rec.numpy())
+    # Same photos, two resizers and one JPEG generation apart: close, not equal.
+    diff = np.abs(x_files.numpy()[order_f] - x_rec.numpy()[order_r]).mean()
+    assert diff < 0.06, diff
+
+
+def test_load_folder_reads_class_subfolders(tmp_path):
+    src = make_folder(tmp_path / "src", num_classes=2, per_class=5, size=40)
+    ds, classes = load_folder(src, image_size=16, batch_size=10)
+    x, y = next(iter(ds))
+    assert classes == ["circle", "square"] and x.shape == (10, 16, 16, 3)
+    assert sorted(y.numpy().tolist()) == [0] * 5 + [1] * 5
+
+
+def test_missing_split_and_unprepared_folder_are_clear_errors(prepared, tmp_path):
+    out, _ = prepared
+    with pytest.raises(ConvlabError, match="no 'test' split; it has: train, validation"):
+        load(out, "test")
+    with pytest.raises(ConvlabError, match="not a prepared dataset"):
+        load(tmp_path, "train")
+
+
+@pytest.mark.parametrize("in_dataset", [False, True])
+def test_augment_ops_eagerly_and_in_tf_data(in_dataset):
+    images = tf.random.stateless_uniform([16, 12, 12, 3], seed=[1, 2])
+    aug = Augment(flip=True, saturation=(0.0, 0.0), zoom=0.5, brightness=0.1, contrast=(0.5, 1.5))
+    if in_dataset:
+        out = next(iter(tf.data.Dataset.from_tensors(images).map(lambda x: augment_batch(x, aug))))
+    else:
+        out = augment_batch(images, aug)
+    assert out.shape == images.shape
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+
+
+def test_saturation_zero_is_greyscale_and_flip_mirrors():
+    images = tf.random.stateless_uniform([64, 8, 8, 3], seed=[3, 4])
+    grey = augment_batch(images, Augment(flip=False, saturation=(0.0, 0.0)))
+    np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-6)
+    flipped = augment_batch(images, Augment(flip=True, saturation=None)).numpy()
+    mirrored = [np.allclose(f, i[:, ::-1]) for f, i in zip(flipped, images.numpy(), strict=True)]
+    unchanged = [np.allclose(f, i) for f, i in zip(flipped, images.numpy(), strict=True)]
+    assert all(m or u for m, u in zip(mirrored, unchanged, strict=True))
+    assert 10 < sum(mirrored) < 54  # each image flips with probability 1/2
+
+
+def test_bad_augment_values_are_refused():
+    with pytest.raises(ConvlabError, match="zoom"):
+        Augment(zoom=1.5)
+    with pytest.raises(ConvlabError, match=r"saturation.*\(2, 1\)"):
+        Augment(saturation=(2, 1))
