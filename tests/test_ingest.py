@@ -225,3 +225,23 @@ def test_bad_options_are_refused(tmp_path, bad, message):
     src = make_folder(tmp_path / "src", num_classes=2, per_class=3, size=16)
     with pytest.raises(ConvlabError, match=message):
         prepare(str(src), tmp_path / "out", progress=False, **bad)
+
+
+def test_remote_pattern_is_read_through_tf_io_gfile(tmp_path):
+    # TensorFlow's in-memory filesystem stands in for gs://: same tf.io.gfile code path.
+    root = f"ram://convlab-test-{os.getpid()}"
+    for label in ("circle", "square"):
+        tf.io.gfile.makedirs(f"{root}/{label}/nested")
+        for i in range(4):
+            buf = io.BytesIO()
+            photo(label, seed=i).save(buf, "PNG")
+            with tf.io.gfile.GFile(f"{root}/{label}/{i}.jpg", "wb") as f:
+                f.write(buf.getvalue())
+    with tf.io.gfile.GFile(f"{root}/circle/notes.txt", "wb") as f:
+        f.write(b"not a photo")
+    manifest = prepare(f"{root}/*/*", tmp_path / "out", size=16, shards=1, progress=False)
+    assert manifest["classes"] == ["circle", "square"]
+    assert manifest["counts"]["total"] == 8
+    assert manifest["ignored"] == [f"{root}/circle/notes.txt"]
+    assert {i["path"] for i in manifest["inputs"]} == {
+        f"{root}/{c}/{i}.jpg" for c in ("circle", "square") for i in range(4)}

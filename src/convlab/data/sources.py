@@ -134,11 +134,13 @@ def scan_pattern(pattern: str) -> Scan:
             paths = sorted(tf.io.gfile.glob(pattern))
         except tf.errors.OpError as err:
             raise ConvlabError(f"cannot list '{pattern}': {err.message}") from None
+        isdir = tf.io.gfile.isdir
     else:
         paths = sorted(globlib.glob(os.path.expanduser(pattern), recursive=True))
+        isdir = os.path.isdir
     scan = Scan(source=pattern)
     for path in paths:
-        if os.path.isdir(path):
+        if isdir(path):
             continue
         label = os.path.basename(os.path.dirname(path.rstrip("/")))
         if not is_remote(path):

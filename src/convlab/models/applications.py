@@ -2,8 +2,9 @@
 
 Both backbones were pretrained on pixels in [-1, 1]; the models here take [0, 1] like every
 convlab model and rescale inside (the codelab fed [0, 1] to them, which costs accuracy).
-The backbone is the sub-model named "backbone"; `set_backbone_trainable` freezes or unfreezes it
-between a head-only phase and a fine-tuning phase.
+The backbone is the sub-model named "backbone"; `set_backbone_trainable` (from
+`convlab.models.backbone`, re-exported here) freezes or unfreezes it between a head-only phase
+and a fine-tuning phase.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import keras
 
 from convlab.errors import ConvlabError
 from convlab.models import register_model
+from convlab.models.backbone import set_backbone_trainable
+
+__all__ = ["mobilenetv2", "set_backbone_trainable", "xception"]
 
 _WAY_OUT = (
     "use weights=None (CLI: --weights none) to train from scratch, "
@@ -68,34 +72,23 @@ def _check_options(name: str, image_size: int, min_size: int, dropout: float) ->
         raise ConvlabError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
 
 
-def _set_trainable(backbone: keras.Model, trainable: bool, *, freeze_batchnorm: bool) -> None:
-    backbone.trainable = bool(trainable)
-    # Set every layer explicitly: with the TensorFlow backend, setting `trainable` to its
-    # current value is a no-op that never reaches the layers inside.
-    for layer in backbone.layers:
-        # A non-trainable BN layer runs in inference mode. This is what keeps pretrained BN
-        # statistics intact during fine-tuning: Keras 3 lets the training flag of the outer
-        # call override `training=False` on the backbone (keras-team/keras#20285).
-        is_frozen_bn = freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = bool(trainable) and not is_frozen_bn
-
-
 def _classifier(
     backbone, num_classes, image_size, *, pretrained, trainable_backbone, dropout, name
 ):
-    # Updating pretrained BN statistics from small fine-tuning batches would wreck them, so they
-    # stay in inference mode; a backbone trained from scratch must learn its statistics.
-    _set_trainable(backbone, trainable_backbone, freeze_batchnorm=pretrained)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
-    # As in the Keras fine-tuning guide; `_set_trainable` is what holds BN in inference mode.
+    # As in the Keras fine-tuning guide; `set_backbone_trainable` holds BN in inference mode.
     x = backbone(x, training=False) if pretrained else backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    # Updating pretrained BN statistics from small fine-tuning batches would wreck them, so they
+    # stay in inference mode; a backbone trained from scratch must learn its statistics.
+    set_backbone_trainable(model, trainable_backbone, train_batch_norm=not pretrained)
+    return model
 
 
 @register_model(
@@ -152,30 +145,3 @@ def xception(
         dropout=dropout,
         name="xception",
     )
-
-
-def set_backbone_trainable(
-    model: keras.Model, trainable: bool, *, train_batchnorm: bool = False
-) -> None:
-    """Freeze or unfreeze the "backbone" sub-model, e.g. before a second, fine-tuning phase.
-
-    Compile the model again afterwards: Keras fixes the trainable weights at compile time.
-
-    Args:
-        model: a model built by `mobilenetv2` or `xception`.
-        trainable: True to fine-tune the backbone, False to train only the head.
-        train_batchnorm: also train the BatchNormalization layers (gamma, beta and moving
-            statistics). Leave False for a pretrained backbone: its BN layers then stay in
-            inference mode, as the Keras fine-tuning guide recommends.
-
-    Raises:
-        ConvlabError: the model has no layer named "backbone".
-    """
-    try:
-        backbone = model.get_layer("backbone")
-    except ValueError as err:
-        raise ConvlabError(
-            f"model {model.name!r} has no 'backbone' layer to freeze or unfreeze; "
-            "only pretrained-backbone models (mobilenetv2, xception) have one"
-        ) from err
-    _set_trainable(backbone, trainable, freeze_batchnorm=not train_batchnorm)

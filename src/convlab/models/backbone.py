@@ -1,0 +1,48 @@
+"""Freezing and unfreezing the pretrained "backbone" sub-model shared by the transfer families.
+
+Models with a pretrained backbone (mobilenetv2, xception, efficientnet_lite0) nest it as a
+sub-model named "backbone" between the input rescaling and the classification head.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from convlab.errors import ConvlabError
+
+
+def set_backbone_trainable(
+    model: keras.Model, trainable: bool, *, train_batch_norm: bool = False
+) -> None:
+    """Freeze or unfreeze the "backbone" sub-model, e.g. before a second, fine-tuning phase.
+
+    Compile the model again afterwards: Keras fixes the trainable weights at compile time.
+
+    Args:
+        model: a model with a "backbone" sub-model (mobilenetv2, xception, efficientnet_lite0).
+        trainable: True to fine-tune the backbone, False to train only the head.
+        train_batch_norm: also train the BatchNormalization layers (gamma, beta and moving
+            statistics). Leave False for a pretrained backbone: its BN layers then stay in
+            inference mode, as the Keras fine-tuning guide recommends.
+
+    Raises:
+        ConvlabError: the model has no layer named "backbone".
+    """
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError as err:
+        raise ConvlabError(
+            f"model {model.name!r} has no 'backbone' layer to freeze or unfreeze; "
+            "only pretrained-backbone models (mobilenetv2, xception, efficientnet_lite0) have one"
+        ) from err
+    backbone.trainable = bool(trainable)
+    # Set every layer explicitly: with the TensorFlow backend, setting `trainable` to its
+    # current value is a no-op that never reaches the layers inside.
+    for layer in backbone.layers:
+        # A non-trainable BN layer runs in inference mode. This is what keeps pretrained BN
+        # statistics intact during fine-tuning: Keras 3 lets the training flag of the outer
+        # call override `training=False` on the backbone (keras-team/keras#20285).
+        is_frozen_bn = not train_batch_norm and isinstance(
+            layer, keras.layers.BatchNormalization
+        )
+        layer.trainable = bool(trainable) and not is_frozen_bn
