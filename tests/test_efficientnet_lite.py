@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from convlab.errors import ConvlabError
 from convlab.models import create_model
-from convlab.models.efficientnet_lite import read_state_dict, set_backbone_trainable
+from convlab.models.backbone import set_backbone_trainable
+from convlab.models.torch_weights import read_state_dict
 
 DAISY = 985  # ImageNet class "daisy"
 PHOTOS_PER_CLASS = 50

@@ -8,7 +8,7 @@ import pytest
 
 from convlab.errors import ConvlabError
 from convlab.models import create_model, list_models
-from convlab.models.applications import set_backbone_trainable
+from convlab.models.backbone import set_backbone_trainable
 
 NUM_CLASSES = 3
 # 32 px everywhere except where the architecture needs more (Xception's entry flow: 71 px).
@@ -163,7 +163,7 @@ def test_mobilenetv2_backbone_is_frozen_until_set_trainable():
     assert backbone.get_layer("Conv1").trainable
     assert not backbone.get_layer("bn_Conv1").trainable  # BN stays in inference mode by default
     assert len(model.trainable_weights) > 50
-    set_backbone_trainable(model, True, train_batchnorm=True)
+    set_backbone_trainable(model, True, train_batch_norm=True)
     assert backbone.get_layer("bn_Conv1").trainable
     set_backbone_trainable(model, False)
     assert backbone.trainable_weights == []

