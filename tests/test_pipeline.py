@@ -76,12 +76,14 @@ def test_per_file_path_matches_tfrecord_path(prepared, tmp_path):
                           image_size=24, batch_size=100)
     x_files, y_files = next(iter(per_file))
     x_rec, y_rec = next(iter(load(out, "val", batch_size=100)))
-    order_f, order_r = np.argsort(x_files.numpy().sum(axis=(1, 2, 3))), np.argsort(
-        x_rec.numpy().sum(axis=(1, 2, 3)))
     assert sorted(y_files.numpy()) == sorted(y_rec.numpy())
-    # Same photos, two resizers and one JPEG generation apart: close, not equal.
-    diff = np.abs(x_files.numpy()[order_f] - x_rec.numpy()[order_r]).mean()
-    assert diff < 0.06, diff
+    # Same photos, two resizers and one JPEG generation apart: each per-file image has a
+    # close twin among the TFRecord images, far closer than two different photos are.
+    a, b = x_files.numpy(), x_rec.numpy()
+    dist = np.abs(a[:, None] - b[None]).mean(axis=(2, 3, 4))
+    nearest = np.sort(dist, axis=1)
+    assert nearest[:, 0].max() < 0.03, nearest[:, 0]
+    assert np.median(nearest[:, 1]) > 3 * nearest[:, 0].max()
 
 
 def test_load_folder_reads_class_subfolders(tmp_path):

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--test-fraction", type=float, default=0.0, help="test share (0)")
     prep.add_argument("--quality", type=int, default=90, help="JPEG quality (90)")
     prep.add_argument("--seed", type=int, default=42, help="split and shuffle seed (42)")
-    prep.add_argument("--workers", type=int, default=None, help="processes (all cores)")
+    prep.add_argument("--workers", type=int, default=None, help="decoding threads (one per core)")
     prep.add_argument("--overwrite", action="store_true",
                       help="replace a different dataset already in OUT")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")

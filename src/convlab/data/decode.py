@@ -1,12 +1,11 @@
 """Robust photo decoding with Pillow: sniff by content, fix orientation and colour, resize+crop.
 
-Pillow only, no TensorFlow: this module runs in the ingest worker processes.
+Pillow only, no TensorFlow; thread-safe (ingest runs it in worker threads).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,6 +54,8 @@ def sniff(data: bytes) -> tuple[str, tuple[int, int]]:
         raise SkipImage("not an image", type(err).__name__) from None
     if fmt not in ACCEPTED_FORMATS:
         raise SkipImage("unsupported format", str(fmt))
+    if size[0] * size[1] > MAX_PIXELS:
+        raise SkipImage("too large", f"{size[0]}x{size[1]} pixels, more than {MAX_PIXELS:,}")
     return fmt, size
 
 
@@ -99,30 +100,28 @@ def decode_and_resize(data: bytes, size: int, quality: int = 90) -> Decoded:
     """
     fmt, (width, height) = sniff(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            mode = img.mode
-            if fmt in ("JPEG", "MPO"):
-                # Decode at the smallest DCT scale still >= 2x the target: far less memory and
-                # time for big photos, and still enough pixels for a good downsample.
-                img.draft("RGB", (size * 2, size * 2))
-            if fmt == "GIF":
-                img.seek(0)
-            img.load()
-            if (fmt == "JPEG" and mode == "RGB" and img.size == (size, size)
-                    and img.getexif().get(ORIENTATION, 1) == 1):
-                # Already what we want: keep the original bytes, no second JPEG generation.
-                return Decoded(data, fmt, (width, height), mode)
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            img = resize_and_crop(img, size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        img = Image.open(io.BytesIO(data))
+        mode = img.mode
+        if fmt in ("JPEG", "MPO"):
+            # Decode at the smallest DCT scale still >= 2x the target: far less memory and
+            # time for big photos, and still enough pixels for a good downsample.
+            img.draft("RGB", (size * 2, size * 2))
+        if fmt == "GIF":
+            img.seek(0)
+        img.load()
+        if (fmt == "JPEG" and mode == "RGB" and img.size == (size, size)
+                and img.getexif().get(ORIENTATION, 1) == 1):
+            # Already what we want: keep the original bytes, no second JPEG generation.
+            return Decoded(data, fmt, (width, height), mode)
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        img = resize_and_crop(img, size)
+    except Image.DecompressionBombError as err:
         raise SkipImage("too large", str(err)) from None
     except OSError as err:
         reason = "truncated" if "truncated" in str(err) else "undecodable"
         raise SkipImage(reason, str(err)) from None
-    except (ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as err:
+    except (ValueError, SyntaxError, EOFError) as err:
         raise SkipImage("undecodable", f"{type(err).__name__}: {err}") from None
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=quality)

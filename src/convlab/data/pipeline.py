@@ -138,6 +138,9 @@ def load(
         return image, tf.cast(example["class"], tf.int32)
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if input_context is None or input_context.num_input_pipelines == 1:
+        # Known size: Keras shows validation progress and never guesses where an epoch ends.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     return _finish(ds, batch_size=batch_size, training=training, augment=augment, cache=cache,
                    shuffle_buffer=min(shuffle_buffer, count),
                    repeat=training if repeat is None else repeat,
@@ -172,6 +175,7 @@ def load_files(
         return resize_to_square(image, image_size), tf.cast(label, tf.int32)
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
     return _finish(ds, batch_size=batch_size, training=training, augment=augment, cache=cache,
                    shuffle_buffer=min(shuffle_buffer, len(paths)),
                    repeat=training if repeat is None else repeat,

@@ -150,7 +150,7 @@ def train(config: TrainConfig | None = None, *, progress: bool = True, **overrid
     started = time.time()
     try:
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                            steps_per_epoch=steps, callbacks=callbacks,
+                            steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                             verbose=1 if progress else 2)
     finally:
         keras.mixed_precision.set_global_policy("float32")
