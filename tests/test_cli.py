@@ -102,19 +102,23 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
         history = list(csv.DictReader(f))
     assert [int(h["epoch"]) for h in history] == [0, 1]
     assert {"accuracy", "val_accuracy", "loss"} <= set(history[0])
-    config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "squeezenet" and config["classes"] == ["circle", "square",
-                                                                     "triangle"]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["model"] == "squeezenet"
+    assert saved["derived"]["classes"] == ["circle", "square", "triangle"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-001.keras",
                                                                         "epoch-002.keras"]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["images_per_second"] > 0 and summary["epochs"] == 2
+    assert summary["train_images_per_second"] > 0 and summary["epochs"] == 2
     assert (run / "model.keras").stat().st_size > 0
     assert f"run folder: {run}" in capsys.readouterr().out
 
 
 def test_train_rejects_bad_values(prepared, capsys):
-    assert main(["train", "squeezenet", "--data", str(prepared), "--precision", "fp8"]) == 2
-    assert "--precision must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "squeezenet", "--data", str(prepared), "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
     assert main(["train", "nosuchnet", "--data", str(prepared)]) == 2
     assert "unknown model 'nosuchnet'" in capsys.readouterr().err
+    assert main(["train", "squeezenet", "--data", str(prepared), "--fine-tune-epochs", "2"]) == 2
+    assert "needs a pretrained backbone" in capsys.readouterr().err

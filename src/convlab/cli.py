@@ -134,15 +134,72 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from convlab.training.trainer import TrainConfig, train
+def _train_overrides(args) -> dict:
+    """Only the flags the user gave: they override the recipe (or the defaults)."""
+    out = {}
+    for flag, field in (("data", "data"), ("epochs", "epochs"), ("batch_size", "batch_size"),
+                        ("image_size", "image_size"), ("optimizer", "optimizer"),
+                        ("label_smoothing", "label_smoothing"),
+                        ("class_weights", "class_weights"), ("precision", "precision"),
+                        ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
+                        ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
+                        ("fine_tune_lr", "fine_tune_lr"),
+                        ("steps_per_execution", "steps_per_execution")):
+        value = getattr(args, flag)
+        if value is not None:
+            out[field] = value
+    if args.batch_size is not None:
+        out["batch_per_replica"] = None
+    schedule = {k: v for k, v in (("name", args.schedule), ("learning_rate", args.lr))
+                if v is not None}
+    if schedule:
+        out["schedule"] = schedule
+    if args.augment is not None:
+        from convlab.config import AUGMENT_PRESETS
 
-    config = TrainConfig(model=args.model, data=args.data, image_size=args.image_size,
-                         epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.lr, augment=not args.no_augment,
-                         precision=args.precision, seed=args.seed, runs_dir=args.runs_dir)
-    run = train(config, progress=not args.quiet)
+        out["augment"] = AUGMENT_PRESETS[args.augment]
+    options = {}
+    if args.weights is not None:
+        options["weights"] = None if args.weights == "none" else args.weights
+    if args.unfreeze:
+        options["trainable_backbone"] = True
+    if options:
+        out["model_options"] = options
+    return out
+
+
+def cmd_train(args) -> int:
+    from convlab.config import RECIPES, TrainConfig, recipe_config
+    from convlab.training.trainer import resume, train
+
+    if args.resume:
+        run = resume(args.resume, progress=not args.quiet)
+    else:
+        if not args.model:
+            raise ConvlabError("name a model or recipe to train (see `convlab models` and "
+                               "`convlab recipes`), or --resume RUN")
+        base = recipe_config(args.model) if args.model in RECIPES else TrainConfig(
+            model=args.model, name=args.model)
+        run = train(base, progress=not args.quiet, **_train_overrides(args))
     print(f"\nrun folder: {run}\n{(run / 'summary.txt').read_text()}", end="")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from rich.table import Table
+
+    from convlab.config import RECIPES, recipe_config
+
+    table = Table(title="convlab recipes (convlab train RECIPE --data ...)")
+    for col in ("recipe", "model", "px", "epochs", "batch", "schedule", "description"):
+        table.add_column(col)
+    for name, (description, _) in RECIPES.items():
+        c = recipe_config(name)
+        batch = f"{c.batch_per_replica}/replica" if c.batch_per_replica else str(c.batch_size)
+        epochs = f"{c.epochs}+{c.fine_tune_epochs}" if c.fine_tune_epochs else str(c.epochs)
+        table.add_row(name, c.model, str(c.image_size), epochs, batch, c.schedule.name,
+                      description)
+    _console().print(table)
     return 0
 
 
@@ -203,20 +260,41 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--image-size", type=int, default=None)
     models.set_defaults(func=cmd_models)
 
-    tr = sub.add_parser("train", help="train a model; writes a run folder")
-    tr.add_argument("model", help="model name (see `convlab models`)")
-    tr.add_argument("--data", default="flowers",
-                    help="prepared folder, folder of class subfolders, 'flowers' (download) "
-                         "or 'synthetic' (default: flowers)")
-    tr.add_argument("--epochs", type=int, default=5)
-    tr.add_argument("--batch-size", type=int, default=32, help="global batch size (32)")
-    tr.add_argument("--image-size", type=int, default=None, help="default: the model's own")
-    tr.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
-    tr.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    tr.add_argument("--precision", default="auto",
-                    help="auto|float32|mixed_bfloat16|mixed_float16 (auto)")
-    tr.add_argument("--seed", type=int, default=42)
-    tr.add_argument("--runs-dir", default="runs", help="where run folders go (runs/)")
+    rec = sub.add_parser("recipes", help="list the training recipes")
+    rec.set_defaults(func=cmd_recipes)
+
+    tr = sub.add_parser(
+        "train", help="train a model or recipe; writes a run folder",
+        description="Train MODEL (see `convlab models`) or RECIPE (see `convlab recipes`). "
+                    "Flags override the recipe's settings. Writes runs/<time>-<name>/.")
+    tr.add_argument("model", nargs="?", help="model or recipe name")
+    tr.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    tr.add_argument("--data", help="prepared folder, folder of class subfolders, 'flowers' "
+                                   "(download) or 'synthetic' (default: flowers)")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
+    tr.add_argument("--image-size", type=int, help="default: the model's own")
+    tr.add_argument("--lr", type=float, help="learning rate (peak rate for schedules)")
+    tr.add_argument("--schedule", choices=("constant", "rampup", "cosine"))
+    tr.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    tr.add_argument("--label-smoothing", type=float)
+    tr.add_argument("--class-weights", choices=("balanced",))
+    tr.add_argument("--augment", choices=("none", "codelab", "strong"),
+                    help="codelab: flip + saturation; strong: + zoom, brightness, contrast")
+    tr.add_argument("--weights", help="pretrained models: imagenet, none, or a weights file")
+    tr.add_argument("--unfreeze", action="store_true",
+                    help="train the pretrained backbone too (batch norm stays frozen)")
+    tr.add_argument("--fine-tune-epochs", type=int,
+                    help="after --epochs on the head, this many with the backbone unfrozen")
+    tr.add_argument("--fine-tune-lr", type=float, help="learning rate of that second phase")
+    tr.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16",
+                                            "mixed_float16"))
+    tr.add_argument("--strategy", choices=("auto", "default", "onedevice", "mirrored",
+                                           "multiworker", "tpu"))
+    tr.add_argument("--steps-per-execution", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--name", help="run name (default: recipe or model)")
+    tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")
     tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
     tr.set_defaults(func=cmd_train)
     return p

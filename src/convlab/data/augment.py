@@ -47,31 +47,37 @@ class Augment:
         return bool(self.flip or self.saturation or self.zoom or self.brightness or self.contrast)
 
 
-def _uniform(batch: tf.Tensor, low: float, high: float, seed=None) -> tf.Tensor:
-    return tf.random.uniform([tf.shape(batch)[0], 1, 1, 1], low, high, seed=seed)
+def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Randomly augment a (batch, height, width, 3) float batch in [0, 1].
 
+    Args:
+        seed: a shape-[2] integer tensor. The same seed gives the same augmentation (stateless
+            random ops), so a resumed training run sees exactly the images an uninterrupted
+            one would. None draws a fresh seed.
+    """
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    seed = tf.cast(seed, tf.int32)
+    n = tf.shape(images)[0]
 
-def _blend(a: tf.Tensor, b: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    return b + factor * (a - b)
+    def uniform(k: int, shape, low=0.0, high=1.0):
+        return tf.random.stateless_uniform(shape, tf.random.experimental.stateless_fold_in(
+            seed, k), low, high)
 
-
-def augment_batch(images: tf.Tensor, aug: Augment) -> tf.Tensor:
-    """Randomly augment a (batch, height, width, 3) float batch in [0, 1]."""
     if aug.zoom:
-        n = tf.shape(images)[0]
-        side = tf.random.uniform([n, 1], aug.zoom, 1.0)
-        top_left = tf.random.uniform([n, 2]) * (1.0 - side)
+        side = uniform(1, [n, 1], aug.zoom, 1.0)
+        top_left = uniform(2, [n, 2]) * (1.0 - side)
         boxes = tf.concat([top_left, top_left + side], axis=1)
         images = tf.image.crop_and_resize(images, boxes, tf.range(n), tf.shape(images)[1:3])
     if aug.flip:
-        images = tf.image.random_flip_left_right(images)
+        images = tf.where(uniform(3, [n, 1, 1, 1]) < 0.5, tf.reverse(images, axis=[2]), images)
     if aug.saturation:
         # Scale the distance from each pixel's grey value: factor 0 is greyscale, 1 unchanged.
         grey = tf.image.rgb_to_grayscale(images)
-        images = _blend(images, grey, _uniform(images, *aug.saturation))
+        images = grey + uniform(4, [n, 1, 1, 1], *aug.saturation) * (images - grey)
     if aug.brightness:
-        images = images + _uniform(images, -aug.brightness, aug.brightness)
+        images = images + uniform(5, [n, 1, 1, 1], -aug.brightness, aug.brightness)
     if aug.contrast:
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        images = _blend(images, mean, _uniform(images, *aug.contrast))
+        images = mean + uniform(6, [n, 1, 1, 1], *aug.contrast) * (images - mean)
     return tf.clip_by_value(images, 0.0, 1.0)

@@ -7,6 +7,7 @@ int32 class indices. Models do their own further preprocessing.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import tensorflow as tf
@@ -49,29 +50,55 @@ def _as_augment(augment: Augment | bool | None, training: bool) -> Augment | Non
     return Augment() if augment is True else augment
 
 
-def _finish(ds: tf.data.Dataset, *, batch_size: int, training: bool, augment: Augment | None,
-            cache, shuffle_buffer: int, repeat: bool, drop_remainder: bool, seed) -> tf.data.Dataset:
+def _mix(seed: int, epoch) -> tf.Tensor:
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def _cached(ds: tf.data.Dataset, cache) -> tf.data.Dataset:
     # Cache decoded uint8 images (4x smaller than float32), before anything random.
     if cache is True or cache == "memory":
-        ds = ds.cache()
-    elif cache:
-        ds = ds.cache(str(cache))
-    # Shuffle before repeat so every epoch is a full pass in a new order.
-    if training and shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+        return ds.cache()
+    return ds.cache(str(cache)) if cache else ds
 
-    # Convert and augment whole batches: vectorised ops beat per-image maps on few cores.
-    def to_float(images, labels):
-        images = tf.cast(images, tf.float32) / 255.0
-        if augment is not None:
-            images = augment_batch(images, augment)
-        return images, labels
 
-    ds = ds.map(to_float, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+def _to_float(images):
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def _assemble(records, count: int, *, batch_size: int, training: bool,
+              augment: Augment | None, cache, shuffle_buffer: int, repeat: bool,
+              drop_remainder: bool, seed: int | None, start_epoch: int) -> tf.data.Dataset:
+    """Batches from `records(file_seed)`, a function giving decoded (uint8 image, label)."""
+    if not training:
+        ds = _cached(records(None), cache)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+        return ds.map(lambda x, y: (_to_float(x), y), num_parallel_calls=AUTOTUNE).prefetch(
+            AUTOTUNE)
+
+    # Training: one pass per epoch, its order and augmentation drawn from (seed, epoch) by
+    # stateless ops. A run resumed at epoch k therefore sees exactly the batches an
+    # uninterrupted run sees from epoch k on; and no batch straddles two epochs.
+    seed = random.randrange(2**31) if seed is None else seed
+    base = _cached(records(seed), cache) if cache else None
+    buffer = max(1, min(shuffle_buffer, count))
+
+    def epoch(e):
+        ds = base if base is not None else records(_mix(seed, e))
+        ds = ds.shuffle(buffer, seed=_mix(seed, e), reshuffle_each_iteration=False)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+        # Convert and augment whole batches: vectorised ops beat per-image maps on few cores.
+        def finish(i, batch):
+            images = _to_float(batch[0])
+            if augment is not None:
+                images = augment_batch(images, augment, tf.stack([
+                    tf.cast(seed % 2**31, tf.int32), tf.cast(e * 100_003 + i, tf.int32)]))
+            return images, batch[1]
+
+        return ds.enumerate().map(finish, num_parallel_calls=AUTOTUNE)
+
+    last = start_epoch + 1 if not repeat else 2**62
+    return tf.data.Dataset.range(start_epoch, last).flat_map(epoch).prefetch(AUTOTUNE)
 
 
 def load(
@@ -88,6 +115,7 @@ def load(
     drop_remainder: bool | None = None,
     deterministic: bool | None = None,
     seed: int | None = None,
+    start_epoch: int = 0,
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """A batched dataset of (images, labels) from a prepared TFRecord folder.
@@ -104,9 +132,12 @@ def load(
         cache: True/"memory" to cache decoded images in RAM, a file path to cache on disk,
             False for none.
         shuffle_buffer: shuffle buffer size, in images.
-        repeat, drop_remainder: default to `training`.
-        deterministic: keep file and record order (slower); default: not for training.
-        seed: shuffle seed.
+        repeat, drop_remainder: default to `training`. When training, each repetition is
+            one full epoch.
+        deterministic: keep file and record order (a little slower); default: not for
+            training. With it, training batches depend only on (seed, epoch).
+        seed: fixes shuffling and augmentation; default: a random one.
+        start_epoch: the first epoch's number (resuming a run at epoch k passes k).
         input_context: from `strategy.distribute_datasets_from_function`; shards files per
             input pipeline.
 
@@ -117,17 +148,8 @@ def load(
     training = (SPLIT_ALIASES.get(split, split) == "train") if training is None else training
     deterministic = (not training) if deterministic is None else deterministic
     size = image_size or manifest["image_size"][0]
-    augment = _as_augment(augment, training)
-
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed)
-    # Read several shards at once; order-agnostic unless asked, so a slow file never stalls.
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     stored = manifest["image_size"][0]
+    sharded = input_context is not None and input_context.num_input_pipelines > 1
 
     def decode(serialized):
         example = parse_example(serialized)
@@ -137,15 +159,28 @@ def load(
             image = resize_to_square(image, size)
         return image, tf.cast(example["class"], tf.int32)
 
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if input_context is None or input_context.num_input_pipelines == 1:
-        # Known size: Keras shows validation progress and never guesses where an epoch ends.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-    return _finish(ds, batch_size=batch_size, training=training, augment=augment, cache=cache,
-                   shuffle_buffer=min(shuffle_buffer, count),
-                   repeat=training if repeat is None else repeat,
-                   drop_remainder=training if drop_remainder is None else drop_remainder,
-                   seed=seed)
+    def records(file_seed):
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if sharded:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if file_seed is not None:
+            ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=False)
+        # Read several shards at once; order-agnostic unless asked, so a slow file never
+        # stalls the others.
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if not sharded:
+            # Known size: Keras shows validation progress and never guesses an epoch's end.
+            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+        return ds
+
+    return _assemble(records, count, batch_size=batch_size, training=training,
+                     augment=_as_augment(augment, training), cache=cache,
+                     shuffle_buffer=shuffle_buffer,
+                     repeat=training if repeat is None else repeat,
+                     drop_remainder=training if drop_remainder is None else drop_remainder,
+                     seed=seed, start_epoch=start_epoch)
 
 
 def load_files(
@@ -161,26 +196,31 @@ def load_files(
     repeat: bool | None = None,
     drop_remainder: bool | None = None,
     seed: int | None = None,
+    start_epoch: int = 0,
 ) -> tf.data.Dataset:
     """The per-file path (the codelab's "slow" way): read and decode each image file.
 
-    Same output as `load`. Files must be decodable by TensorFlow (JPEG, PNG, BMP, GIF); use
-    `convlab data prepare` to validate a folder first.
+    Same output and options as `load`. Files must be decodable by TensorFlow (JPEG, PNG, BMP,
+    GIF); use `convlab data prepare` to validate a folder first.
     """
-    augment = _as_augment(augment, training)
-    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), list(labels)))
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return resize_to_square(image, image_size), tf.cast(label, tf.int32)
 
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
-    return _finish(ds, batch_size=batch_size, training=training, augment=augment, cache=cache,
-                   shuffle_buffer=min(shuffle_buffer, len(paths)),
-                   repeat=training if repeat is None else repeat,
-                   drop_remainder=training if drop_remainder is None else drop_remainder,
-                   seed=seed)
+    def records(file_seed):
+        ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), list(labels)))
+        if file_seed is not None:
+            ds = ds.shuffle(len(paths), seed=file_seed, reshuffle_each_iteration=False)
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
+        return ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
+
+    return _assemble(records, len(paths), batch_size=batch_size, training=training,
+                     augment=_as_augment(augment, training), cache=cache,
+                     shuffle_buffer=shuffle_buffer,
+                     repeat=training if repeat is None else repeat,
+                     drop_remainder=training if drop_remainder is None else drop_remainder,
+                     seed=seed, start_epoch=start_epoch)
 
 
 def load_folder(folder: str | os.PathLike, *, image_size: int, **kwargs) -> tuple[tf.data.Dataset,

@@ -1,78 +1,37 @@
-"""The training loop: data -> model -> fit -> a run folder.
+"""The training engine: one code path for CPU, GPU(s), multi-worker and TPU.
 
-A first, deliberately small engine: default strategy, a precision policy, Adam, a constant LR,
-per-epoch checkpoints and history. Strategies, schedules and resume build on these steps.
+`train` is a sequence of named steps: resolve the strategy and precision, build the datasets,
+build (or restore) the model inside `strategy.scope()`, fit (in one or two phases), write the
+run folder. `resume` reloads a run's config and last checkpoint and continues it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-import math
 import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from convlab.config import TrainConfig, recipe_config
 from convlab.errors import ConvlabError
-
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a run; saved as config.json in the run folder."""
-
-    model: str = "squeezenet"
-    data: str = "flowers"
-    image_size: int | None = None  # default: the model's own size
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    augment: bool = True
-    precision: str = "auto"
-    seed: int = 42
-    runs_dir: str = "runs"
-    model_options: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConvlabError(f"--epochs must be at least 1, received: {self.epochs}")
-        if self.batch_size < 1:
-            raise ConvlabError(f"--batch-size must be at least 1, received: {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConvlabError(f"--lr must be positive, received: {self.learning_rate}")
-        if self.precision not in PRECISIONS:
-            raise ConvlabError(f"--precision must be one of {', '.join(PRECISIONS)}, "
-                               f"received: {self.precision!r}")
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bfloat16 (AVX512-BF16 or AMX): mixed_bfloat16 is ~2x."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        major = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability",
-                                                                        (0, 0))[0]
-        return "mixed_float16" if major >= 7 else "float32"
-    return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
+from convlab.training.callbacks import EpochCheckpoint, Throughput
+from convlab.training.schedules import (
+    ScheduleConfig,
+    build_schedule,
+    lr_per_epoch,
+    plot_schedule,
+)
+from convlab.training.strategy import hardware, resolve_precision, select_strategy
 
 
 def _run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(config.runs_dir) / f"{stamp}-{config.model}"
+    base = Path(config.runs_dir) / f"{stamp}-{config.name or config.model}"
     path, n = base, 1
     while path.exists():
         n += 1
@@ -81,8 +40,9 @@ def _run_dir(config: TrainConfig) -> Path:
     return path
 
 
-def build_datasets(config: TrainConfig, image_size: int, progress: bool = True):
-    """(prepared folder, manifest, train dataset, validation dataset or None, steps)."""
+def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
+                   start_epoch: int = 0, progress: bool = True):
+    """(prepared folder, manifest, train dataset, validation dataset or None)."""
     from convlab.data.ingest import read_manifest
     from convlab.data.pipeline import load
     from convlab.data.resolve import resolve_data
@@ -90,108 +50,216 @@ def build_datasets(config: TrainConfig, image_size: int, progress: bool = True):
     prepared = resolve_data(config.data, image_size, progress=progress)
     manifest = read_manifest(prepared)
     n_train = manifest["counts"]["per_split"].get("train", 0)
-    if n_train < config.batch_size:
-        raise ConvlabError(f"only {n_train} training images in '{prepared}', fewer than "
-                           f"--batch-size {config.batch_size}; lower --batch-size")
-    train = load(prepared, "train", batch_size=config.batch_size, image_size=image_size,
-                 augment=config.augment, seed=config.seed)
+    if n_train < global_batch:
+        raise ConvlabError(f"only {n_train} training images in '{prepared}', fewer than the "
+                           f"global batch of {global_batch}; lower --batch-size")
+    common = {"batch_size": global_batch, "image_size": image_size, "deterministic": True}
+    train = load(prepared, "train", augment=config.augment, seed=config.seed,
+                 start_epoch=start_epoch, **common)
     val = None
     if manifest["counts"]["per_split"].get("validation"):
-        val = load(prepared, "validation", batch_size=config.batch_size, image_size=image_size)
-    return prepared, manifest, train, val, n_train // config.batch_size
+        val = load(prepared, "validation", **common)
+    if config.label_smoothing:
+        n = manifest["num_classes"]
+        one_hot = lambda x, y: (x, tf.one_hot(y, n))  # noqa: E731
+        train = train.map(one_hot)
+        val = val.map(one_hot) if val is not None else None
+    return prepared, manifest, train, val
 
 
-def train(config: TrainConfig | None = None, *, progress: bool = True, **overrides) -> Path:
-    """Train a model and write a run folder.
+def _class_weights(config: TrainConfig, manifest: dict) -> dict | None:
+    if config.class_weights != "balanced":
+        return None
+    counts = [manifest["counts"]["per_class"][c].get("train", 0) for c in manifest["classes"]]
+    total = sum(counts)
+    return {i: total / (len(counts) * n) for i, n in enumerate(counts) if n}
+
+
+def _optimizer(config: TrainConfig, learning_rate):
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _compile(model, config: TrainConfig, learning_rate) -> None:
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+            if config.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=_optimizer(config, learning_rate), loss=loss, metrics=["accuracy"],
+                  steps_per_execution=config.steps_per_execution)
+
+
+def _set_backbone(model, trainable: bool) -> None:
+    from convlab.models.backbone import set_backbone_trainable
+
+    set_backbone_trainable(model, trainable)
+
+
+def _last_checkpoint(run: Path) -> tuple[int, Path] | None:
+    state = run / "state.json"
+    if not state.exists():
+        return None
+    epoch = json.loads(state.read_text())["epoch"]
+    return epoch, run / "checkpoints" / f"epoch-{epoch:03d}.keras"
+
+
+def _history_rows(run: Path) -> list[dict]:
+    path = run / "history.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def train(config: TrainConfig | str | None = None, *, progress: bool = True,
+          **overrides) -> Path:
+    """Train a model (or a recipe) and write a run folder.
 
     Args:
-        config: a `TrainConfig`; keyword overrides replace its fields.
-        progress: show progress bars.
+        config: a `TrainConfig`, a recipe name, or None for the defaults.
+        progress: show progress bars (else one line per epoch).
+        **overrides: fields of `TrainConfig` to replace (`schedule`/`augment` take dicts).
 
     Returns:
-        The run folder (config.json, history.csv, checkpoints/, model.keras, summary.txt).
+        The run folder: config.json, history.csv/json, logs/ (TensorBoard), checkpoints/,
+        best.keras, model.keras, plots/, summary.txt/json.
 
     Raises:
         ConvlabError: bad config or data.
     """
-    config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    if isinstance(config, str):
+        config = recipe_config(config)
+    config = (config or TrainConfig()).override(**overrides)
     config.validate()
+    return _fit(config, run=None, progress=progress)
+
+
+def resume(run: str | os.PathLike, *, progress: bool = True) -> Path:
+    """Continue an interrupted run from its last completed epoch, in the same folder.
+
+    Raises:
+        ConvlabError: not a run folder, or nothing to resume.
+    """
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json)")
+    saved = json.loads((run / "config.json").read_text())
+    config = TrainConfig.from_dict(saved["config"])
+    done = _last_checkpoint(run)
+    if done is not None and done[0] >= config.total_epochs:
+        raise ConvlabError(f"run '{run}' already finished all {config.total_epochs} epochs")
+    return _fit(config, run=run, progress=progress)
+
+
+def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
     from convlab.models import create_model, get_model_info
 
     info = get_model_info(config.model)
     image_size = config.image_size or info.image_size
-    config.image_size = image_size
-
-    keras.utils.set_random_seed(config.seed)
-    precision = resolve_precision(config.precision)
+    if config.fine_tune_epochs and not info.pretrained:
+        raise ConvlabError(f"--fine-tune-epochs needs a pretrained backbone to unfreeze; "
+                           f"{config.model!r} has none (use more --epochs instead)")
+    strategy_info = select_strategy(config.strategy)
+    strategy = strategy_info.strategy
+    replicas = strategy.num_replicas_in_sync
+    global_batch = (config.batch_per_replica * replicas if config.batch_per_replica
+                    else config.batch_size)
+    if global_batch % replicas:
+        raise ConvlabError(f"the global batch {global_batch} does not split evenly over "
+                           f"{replicas} replicas; use a multiple of {replicas}")
+    precision = resolve_precision(config.precision, strategy_info)
     keras.mixed_precision.set_global_policy(precision)
-    prepared, manifest, train_ds, val_ds, steps = build_datasets(config, image_size, progress)
-    strategy = tf.distribute.get_strategy()
-    print(f"strategy: {type(strategy).__name__} ({strategy.num_replicas_in_sync} replica), "
-          f"precision: {precision}, batch: {config.batch_size}, {steps} steps/epoch")
+    keras.utils.set_random_seed(config.seed)
+
+    resumed = _last_checkpoint(run) if run is not None else None
+    start_epoch = resumed[0] if resumed else 0
+    prepared, manifest, train_ds, val_ds = build_datasets(
+        config, image_size, global_batch, start_epoch=start_epoch, progress=progress)
+    n_train = manifest["counts"]["per_split"]["train"]
+    steps = n_train // global_batch
+    schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
+                              replicas=replicas)
+    print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
+          f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
 
     with strategy.scope():
-        model = create_model(config.model, manifest["num_classes"], image_size,
-                             **config.model_options)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        if resumed:
+            model = keras.models.load_model(resumed[1])
+            print(f"resuming {run} after epoch {start_epoch} from {resumed[1].name}")
+        else:
+            options = dict(config.model_options)
+            model = create_model(config.model, manifest["num_classes"], image_size, **options)
+            _compile(model, config, schedule)
 
-    run = _run_dir(config)
-    saved = asdict(config) | {"prepared_data": str(prepared), "classes": manifest["classes"],
-                              "resolved_precision": precision}
-    (run / "config.json").write_text(json.dumps(saved, indent=1))
-    (run / "checkpoints").mkdir()
-    timer = EpochTimer(steps * config.batch_size)
-    callbacks = [
-        keras.callbacks.CSVLogger(str(run / "history.csv")),
-        keras.callbacks.ModelCheckpoint(str(run / "checkpoints" / "epoch-{epoch:03d}.keras")),
-        timer,
-    ]
+    if run is None:
+        run = _run_dir(config)
+        derived = {"image_size": image_size, "global_batch": global_batch,
+                   "per_replica_batch": global_batch // replicas, "replicas": replicas,
+                   "steps_per_epoch": steps, "precision": precision,
+                   "strategy": strategy_info.kind, "prepared_data": str(prepared),
+                   "classes": manifest["classes"],
+                   "lr_per_epoch": lr_per_epoch(schedule, steps, config.epochs)}
+        (run / "config.json").write_text(json.dumps(
+            {"config": config.to_dict(), "derived": derived}, indent=1))
+        (run / "plots").mkdir()
+        plot_schedule(schedule, steps, config.epochs, run / "plots" / "lr_schedule.png",
+                      title=f"{config.schedule.name} schedule, {config.name or config.model}")
+
+    throughput = Throughput(steps * global_batch)
+    callbacks = [throughput, EpochCheckpoint(run),
+                 keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+                 keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False)]
+    fit_args = {"validation_data": val_ds, "steps_per_epoch": steps, "shuffle": False,
+                "callbacks": callbacks, "verbose": 1 if progress else 2,
+                "class_weight": _class_weights(config, manifest)}
     started = time.time()
     try:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                            steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                            verbose=1 if progress else 2)
+        if start_epoch < config.epochs:
+            model.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch, **fit_args)
+        if config.fine_tune_epochs:
+            if start_epoch <= config.epochs:
+                # Phase two: the whole network, at a lower rate, with a new optimizer.
+                with strategy.scope():
+                    _set_backbone(model, True)
+                    _compile(model, config, build_schedule(
+                        ScheduleConfig("cosine", learning_rate=config.fine_tune_lr,
+                                       warmup_epochs=0.0, min_lr=config.fine_tune_lr / 20),
+                        steps_per_epoch=steps, epochs=config.fine_tune_epochs))
+            model.fit(train_ds, epochs=config.total_epochs,
+                      initial_epoch=max(start_epoch, config.epochs), **fit_args)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     wall = time.time() - started
     model.save(run / "model.keras")
-    (run / "history.json").write_text(json.dumps(history.history, indent=1))
-    summary = {
-        "model": config.model, "parameters": model.count_params(),
-        "data": str(prepared), "train_images": manifest["counts"]["per_split"].get("train"),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "strategy": type(strategy).__name__, "precision": precision,
-        "epochs": config.epochs, "wall_seconds": round(wall, 1),
-        "images_per_second": round(timer.steady_rate(), 1),
-        "final": {k: float(v[-1]) for k, v in history.history.items()},
-    }
-    (run / "summary.json").write_text(json.dumps(summary, indent=1))
-    (run / "summary.txt").write_text("\n".join(f"{k}: {v}" for k, v in summary.items()) + "\n")
+    _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput)
     return run
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Records training images/s per epoch (validation excluded) into the logs."""
-
-    def __init__(self, images_per_epoch: int):
-        super().__init__()
-        self.images = images_per_epoch
-        self.rates: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = self._last = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._last = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = self._last - self._start
-        self.rates.append(self.images / seconds if seconds > 0 else math.nan)
-        if logs is not None:
-            logs["images_per_second"] = self.rates[-1]
-
-    def steady_rate(self) -> float:
-        # The first epoch pays for tracing and for filling the cache.
-        rates = self.rates[1:] or self.rates
-        return sum(rates) / len(rates)
+def _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput):
+    history = _history_rows(run)
+    (run / "history.json").write_text(json.dumps(history, indent=1))
+    best = max(history, key=lambda h: h.get("val_accuracy", h.get("accuracy", 0)),
+               default={})
+    previous = json.loads((run / "summary.json").read_text()) if (
+        run / "summary.json").exists() else {}
+    summary = {
+        "run": str(run), "recipe": config.recipe, "model": config.model,
+        "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(v.numpy().size for v in model.trainable_weights)),
+        "data": str(manifest.get("source")),
+        "images": dict(Counter(manifest["counts"]["per_split"])),
+        "hardware": hardware(), "strategy": strategy_info.describe(), "precision": precision,
+        "epochs": len(history),
+        "wall_seconds": round(previous.get("wall_seconds", 0) + wall, 1),
+        "train_images_per_second": round(throughput.steady_rate(), 1),
+        "final": history[-1] if history else {}, "best": best,
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = [f"{k}: {v}" for k, v in summary.items() if k not in ("final", "best")]
+    for label in ("final", "best"):
+        row = summary[label]
+        lines.append(f"{label}: epoch {row.get('epoch', -1) + 1}, " + ", ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if "accuracy" in k or "loss" in k))
+    (run / "summary.txt").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,70 @@
+"""Callbacks the trainer adds: throughput in the progress bar, and crash-safe checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images/s, shown in the progress bar and kept per epoch (validation excluded)."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.rates: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self._last = time.perf_counter()
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+        self._batches = batch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self._last - self._start
+        self.rates.append(self.images_per_epoch / seconds if seconds > 0 else math.nan)
+        if logs is not None:
+            logs["images_per_second"] = self.rates[-1]
+
+    def steady_rate(self) -> float:
+        """Mean over epochs, without the first (tracing, cache filling) when there are more."""
+        rates = self.rates[1:] or self.rates
+        return sum(rates) / len(rates) if rates else math.nan
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After each epoch: the full model with optimizer state (for resume) and, when validation
+    accuracy improves, best.keras. Each file is written under a temporary name and renamed,
+    so a run killed mid-save never leaves a checkpoint that looks whole."""
+
+    def __init__(self, run: Path, monitor: str = "val_accuracy"):
+        super().__init__()
+        self.run, self.monitor = Path(run), monitor
+        (self.run / "checkpoints").mkdir(exist_ok=True)
+        state = self.run / "state.json"
+        self.best = json.loads(state.read_text()).get("best", -math.inf) if state.exists() \
+            else -math.inf
+
+    def _save(self, path: Path) -> None:
+        tmp = path.with_name(path.stem + ".tmp.keras")
+        self.model.save(tmp)
+        os.replace(tmp, path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._save(self.run / "checkpoints" / f"epoch-{epoch + 1:03d}.keras")
+        value = logs.get(self.monitor, logs.get("accuracy"))
+        if value is not None and value > self.best:
+            self.best = float(value)
+            self._save(self.run / "best.keras")
+        state = {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor}
+        tmp = self.run / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.run / "state.json")

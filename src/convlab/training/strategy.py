@@ -1,0 +1,140 @@
+"""Choosing the tf.distribute strategy and the precision policy for this machine.
+
+The order is the codelab's, made safe: TPU (only where a TPU is signalled, so a CPU machine
+never waits on a cloud metadata server, and no NameError when there is none) -> TF_CONFIG
+(multi-worker) -> several GPUs (MirroredStrategy) -> the default strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from convlab.errors import ConvlabError
+
+STRATEGIES = ("auto", "default", "onedevice", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclass
+class StrategyInfo:
+    strategy: tf.distribute.Strategy
+    kind: str  # one of STRATEGIES but "auto"
+    replicas: int
+    devices: str  # human-readable
+    tpu: bool = False
+
+    def describe(self) -> str:
+        return f"{type(self.strategy).__name__} ({self.replicas} replica(s) on {self.devices})"
+
+
+def tpu_signalled(environ=os.environ) -> bool:
+    """Whether this process should look for a TPU: a TPU name, Colab's TPU address, or the
+    TPU VM device files. Without one, TPUClusterResolver() may wait on a metadata server."""
+    return bool(environ.get("TPU_NAME") or environ.get("COLAB_TPU_ADDR")
+                or environ.get("TPU_ACCELERATOR_TYPE") or Path("/dev/accel0").exists())
+
+
+def detect_tpu(environ=os.environ):
+    """A connected TPUClusterResolver, or None when no TPU is signalled or reachable."""
+    if not tpu_signalled(environ):
+        return None
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=environ.get("TPU_NAME") or ("local" if Path("/dev/accel0").exists() else None))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as err:
+        print(f"convlab: a TPU is signalled but could not be reached ({err}); not using it")
+        return None
+    return resolver
+
+
+def _gpus() -> list:
+    return tf.config.list_physical_devices("GPU")
+
+
+def select_strategy(name: str = "auto") -> StrategyInfo:
+    """Build the strategy named (or the best one detected, for "auto").
+
+    Raises:
+        ConvlabError: unknown name, or a named strategy whose hardware is not there.
+    """
+    if name not in STRATEGIES:
+        raise ConvlabError(f"--strategy must be one of {', '.join(STRATEGIES)}, "
+                           f"received: {name!r}")
+    if name in ("auto", "tpu"):
+        resolver = detect_tpu()
+        if resolver is not None:
+            strategy = tf.distribute.TPUStrategy(resolver)
+            return StrategyInfo(strategy, "tpu", strategy.num_replicas_in_sync, "TPU cores",
+                                tpu=True)
+        if name == "tpu":
+            raise ConvlabError("--strategy tpu but no TPU found; set TPU_NAME (or run on a "
+                               "Cloud TPU VM / Colab TPU runtime), or use --strategy auto")
+    if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
+        try:
+            json.loads(os.environ.get("TF_CONFIG") or "{}")
+        except json.JSONDecodeError:
+            raise ConvlabError("TF_CONFIG is not valid JSON; see docs/scaling.md") from None
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return StrategyInfo(strategy, "multiworker", strategy.num_replicas_in_sync,
+                            f"{strategy.extended._num_workers} worker(s)")
+    gpus = _gpus()
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        devices = ([f"/gpu:{i}" for i in range(len(gpus))] if gpus else
+                   [d.name for d in tf.config.list_logical_devices("CPU")])
+        strategy = tf.distribute.MirroredStrategy(devices)
+        return StrategyInfo(strategy, "mirrored", len(devices), ", ".join(devices))
+    if name == "onedevice":
+        device = "/gpu:0" if gpus else "/cpu:0"
+        return StrategyInfo(tf.distribute.OneDeviceStrategy(device), "onedevice", 1, device)
+    return StrategyInfo(tf.distribute.get_strategy(), "default", 1,
+                        "GPU:0" if gpus else "CPU")
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): ~2x faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, info: StrategyInfo | None = None) -> str:
+    """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, bfloat16 on CPUs that
+    support it, float32 otherwise."""
+    if precision not in PRECISIONS:
+        raise ConvlabError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                           f"received: {precision!r}")
+    if precision != "auto":
+        return precision
+    if info is not None and info.tpu:
+        return "mixed_bfloat16"
+    gpus = _gpus()
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "mixed_float16" if details.get("compute_capability", (0, 0))[0] >= 7 else "float32"
+    return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def hardware() -> str:
+    """One line: CPU model and cores, and any GPUs."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores"]
+    for gpu in _gpus():
+        name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        parts.append(name)
+    return "; ".join(parts)

@@ -1,0 +1,185 @@
+"""The training engine: schedules, strategies, precision, recipes, runs, resume, phases."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from convlab.config import RECIPES, TrainConfig, recipe_config
+from convlab.data import prepare
+from convlab.data.synthetic import make_folder
+from convlab.errors import ConvlabError
+from convlab.training import strategy as strategy_mod
+from convlab.training.schedules import ScheduleConfig, build_schedule, lr_per_epoch
+from convlab.training.trainer import resume, train
+
+TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "precision": "float32",
+        "model_options": {"layout": [[8, 16], "pool", [8, 16]]}}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    src = make_folder(root / "src", num_classes=3, per_class=30, size=24)
+    prepare(str(src), root / "data", size=16, shards=3, progress=False)
+    return root / "data"
+
+
+def weights_of(path):
+    return [w for w in keras.models.load_model(path).get_weights()]
+
+
+def test_codelab_rampup_schedule_reproduces_its_printed_values():
+    # The codelab (8 TPU cores): start 1e-5, max 5e-5 x 8, min 1e-5, 5 ramp-up epochs, decay 0.8.
+    config = recipe_config("codelab-xception").schedule
+    schedule = build_schedule(config, steps_per_epoch=23, epochs=12, replicas=8)
+    printed = [1e-5, 8.8e-5, 1.66e-4, 2.44e-4, 3.22e-4, 4.0e-4, 3.22e-4, 2.596e-4, 2.0968e-4,
+               1.6974e-4, 1.3780e-4, 1.1224e-4]
+    np.testing.assert_allclose(lr_per_epoch(schedule, 23, 12), printed, rtol=1e-3)
+    # Constant within an epoch, like the codelab's per-epoch LearningRateScheduler.
+    assert float(schedule(5 * 23)) == float(schedule(5 * 23 + 22))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min():
+    schedule = build_schedule(ScheduleConfig("cosine", learning_rate=1e-2, warmup_epochs=1,
+                                             min_lr=1e-4), steps_per_epoch=10, epochs=5)
+    rates = [float(schedule(s)) for s in range(50)]
+    assert rates[0] < rates[5] < rates[9] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
+    assert rates[-1] < 2e-4 and float(schedule(50)) == pytest.approx(1e-4)
+    with pytest.raises(ConvlabError, match="--schedule must be one of"):
+        build_schedule(ScheduleConfig("linear"), steps_per_epoch=1, epochs=1)
+
+
+def test_strategy_detection_on_cpu_needs_no_tpu(monkeypatch):
+    for var in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TF_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    assert strategy_mod.detect_tpu() is None  # the codelab's version raised NameError here
+    info = strategy_mod.select_strategy("auto")
+    assert info.kind == "default" and info.replicas == 1
+    with pytest.raises(ConvlabError, match="no TPU found"):
+        strategy_mod.select_strategy("tpu")
+    with pytest.raises(ConvlabError, match="--strategy must be one of"):
+        strategy_mod.select_strategy("gpu-please")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConvlabError, match="TF_CONFIG is not valid JSON"):
+        strategy_mod.select_strategy("auto")
+
+
+def test_auto_precision_follows_the_cpu():
+    expected = "mixed_bfloat16" if strategy_mod.cpu_supports_bf16() else "float32"
+    assert strategy_mod.resolve_precision("auto") == expected
+    assert strategy_mod.resolve_precision("float32") == "float32"
+
+
+def test_every_recipe_is_a_valid_config():
+    for name in RECIPES:
+        config = recipe_config(name)
+        config.validate()
+        assert config.recipe == name
+        assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert recipe_config("codelab-squeezenet").augment.saturation == (0.0, 2.0)
+    assert recipe_config("codelab-transfer").augment is None
+    with pytest.raises(ConvlabError, match="unknown recipe"):
+        recipe_config("codelab-resnet")
+
+
+def test_run_folder_holds_everything_to_repeat_the_run(tiny_data, tmp_path):
+    run = train(TrainConfig(**TINY), data=str(tiny_data), epochs=2, runs_dir=str(tmp_path),
+                label_smoothing=0.1, class_weights="balanced", optimizer="adamw",
+                schedule={"name": "cosine", "learning_rate": 3e-3}, progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    config = TrainConfig.from_dict(saved["config"])
+    assert config.label_smoothing == 0.1 and config.schedule.name == "cosine"
+    assert saved["derived"]["global_batch"] == 8 and saved["derived"]["steps_per_epoch"] == 9
+    for name in ("history.csv", "history.json", "model.keras", "best.keras", "summary.txt",
+                 "plots/lr_schedule.png", "checkpoints/epoch-002.keras"):
+        assert (run / name).exists(), name
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "float32" and summary["epochs"] == 2
+    assert "cores" in summary["hardware"] and summary["train_images_per_second"] > 0
+    probabilities = keras.models.load_model(run / "model.keras").predict(
+        np.zeros((2, 16, 16, 3), "float32"), verbose=0)
+    assert probabilities.shape == (2, 3)
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
+    overrides = {**TINY, "data": str(tiny_data), "epochs": 6, "seed": 3,
+                 "schedule": {"name": "rampup", "learning_rate": 5e-3, "rampup_epochs": 2,
+                              "start_lr": 1e-3, "min_lr": 1e-4}}
+    whole = train(TrainConfig(), runs_dir=str(tmp_path / "whole"), progress=False, **overrides)
+
+    script = textwrap.dedent(f"""
+        from convlab.config import TrainConfig
+        from convlab.training.trainer import train
+        train(TrainConfig(), runs_dir={str(tmp_path / 'cut')!r}, progress=False, **{overrides!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline:
+        states = list((tmp_path / "cut").glob("*/state.json"))
+        if states and json.loads(states[0].read_text())["epoch"] >= 2:
+            state = states[0]
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = state.parent
+    done = json.loads(state.read_text())["epoch"]
+    assert 2 <= done < 6 and not (run / "model.keras").exists()
+
+    assert resume(run, progress=False) == run
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(6))  # each epoch exactly once
+    for a, b in zip(weights_of(run / "model.keras"), weights_of(whole / "model.keras"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConvlabError, match="already finished all 6 epochs"):
+        resume(run, progress=False)
+
+
+def test_two_phase_fine_tuning_unfreezes_the_backbone(tiny_data, tmp_path):
+    run = train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
+                batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1,
+                model_options={"weights": None}, runs_dir=str(tmp_path), progress=False)
+    model = keras.models.load_model(run / "model.keras")
+    first = keras.models.load_model(run / "checkpoints" / "epoch-001.keras")
+    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert trainable(model) > 10 * trainable(first)
+    assert len(json.loads((run / "history.json").read_text())) == 2
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
+    script = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from convlab.config import TrainConfig
+        from convlab.training.trainer import train
+        run = train(TrainConfig(), runs_dir={str(tmp_path)!r}, progress=False,
+                    strategy="mirrored", **{{**{TINY!r}, "data": {str(tiny_data)!r},
+                                            "epochs": 2}})
+        print(json.dumps(json.loads((run / "config.json").read_text())["derived"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    derived = json.loads(result.stdout.strip().splitlines()[-1])
+    assert derived["strategy"] == "mirrored" and derived["replicas"] == 2
+    assert derived["global_batch"] == 8 and derived["per_replica_batch"] == 4
+    (run,) = tmp_path.iterdir()
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
