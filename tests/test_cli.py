@@ -122,3 +122,23 @@ def test_train_rejects_bad_values(prepared, capsys):
     assert "unknown model 'nosuchnet'" in capsys.readouterr().err
     assert main(["train", "squeezenet", "--data", str(prepared), "--fine-tune-epochs", "2"]) == 2
     assert "needs a pretrained backbone" in capsys.readouterr().err
+
+
+def test_models_lists_the_zoo_and_shows_one_summary(capsys):
+    from convlab.models import list_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for info in list_models():
+        assert info.name in out
+    assert "119,957" in out  # squeezenet, 5 classes
+    assert main(["models", "squeezenet", "--image-size", "32"]) == 0
+    assert "fire" in capsys.readouterr().out
+
+
+def test_recipes_are_listed(capsys):
+    from convlab.config import RECIPES
+
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in RECIPES)

@@ -7,11 +7,18 @@ ingest worker processes (Pillow only) never load it.
 from convlab.errors import ConvlabError
 
 __version__ = "0.1.0"
-__all__ = ["ConvlabError", "__version__", "train"]
+__all__ = ["ConvlabError", "__version__", "resume", "train"]
 
 
 def train(*args, **kwargs):
-    """Train a model; see `convlab.training.trainer.train`."""
+    """Train a model or recipe; see `convlab.training.trainer.train`."""
     from convlab.training.trainer import train as _train
 
     return _train(*args, **kwargs)
+
+
+def resume(*args, **kwargs):
+    """Continue an interrupted run; see `convlab.training.trainer.resume`."""
+    from convlab.training.trainer import resume as _resume
+
+    return _resume(*args, **kwargs)

