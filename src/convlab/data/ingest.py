@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from convlab.data import decode
-from convlab.data.sources import Scan, read_bytes, scan_source
+from convlab.data.sources import Scan, file_sha256, read_bytes, scan_source
 from convlab.errors import ConvlabError
 
 MANIFEST = "manifest.json"
@@ -354,7 +354,7 @@ def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
             failed = {f["path"] for f in failures}
             name = shard_name(split, index, count)
             record = {"file": name, "split": split, "count": count,
-                      "bytes": tmp.stat().st_size, "sha256": _file_sha256(tmp),
+                      "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
                       "per_class": dict(sorted(per_class.items())), "failures": failures,
                       "members": [{"path": m["path"], "class": m["class"],
                                    "sha256": m["sha256"]} for m in members
@@ -364,14 +364,6 @@ def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
             records.append(record)
     order = {s: i for i, s in enumerate(SPLITS)}
     return sorted(records, key=lambda r: (order[r["split"]], r["file"]))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup_groups,

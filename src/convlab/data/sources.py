@@ -177,7 +177,7 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -202,9 +202,9 @@ def fetch_flowers(root: Path | None = None, *, url: str = FLOWERS_URL,
         return folder
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "flower_photos.tgz"
-    if not (archive.exists() and _sha256(archive) == sha256):
+    if not (archive.exists() and file_sha256(archive) == sha256):
         _download(url, archive, expected_bytes)
-        if _sha256(archive) != sha256:
+        if file_sha256(archive) != sha256:
             archive.unlink()
             raise ConvlabError(
                 f"downloaded {url} but its sha256 does not match {sha256}; "

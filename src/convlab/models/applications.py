@@ -91,6 +91,16 @@ def _classifier(
     return model
 
 
+def _application_model(application, name: str, min_size: int, num_classes: int,
+                       image_size: int, weights, trainable_backbone: bool,
+                       dropout: float) -> keras.Model:
+    weights = _resolve_weights(weights)
+    _check_options(name, image_size, min_size, dropout)
+    backbone = _backbone(application, image_size, weights)
+    return _classifier(backbone, num_classes, image_size, pretrained=weights is not None,
+                       trainable_backbone=trainable_backbone, dropout=dropout, name=name)
+
+
 @register_model(
     "mobilenetv2",
     image_size=224,
@@ -105,18 +115,8 @@ def mobilenetv2(
     trainable_backbone: bool = False,
     dropout: float = 0.2,
 ) -> keras.Model:
-    weights = _resolve_weights(weights)
-    _check_options("mobilenetv2", image_size, 32, dropout)
-    backbone = _backbone(keras.applications.MobileNetV2, image_size, weights)
-    return _classifier(
-        backbone,
-        num_classes,
-        image_size,
-        pretrained=weights is not None,
-        trainable_backbone=trainable_backbone,
-        dropout=dropout,
-        name="mobilenetv2",
-    )
+    return _application_model(keras.applications.MobileNetV2, "mobilenetv2", 32, num_classes,
+                              image_size, weights, trainable_backbone, dropout)
 
 
 @register_model(
@@ -133,15 +133,5 @@ def xception(
     trainable_backbone: bool = True,
     dropout: float = 0.2,
 ) -> keras.Model:
-    weights = _resolve_weights(weights)
-    _check_options("xception", image_size, 71, dropout)
-    backbone = _backbone(keras.applications.Xception, image_size, weights)
-    return _classifier(
-        backbone,
-        num_classes,
-        image_size,
-        pretrained=weights is not None,
-        trainable_backbone=trainable_backbone,
-        dropout=dropout,
-        name="xception",
-    )
+    return _application_model(keras.applications.Xception, "xception", 71, num_classes,
+                              image_size, weights, trainable_backbone, dropout)
