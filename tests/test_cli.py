@@ -110,6 +110,7 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_images_per_second"] > 0 and summary["epochs"] == 2
     assert (run / "model.keras").stat().st_size > 0
+    assert (run / "report.html").exists() and (run / "metrics.json").exists()
     assert f"run folder: {run}" in capsys.readouterr().out
 
 

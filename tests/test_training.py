@@ -21,7 +21,7 @@ from convlab.training.schedules import ScheduleConfig, build_schedule, lr_per_ep
 from convlab.training.trainer import resume, train
 
 TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "precision": "float32",
-        "model_options": {"layout": [[8, 16], "pool", [8, 16]]}}
+        "model_options": {"layout": [[8, 16], "pool", [8, 16]]}, "report": False}
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_dat
 
 def test_two_phase_fine_tuning_unfreezes_the_backbone(tiny_data, tmp_path):
     run = train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
-                batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1,
+                batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1, report=False,
                 model_options={"weights": None}, runs_dir=str(tmp_path), progress=False)
     model = keras.models.load_model(run / "model.keras")
     first = keras.models.load_model(run / "checkpoints" / "epoch-001.keras")

@@ -154,6 +154,8 @@ def _train_overrides(args) -> dict:
             out[field] = value
     if args.batch_size is not None:
         out["batch_per_replica"] = None
+    if args.no_report:
+        out["report"] = False
     schedule = {k: v for k, v in (("name", args.schedule), ("learning_rate", args.lr))
                 if v is not None}
     if schedule:
@@ -266,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--image-size", type=int, default=None)
     models.set_defaults(func=cmd_models)
 
+    from convlab import serving_cli
+    from convlab.evaluation import cli as evaluation_cli
+
+    evaluation_cli.register(sub)
+    serving_cli.register(sub)
+
     rec = sub.add_parser("recipes", help="list the training recipes")
     rec.set_defaults(func=cmd_recipes)
 
@@ -301,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int)
     tr.add_argument("--name", help="run name (default: recipe or model)")
     tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")
+    tr.add_argument("--no-report", action="store_true",
+                    help="skip evaluating the run and writing report.html at the end")
     tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
     tr.set_defaults(func=cmd_train)
     return p

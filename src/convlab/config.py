@@ -41,6 +41,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     seed: int = 42
     runs_dir: str = "runs"
+    report: bool = True  # evaluate and write report.html at the end
     name: str | None = None  # run name; default: recipe or model name
     recipe: str | None = None
 

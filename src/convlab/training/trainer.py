@@ -242,6 +242,10 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
     wall = time.time() - started
     model.save(run / "model.keras")
     _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput)
+    if config.report:
+        from convlab.evaluation.report import report
+
+        print(f"report: {report(run)}")
     return run
 
 

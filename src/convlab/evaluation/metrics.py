@@ -1,0 +1,251 @@
+"""`evaluate`: a run's model on a prepared split or a photo folder -> metrics.json.
+
+The maths is scikit-learn's; this module only gathers predictions, matches classes by name
+and writes the results (metrics.json, plus predictions.npz for the plots) into the run folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from convlab.errors import ConvlabError
+
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.npz"
+GRID_IMAGES = 20  # the prediction grid
+GALLERY_IMAGES = 16  # the mistakes gallery
+
+
+def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
+    """(run folder, its config.json) or a one-line error."""
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json)")
+    return run, json.loads((run / "config.json").read_text())
+
+
+def load_run_model(run: Path, which: str = "best"):
+    """The run's best.keras or model.keras (final weights)."""
+    import keras
+
+    import convlab.models  # noqa: F401  (registers convlab's custom layers for loading)
+
+    if which not in ("best", "final"):
+        raise ConvlabError(f"--model must be 'best' or 'final', received: {which!r}")
+    path = run / ("best.keras" if which == "best" else "model.keras")
+    if which == "best" and not path.exists():
+        path = run / "model.keras"  # no validation split: nothing was ever "best"
+    if not path.exists():
+        raise ConvlabError(f"run '{run}' has no {path.name}; did its training finish?")
+    return keras.models.load_model(path), path
+
+
+def _resolve(data, derived: dict, split: str | None) -> tuple[Path, str]:
+    """The prepared folder and split to evaluate."""
+    from convlab.data.ingest import MANIFEST
+    from convlab.data.resolve import resolve_data
+
+    if data is None:
+        prepared = Path(derived["prepared_data"])
+        if not (prepared / MANIFEST).exists():
+            raise ConvlabError(f"the run's prepared data '{prepared}' is gone; pass --data")
+        return prepared, split or "validation"
+    prepared_already = (Path(data) / MANIFEST).exists()
+    prepared = resolve_data(data, derived["image_size"], progress=False)
+    # A photo folder is prepared into the cache with a train/validation split that means
+    # nothing here: every one of its images is test data for this model.
+    return prepared, split or ("validation" if prepared_already else "all")
+
+
+def _class_map(manifest: dict, known: list[str], data) -> np.ndarray:
+    """Maps the dataset's class indices to the model's, by name."""
+    unknown = [c for c in manifest["classes"] if c not in known]
+    if unknown:
+        raise ConvlabError(
+            f"class{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+            f"'{data}' {'are' if len(unknown) > 1 else 'is'} not known to the model; it knows: "
+            f"{', '.join(known)}")
+    return np.array([known.index(c) for c in manifest["classes"]], dtype=np.int64)
+
+
+def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> list:
+    """The split's (or every split's) batches, in the same fixed order on every pass."""
+    from convlab.data.pipeline import load
+
+    splits = _splits(prepared) if split == "all" else [split]
+    return [load(prepared, name, batch_size=batch_size, image_size=image_size, training=False,
+                 cache=False, deterministic=True) for name in splits]
+
+
+def _predict(model, datasets: list) -> tuple[np.ndarray, np.ndarray]:
+    """(labels in the dataset's class indices, probabilities)."""
+    labels, probs = [], []
+    for ds in datasets:
+        for x, y in ds:
+            probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))
+            labels.append(y.numpy())
+    if not labels:
+        raise ConvlabError("no images to evaluate")
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def _gather(datasets: list, indices: np.ndarray) -> np.ndarray:
+    """uint8 pixels of the images at `indices`: a second pass, so that the first never holds
+    a whole split's pixels in memory."""
+    wanted, found, seen = set(indices.tolist()), {}, 0
+    for ds in datasets:
+        for x, _ in ds:
+            if len(found) == len(wanted):
+                break
+            for j in wanted & set(range(seen, seen + len(x))):
+                found[j] = np.round(x[j - seen].numpy() * 255).astype(np.uint8)
+            seen += len(x)
+    return np.stack([found[i] for i in indices])
+
+
+def _splits(prepared: Path) -> list[str]:
+    from convlab.data.ingest import read_manifest
+
+    return [k for k, v in read_manifest(prepared)["counts"]["per_split"].items() if v]
+
+
+def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
+             split: str | None = None, model: str = "best", top_k: int | None = None,
+             batch_size: int = 64) -> dict:
+    """Evaluate a run's model and write metrics.json (and predictions.npz) into the run folder.
+
+    Args:
+        run: a run folder written by `convlab.train`.
+        data: None for the run's own prepared data; else a prepared folder, or a photo folder
+            (or anything `--data` accepts), prepared once into the cache at the run's image
+            size. Its classes are matched to the model's by name.
+        split: "validation", "train", "test" or "all". Default: "validation" for prepared
+            data, "all" for a photo folder (every photo in it is evaluated).
+        model: "best" (best.keras) or "final" (model.keras).
+        top_k: k of the top-k accuracy; default min(3, classes - 1).
+        batch_size: images per prediction batch.
+
+    Returns:
+        The metrics: accuracy, top_k_accuracy, loss (cross-entropy), per_class
+        precision/recall/f1/support, macro and weighted averages, confusion_matrix (counts,
+        rows = true class) and confusion_matrix_normalized (rows sum to 1).
+
+    Raises:
+        ConvlabError: not a run folder, missing model or data, a class the model does not
+            know, or a bad split or top_k.
+    """
+    from sklearn import metrics as skm
+
+    from convlab.data.ingest import read_manifest
+    from convlab.data.pipeline import SPLIT_ALIASES
+
+    run, saved = read_run(run)
+    derived = saved["derived"]
+    classes = list(derived["classes"])
+    n = len(classes)
+    k = top_k if top_k is not None else max(1, min(3, n - 1))
+    if not 1 <= k <= max(1, n - 1):
+        raise ConvlabError(f"--top-k must be between 1 and {max(1, n - 1)} for {n} classes, "
+                           f"received: {k}")
+    prepared, split = _resolve(data, derived, split)
+    split = SPLIT_ALIASES.get(split, split)
+    mapping = _class_map(read_manifest(prepared), classes, data or prepared)
+    keras_model, model_path = load_run_model(run, model)
+    datasets = _datasets(prepared, split, derived["image_size"], batch_size)
+    labels, probs = _predict(keras_model, datasets)
+    y = mapping[labels]
+    pred = probs.argmax(axis=1)
+    everyone = list(range(n))
+    p, r, f1, support = skm.precision_recall_fscore_support(y, pred, labels=everyone,
+                                                            zero_division=0)
+    averages = {}
+    for avg in ("macro", "weighted"):
+        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=everyone,
+                                                            average=avg, zero_division=0)
+        averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    metrics = {
+        "run": str(run), "model_file": model_path.name, "data": str(prepared),
+        "split": split, "images": int(len(y)), "classes": classes,
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "top_k": k,
+        "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
+        if n > 2 else float(skm.accuracy_score(y, pred)),
+        "loss": float(skm.log_loss(y, _normalised(probs), labels=everyone)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]),
+                          "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        **averages,
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=everyone).tolist(),
+        "confusion_matrix_normalized": skm.confusion_matrix(
+            y, pred, labels=everyone, normalize="true").round(4).tolist(),
+        "predictions": PREDICTIONS,
+    }
+    _save_predictions(run, y, probs, datasets)
+    (run / METRICS).write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    # float32 softmax rows sum to 1 only within ~1e-7; scikit-learn warns at that.
+    probs = probs.astype(np.float64)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def _save_predictions(run: Path, y: np.ndarray, probs: np.ndarray, datasets: list) -> None:
+    """Labels and probabilities for all images; pixels only for those the plots show, so
+    the plots need neither the data nor the model again."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    # Most confident mistakes first: the ones most worth a look.
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:GALLERY_IMAGES]
+    grid = np.arange(min(GRID_IMAGES, len(y)))
+    shown = np.union1d(grid, wrong)
+    np.savez_compressed(run / PREDICTIONS, labels=y, probabilities=probs, grid=grid,
+                        mistakes=wrong, image_index=shown, images=_gather(datasets, shown))
+
+
+def load_metrics(run: str | os.PathLike) -> dict | None:
+    """The run's metrics.json, or None if it was never evaluated."""
+    path = Path(run) / METRICS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary_line(metrics: dict) -> str:
+    """One line: which model, on what, and the headline numbers."""
+    return (f"{metrics['model_file']} on {metrics['images']} {metrics['split']} images of "
+            f"{metrics['data']}: accuracy {metrics['accuracy']:.4f}, top-{metrics['top_k']} "
+            f"accuracy {metrics['top_k_accuracy']:.4f}, loss {metrics['loss']:.4f}")
+
+
+def metrics_table(metrics: dict):
+    """A rich `Table` of per-class precision/recall/F1/support and the macro/weighted averages."""
+    from rich.table import Table
+
+    table = Table(title="per-class metrics")
+    table.add_column("class")
+    for col in ("precision", "recall", "f1", "support"):
+        table.add_column(col, justify="right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, *(f"{row[c]:.3f}" for c in ("precision", "recall", "f1")),
+                      str(row["support"]))
+    table.add_section()
+    for avg in ("macro", "weighted"):
+        row = metrics[avg]
+        table.add_row(f"{avg} avg", *(f"{row[c]:.3f}" for c in ("precision", "recall", "f1")),
+                      str(metrics["images"]))
+    return table
+
+
+def format_metrics(metrics: dict, width: int = 100) -> str:
+    """The summary line and the per-class table, as plain text."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False)
+    console.print(summary_line(metrics), soft_wrap=True)
+    console.print(metrics_table(metrics))
+    return console.file.getvalue()

@@ -1,0 +1,221 @@
+"""The run's plots, as PNGs in RUN/plots/: curves, confusion matrix, predictions, mistakes,
+augmentation. Headless (matplotlib's Agg backend): they work on servers and in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from convlab.errors import ConvlabError
+from convlab.evaluation.metrics import METRICS, PREDICTIONS, read_run
+
+RIGHT, WRONG = "#1b5e20", "#c62828"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def _history(run: Path) -> list[dict]:
+    path = run / "history.json"
+    if not path.exists():
+        raise ConvlabError(f"run '{run}' has no history.json; did its training finish?")
+    return json.loads(path.read_text())
+
+
+def training_curves(run: str | os.PathLike) -> Path:
+    """Accuracy and loss per epoch (train vs validation) and the learning rate per epoch."""
+    plt = _pyplot()
+    run, saved = read_run(run)
+    history = _history(run)
+    epochs = [h["epoch"] + 1 for h in history]
+    lrs = saved["derived"].get("lr_per_epoch") or []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=False):
+        ax.plot(epochs, [h[metric] for h in history], "o-", label="train")
+        if any(f"val_{metric}" in h for h in history):
+            ax.plot(epochs, [h.get(f"val_{metric}", np.nan) for h in history], "o-",
+                    label="validation")
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if lrs:
+        axes[2].plot(range(1, len(lrs) + 1), lrs, "o-", color="tab:purple")
+        axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    axes[2].set_title("learning rate (start of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    return _save(fig, run / "plots" / "training_curves.png")
+
+
+def confusion_matrix(run: str | os.PathLike, metrics: dict | None = None) -> Path:
+    """Heat map of the row-normalised confusion matrix, each cell labelled count and %."""
+    plt = _pyplot()
+    run = Path(run)
+    metrics = metrics or json.loads((run / METRICS).read_text())
+    counts = np.array(metrics["confusion_matrix"])
+    norm = np.array(metrics["confusion_matrix_normalized"])
+    classes = metrics["classes"]
+    n = len(classes)
+    side = min(max(4.5, 0.7 * n + 2.5), 24)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else
+                  "center")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 25:  # beyond that the numbers are unreadable; the colours still tell
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{counts[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
+                        fontsize=9 if n <= 10 else 6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(f"confusion matrix: {metrics['images']} {metrics['split']} images, "
+                 f"accuracy {metrics['accuracy']:.1%}")
+    fig.tight_layout()
+    return _save(fig, run / "plots" / "confusion_matrix.png")
+
+
+def _predictions(run: Path) -> dict:
+    path = run / PREDICTIONS
+    if not path.exists():
+        raise ConvlabError(f"run '{run}' has no {PREDICTIONS}; run `convlab evaluate {run}`")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
+    plt = _pyplot()
+    where = {int(i): k for k, i in enumerate(pred["image_index"])}
+    cols = min(max(len(indices), 1), 5)
+    rows = max(1, -(-len(indices) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.5),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices, strict=False):
+        probs = pred["probabilities"][i]
+        guess, truth = int(probs.argmax()), int(pred["labels"][i])
+        ax.imshow(pred["images"][where[int(i)]], interpolation="nearest")
+        label = classes[guess] + (f" (p={probs[guess]:.2f})" if show_p else "")
+        if guess != truth:
+            label += f"\ntrue: {classes[truth]}"
+            if show_p:
+                label += f" (p={probs[truth]:.2f})"
+        ax.set_title(label, fontsize=10, color=RIGHT if guess == truth else WRONG)
+    if not len(indices):
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def predictions(run: str | os.PathLike) -> Path:
+    """The codelab's prediction grid: predicted class over each image, red with the true
+    class when wrong."""
+    run, saved = read_run(run)
+    pred = _predictions(run)
+    wrong = int((pred["probabilities"][pred["grid"]].argmax(1) != pred["labels"][pred["grid"]])
+                .sum())
+    fig = _gallery(pred["grid"], pred, saved["derived"]["classes"],
+                   f"predictions ({wrong} of {len(pred['grid'])} wrong, in red)", False)
+    return _save(fig, run / "plots" / "predictions.png")
+
+
+def mistakes(run: str | os.PathLike) -> Path:
+    """The most confident mistakes, with the predicted and true class and their p."""
+    run, saved = read_run(run)
+    pred = _predictions(run)
+    total = int((pred["probabilities"].argmax(1) != pred["labels"]).sum())
+    fig = _gallery(pred["mistakes"], pred, saved["derived"]["classes"],
+                   f"most confident mistakes ({len(pred['mistakes'])} of {total})", True)
+    return _save(fig, run / "plots" / "mistakes.png")
+
+
+def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
+    """Training images as the run saw them: each one before and after its augmentation."""
+    from convlab.config import TrainConfig
+    from convlab.data.ingest import MANIFEST, read_manifest
+    from convlab.data.pipeline import load
+
+    plt = _pyplot()
+    run, saved = read_run(run)
+    config = TrainConfig.from_dict(saved["config"])
+    prepared = Path(saved["derived"]["prepared_data"])
+    if not (prepared / MANIFEST).exists():
+        raise ConvlabError(f"the run's prepared data '{prepared}' is gone")
+    manifest = read_manifest(prepared)
+    count = min(count, manifest["counts"]["per_split"].get("train", 0))
+    # Same seed, so both pipelines shuffle identically: column k is one image, twice.
+    common = {"batch_size": count, "image_size": saved["derived"]["image_size"],
+              "training": True, "seed": config.seed, "cache": False, "deterministic": True}
+    plain, labels = next(iter(load(prepared, "train", augment=None, **common)))
+    augmented, _ = next(iter(load(prepared, "train", augment=config.augment, **common)))
+    fig, axes = plt.subplots(2, count, figsize=(1.9 * count, 4.6), squeeze=False)
+    for k in range(count):
+        for row, images in enumerate((plain, augmented)):
+            axes[row, k].imshow(images[k].numpy(), interpolation="nearest")
+            axes[row, k].set_xticks([])
+            axes[row, k].set_yticks([])
+        axes[0, k].set_title(manifest["classes"][int(labels[k])], fontsize=10)
+    axes[0, 0].set_ylabel("original")
+    axes[1, 0].set_ylabel("augmented")
+    what = _describe(config.augment)
+    fig.suptitle(f"training augmentation: {what}", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, run / "plots" / "augmentation.png")
+
+
+def _describe(augment) -> str:
+    if augment is None or not augment.enabled:
+        return "none in this run"
+    parts = ["left-right flip"] if augment.flip else []
+    if augment.saturation:
+        parts.append(f"saturation {augment.saturation[0]:g}-{augment.saturation[1]:g}")
+    if augment.zoom:
+        parts.append(f"zoom to {augment.zoom:g}")
+    if augment.brightness:
+        parts.append(f"brightness ±{augment.brightness:g}")
+    if augment.contrast:
+        parts.append(f"contrast {augment.contrast[0]:g}-{augment.contrast[1]:g}")
+    return ", ".join(parts)
+
+
+def make_plots(run: str | os.PathLike) -> dict[str, Path]:
+    """All plots of an evaluated run (see `evaluate`); returns {file name: path}.
+
+    The augmentation plot needs the run's prepared data; when that is gone it is left out.
+
+    Raises:
+        ConvlabError: not a run folder, or not evaluated yet.
+    """
+    from convlab.data.ingest import MANIFEST
+
+    run, saved = read_run(run)
+    made = {p.name: p for p in (training_curves(run), confusion_matrix(run), predictions(run),
+                                mistakes(run))}
+    if (Path(saved["derived"]["prepared_data"]) / MANIFEST).exists():
+        made["augmentation.png"] = augmentation(run)
+    return made

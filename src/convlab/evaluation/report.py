@@ -1,0 +1,219 @@
+"""`report`: one self-contained report.html per run.
+
+Everything is inside the file (plots as base64 data URIs, inline CSS, no scripts, no external
+resources), so it opens offline, attaches to an email and survives the run folder moving.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from html import escape
+from pathlib import Path
+
+from convlab.evaluation.metrics import (
+    PREDICTIONS,
+    evaluate,
+    load_metrics,
+    load_run_model,
+    read_run,
+    summary_line,
+)
+from convlab.evaluation.plots import make_plots
+
+CSS = """
+*{box-sizing:border-box}
+body{margin:0;background:#f4f5f7;color:#1d2330;font:15px/1.5 system-ui,-apple-system,
+ "Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1100px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:26px;margin:0 0 4px;word-break:break-all}
+h2{font-size:19px;margin:0 0 12px;border-bottom:2px solid #e3e6eb;padding-bottom:4px}
+.sub{color:#5b6475;margin:0 0 20px}
+section{background:#fff;border-radius:8px;padding:18px 22px;margin:0 0 18px;
+ box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.cards{display:flex;flex-wrap:wrap;gap:12px;background:none;box-shadow:none;padding:0}
+.card{flex:1 1 150px;background:#fff;border-radius:8px;padding:12px 16px;
+ box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.card .v{font-size:24px;font-weight:600;color:#1f4e9c}
+.card .k{color:#5b6475;font-size:13px}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+th,td{padding:5px 10px;border-bottom:1px solid #e8eaef;text-align:left;vertical-align:top}
+th{background:#f7f8fa;font-weight:600}
+td.n,th.n{text-align:right}
+table.kv th{width:220px;background:none;color:#5b6475;font-weight:500}
+tr.avg td{font-weight:600;background:#fafbfc}
+figure{margin:0 0 22px}
+figure img{display:block;max-width:100%;height:auto;margin:0 auto;border:1px solid #eceef2}
+figcaption{color:#5b6475;font-size:13px;text-align:center;margin-top:6px}
+pre{background:#f7f8fa;border:1px solid #e8eaef;border-radius:6px;padding:12px;
+ overflow-x:auto;font:12px/1.4 ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
+footer{color:#8a92a3;font-size:12px;text-align:center}
+"""
+
+FIGURES = (
+    ("training_curves.png", "Accuracy and loss per epoch, training vs validation, and the "
+                            "learning rate per epoch."),
+    ("lr_schedule.png", "The learning-rate schedule, step by step."),
+    ("confusion_matrix.png", "Confusion matrix: rows are true classes; each cell gives the "
+                             "count and the share of its row."),
+    ("predictions.png", "Predictions on evaluation images; red titles are mistakes, with the "
+                        "true class."),
+    ("mistakes.png", "The most confident mistakes: predicted class and p, true class and p."),
+    ("augmentation.png", "Training images before (top) and after (bottom) the run's "
+                         "augmentation."),
+)
+
+
+def _png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _rows(pairs) -> str:
+    return "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
+                   for k, v in pairs)
+
+
+def _cards(metrics: dict, summary: dict) -> str:
+    cards = [(f"{metrics['accuracy']:.4f}", "accuracy"),
+             (f"{metrics['top_k_accuracy']:.4f}", f"top-{metrics['top_k']} accuracy"),
+             (f"{metrics['loss']:.4f}", "loss (cross-entropy)"),
+             (f"{metrics['macro']['f1']:.4f}", "macro F1")]
+    if summary:
+        cards += [(f"{summary.get('train_images_per_second', 0):,.0f}", "training images/s"),
+                  (f"{summary.get('wall_seconds', 0):,.1f} s", "training wall time")]
+    return "".join(f'<div class="card"><div class="v">{escape(v)}</div>'
+                   f'<div class="k">{escape(k)}</div></div>' for v, k in cards)
+
+
+def _run_table(run: Path, saved: dict, summary: dict) -> str:
+    config, derived = saved["config"], saved["derived"]
+    images = summary.get("images", {})
+    pairs = [
+        ("run folder", run.resolve()),
+        ("recipe", config.get("recipe") or "-"),
+        ("model", config["model"]),
+        ("parameters", f"{summary['parameters']:,} ({summary['trainable_parameters']:,} "
+                       f"trainable)" if "parameters" in summary else "-"),
+        ("data", summary.get("data", config["data"])),
+        ("prepared data", derived.get("prepared_data")),
+        ("classes", ", ".join(derived["classes"])),
+        ("images", ", ".join(f"{k} {v:,}" for k, v in images.items()) or "-"),
+        ("image size", f"{derived['image_size']} px"),
+        ("hardware", summary.get("hardware", "-")),
+        ("strategy", summary.get("strategy", derived.get("strategy"))),
+        ("precision", derived.get("precision")),
+        ("global batch", derived.get("global_batch")),
+        ("epochs", summary.get("epochs", config["epochs"])),
+        ("wall time", f"{summary['wall_seconds']:,.1f} s" if "wall_seconds" in summary else "-"),
+        ("training images/s", f"{summary['train_images_per_second']:,.1f}"
+         if "train_images_per_second" in summary else "-"),
+    ]
+    return f'<table class="kv">{_rows(pairs)}</table>'
+
+
+def _epochs_table(summary: dict) -> str:
+    cols = ("accuracy", "loss", "val_accuracy", "val_loss")
+    head = "".join(f'<th class="n">{c}</th>' for c in ("epoch", *cols))
+    body = ""
+    for label in ("final", "best"):
+        row = summary.get(label) or {}
+        if not row:
+            continue
+        cells = "".join(f'<td class="n">{row[c]:.4f}</td>' if c in row else '<td class="n">-'
+                        '</td>' for c in cols)
+        body += (f"<tr><td>{label}</td><td class=\"n\">{int(row.get('epoch', -1)) + 1}</td>"
+                 f"{cells}</tr>")
+    return f"<table><tr><th></th>{head}</tr>{body}</table>" if body else "<p>no history</p>"
+
+
+def _class_table(metrics: dict) -> str:
+    cols = ("precision", "recall", "f1")
+    head = "".join(f'<th class="n">{c}</th>' for c in (*cols, "support"))
+    body = ""
+    for name, row in metrics["per_class"].items():
+        body += (f"<tr><td>{escape(name)}</td>"
+                 + "".join(f'<td class="n">{row[c]:.3f}</td>' for c in cols)
+                 + f'<td class="n">{row["support"]}</td></tr>')
+    for avg in ("macro", "weighted"):
+        body += (f'<tr class="avg"><td>{avg} avg</td>'
+                 + "".join(f'<td class="n">{metrics[avg][c]:.3f}</td>' for c in cols)
+                 + f'<td class="n">{metrics["images"]}</td></tr>')
+    return f"<table><tr><th>class</th>{head}</tr>{body}</table>"
+
+
+def _figures(plots: Path) -> str:
+    out = []
+    for name, caption in FIGURES:
+        path = plots / name
+        if path.exists():
+            out.append(f'<figure><img src="{_png_uri(path)}" alt="{escape(name)}">'
+                       f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return "".join(out)
+
+
+def _model_summary(run: Path, metrics: dict) -> str:
+    model, _ = load_run_model(run, "final" if metrics["model_file"] == "model.keras" else "best")
+    lines: list[str] = []
+    # Keras renders the summary with rich, whose console is 80 columns wide unless COLUMNS
+    # says otherwise: the table's right edge would be cut off.
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "120"
+    try:
+        model.summary(print_fn=lambda text, **_: lines.append(text), line_length=100)
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+    return "\n".join(lines)
+
+
+def report(run: str | os.PathLike) -> Path:
+    """Write RUN/report.html: summary, metrics, per-class table, plots, model and config.
+
+    Evaluates the run first (see `evaluate`) if it has no metrics yet, and (re)draws the
+    plots. The file is self-contained: it opens offline in any browser.
+
+    Args:
+        run: a run folder written by `convlab.train`.
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        ConvlabError: not a run folder, or its model or data are missing.
+    """
+    from convlab import __version__
+
+    run, saved = read_run(run)
+    metrics = load_metrics(run)
+    if metrics is None or not (run / PREDICTIONS).exists():
+        metrics = evaluate(run)
+    make_plots(run)
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    config = json.dumps(saved, indent=2)
+    subtitle = (f"{saved['config']['model']} on {summary.get('data', saved['config']['data'])}"
+                f" · {len(saved['derived']['classes'])} classes · "
+                f"{saved['derived']['image_size']} px")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>convlab report: {escape(run.name)}</title><style>{CSS}</style></head>
+<body><main>
+<h1>{escape(run.name)}</h1><p class="sub">{escape(subtitle)}</p>
+<section class="cards">{_cards(metrics, summary)}</section>
+<section><h2>Run</h2>{_run_table(run, saved, summary)}</section>
+<section><h2>Training: final and best epoch</h2>{_epochs_table(summary)}</section>
+<section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
+<section><h2>Plots</h2>{_figures(run / "plots")}</section>
+<section><h2>Model</h2><pre>{escape(_model_summary(run, metrics))}</pre></section>
+<section><h2>Resolved config</h2><pre>{escape(config)}</pre></section>
+<footer>convlab {escape(__version__)} · {escape(time.strftime("%Y-%m-%d %H:%M:%S"))}</footer>
+</main></body></html>
+"""
+    out = run / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,222 @@
+"""Predict with a trained run: image files and folders in, top-k classes out.
+
+Images go through the ingest's own decoding (`decode_and_resize`: sniffed by content, EXIF
+orientation, any colour mode, aspect-preserving resize + centre crop, JPEG re-encoding at the
+prepared data's quality) and then through the training pipeline's JPEG decoder, so a photo
+reaches the model exactly as its training images did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convlab.data.decode import SkipImage, decode_and_resize
+from convlab.data.sources import _clearly_not_photo, read_bytes
+from convlab.errors import ConvlabError
+
+MODEL_FILES = {"best": "best.keras", "final": "model.keras"}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run folder says about the images its model expects."""
+
+    path: Path
+    image_size: int
+    classes: list[str]
+    prepared: Path | None  # the run's prepared TFRecords, when still there
+    stored_size: int  # the size the training images were prepared at
+    quality: int  # their JPEG quality
+
+
+def run_info(run: str | os.PathLike) -> RunInfo:
+    """Read a run folder's config.json (and its prepared data's manifest, when present).
+
+    Raises:
+        ConvlabError: not a run folder.
+    """
+    run = Path(run)
+    config = run / "config.json"
+    if not config.is_file():
+        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json); give the "
+                           "folder `convlab train` printed")
+    derived = json.loads(config.read_text())["derived"]
+    size = int(derived["image_size"])
+    prepared = Path(derived["prepared_data"]) if derived.get("prepared_data") else None
+    manifest = prepared / "manifest.json" if prepared else None
+    if manifest is None or not manifest.is_file():
+        return RunInfo(run, size, list(derived["classes"]), None, size, 90)
+    stored = json.loads(manifest.read_text())
+    return RunInfo(run, size, list(derived["classes"]), prepared, int(stored["image_size"][0]),
+                   int(stored.get("options", {}).get("quality", 90)))
+
+
+def load_model(run: str | os.PathLike, model: str = "best"):
+    """The run's Keras model: "best" (best validation accuracy) or "final" (last epoch).
+
+    Raises:
+        ConvlabError: a bad `model` value or a missing model file.
+    """
+    if model not in MODEL_FILES:
+        raise ConvlabError(f"model must be 'best' or 'final'. Received: model={model!r}")
+    path = Path(run) / MODEL_FILES[model]
+    if not path.is_file():
+        other = "final" if model == "best" else "best"
+        raise ConvlabError(f"run '{run}' has no {path.name} (unfinished run?); try "
+                           f"--model {other} or `convlab train --resume {run}`")
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
+    """Image candidates from files and folders (walked recursively), and broken links.
+
+    Files in folders that are clearly not photos (`.txt`, `.DS_Store`, ...) are ignored, as
+    the ingest does; a file named explicitly is always tried.
+
+    Raises:
+        ConvlabError: an input that does not exist.
+    """
+    paths, skipped = [], []
+    for item in map(str, inputs):
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    path = os.path.join(dirpath, name)
+                    if _clearly_not_photo(name):
+                        continue
+                    if os.path.islink(path) and not os.path.exists(path):
+                        skipped.append({"path": path, "reason": "broken link",
+                                        "detail": os.readlink(path)})
+                    else:
+                        paths.append(path)
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise ConvlabError(f"image or folder not found: '{item}'; check the path")
+    return list(dict.fromkeys(paths)), skipped
+
+
+def decode_image(path: str, info: RunInfo) -> np.ndarray:
+    """One file -> uint8 (S, S, 3), exactly as the training pipeline would have seen it.
+
+    Raises:
+        SkipImage: unreadable or not a usable image.
+    """
+    import tensorflow as tf
+
+    try:
+        data = read_bytes(path)
+    except OSError as err:
+        raise SkipImage("unreadable", f"{type(err).__name__}: {err.strerror or err}") from None
+    jpeg = decode_and_resize(data, info.stored_size, info.quality).jpeg
+    # TF's decoder, not Pillow's: their IDCTs differ by a few levels, and training used TF's.
+    image = tf.io.decode_jpeg(jpeg, channels=3)
+    if info.stored_size != info.image_size:
+        from convlab.data.pipeline import resize_to_square
+
+        image = resize_to_square(image, info.image_size)
+    return image.numpy()
+
+
+def decode_all(paths: list[str], info: RunInfo, *,
+               workers: int | None = None) -> Iterator[tuple[str, np.ndarray | SkipImage]]:
+    """Decode in a thread pool (Pillow and TF release the GIL), yielding results in order.
+
+    At most a few hundred images are in flight, so memory stays flat for any number of files.
+    """
+    window = 256
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        def task(path):
+            try:
+                return decode_image(path, info)
+            except SkipImage as skip:
+                return skip
+
+        futures = [pool.submit(task, p) for p in paths[:window]]
+        for i, path in enumerate(paths):
+            if i + window < len(paths):
+                futures.append(pool.submit(task, paths[i + window]))
+            yield path, futures[i].result()
+            futures[i] = None  # drop the array once consumed
+
+
+def top_classes(probabilities: np.ndarray, classes: list[str], k: int) -> list[list[dict]]:
+    """Per row, the k most probable classes, most probable first."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[{"class": classes[j], "probability": float(p[j])} for j in row]
+            for p, row in zip(probabilities, order, strict=True)]
+
+
+def predict(
+    run: str | os.PathLike,
+    inputs: list[str | os.PathLike],
+    *,
+    top_k: int = 3,
+    batch_size: int = 64,
+    model: str = "best",
+    workers: int | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Classify image files and folders with a trained run.
+
+    Args:
+        run: a run folder written by `convlab.train`.
+        inputs: image files and folders (walked recursively; non-photos like `*.txt` ignored).
+            Any format the ingest accepts (JPEG, PNG, BMP, GIF, WEBP), sniffed by content.
+        top_k: classes reported per image (at most the number of classes).
+        batch_size: images per model call.
+        model: "best" (best validation accuracy) or "final" (last epoch).
+        workers: decoding threads (default: one per core).
+
+    Returns:
+        (rows, skipped): rows in input order, each {"path", "predictions": [{"class",
+        "probability"}, ...]} most probable first; skipped: {"path", "reason", "detail"} for
+        each file that could not be read or decoded.
+
+    Raises:
+        ConvlabError: not a run folder, a missing input, bad options, or no candidate files.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ConvlabError(f"top_k must be a positive integer. Received: top_k={top_k!r}")
+    if batch_size < 1:
+        raise ConvlabError(f"batch_size must be positive. Received: batch_size={batch_size!r}")
+    info = run_info(run)
+    paths, skipped = collect(inputs)
+    if not paths:
+        raise ConvlabError(f"no image files in {', '.join(map(str, inputs))}")
+    keras_model = load_model(run, model)
+    k = min(top_k, len(info.classes))
+    rows: list[dict] = []
+    batch_paths: list[str] = []
+    batch: list[np.ndarray] = []
+
+    def flush():
+        # The same float conversion as the pipeline: cast, then divide by 255.
+        x = np.stack(batch).astype(np.float32) / np.float32(255.0)
+        probs = np.asarray(keras_model.predict_on_batch(x), dtype=np.float32)
+        rows.extend({"path": p, "predictions": t}
+                    for p, t in zip(batch_paths, top_classes(probs, info.classes, k), strict=True))
+        batch_paths.clear()
+        batch.clear()
+
+    for path, result in decode_all(paths, info, workers=workers):
+        if isinstance(result, SkipImage):
+            skipped.append({"path": path, "reason": result.reason, "detail": result.detail})
+            continue
+        batch_paths.append(path)
+        batch.append(result)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return rows, skipped
+

@@ -1,0 +1,169 @@
+"""Predict and export on a real (tiny) run: messy inputs, every export format, verification."""
+
+import argparse
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
+
+from convlab.config import TrainConfig
+from convlab.data import prepare
+from convlab.data.decode import decode_and_resize
+from convlab.data.synthetic import make_folder
+from convlab.errors import ConvlabError
+from convlab.export import TOLERANCES, Tolerance, export
+from convlab.predict import load_model, predict, run_info
+from convlab.serving_cli import register
+from convlab.training.trainer import train
+
+TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "epochs": 1,
+        "model_options": {"layout": [[8, 16], "pool", [8, 16]], "dropout": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    src = make_folder(root / "src", num_classes=3, per_class=30, size=24)
+    prepare(str(src), root / "data", size=16, shards=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data):
+    return train(TrainConfig(), data=str(data / "data"), precision="float32",
+                 runs_dir=str(data / "runs"), progress=False, **TINY)
+
+
+@pytest.fixture(scope="module")
+def photos(data):
+    """A folder as users have them: odd formats, a corrupt file, text, a nested folder."""
+    folder = data / "photos"
+    (folder / "nested").mkdir(parents=True)
+    sources = sorted((data / "src").rglob("*.jpg"))
+    shutil.copy(sources[0], folder / "plain.jpg")
+    Image.open(sources[1]).save(folder / "really_a_png.jpg", "PNG")
+    Image.open(sources[2]).convert("CMYK").save(folder / "cmyk.jpg", "JPEG")
+    Image.open(sources[3]).resize((40, 30)).save(folder / "nested" / "wide.bmp", "BMP")
+    jpeg = sources[4].read_bytes()
+    (folder / "cut_short.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    (folder / "holiday.jpg").write_text("not a photo, despite the name")
+    (folder / "notes.txt").write_text("ignored, like the ingest ignores it")
+    return folder
+
+
+def cli(*argv):
+    parser = argparse.ArgumentParser(prog="convlab")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_predict_skips_bad_files_and_matches_the_keras_model(run, photos):
+    rows, skipped = predict(run, [photos], top_k=2, batch_size=3)  # 4 images: 2 batches
+    got = {r["path"]: r["predictions"] for r in rows}
+    good = ["cmyk.jpg", "nested/wide.bmp", "plain.jpg", "really_a_png.jpg"]
+    assert sorted(str(Path(p).relative_to(photos)) for p in got) == good
+    reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in skipped}
+    assert reasons == {"cut_short.jpg": "truncated", "holiday.jpg": "not an image"}
+
+    # The same images, decoded independently as the training pipeline does, through Keras.
+    model = load_model(run)
+    classes = run_info(run).classes
+    for path, predictions in got.items():
+        jpeg = decode_and_resize(Path(path).read_bytes(), 16).jpeg
+        x = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)[None] / 255.0
+        probs = model.predict_on_batch(x.numpy())[0]
+        order = np.argsort(-probs)[:2]
+        assert [p["class"] for p in predictions] == [classes[i] for i in order]
+        np.testing.assert_allclose([p["probability"] for p in predictions], probs[order],
+                                   atol=1e-6)
+    with pytest.raises(ConvlabError, match="not found"):
+        predict(run, [photos / "missing.jpg"])
+
+
+def test_cli_predict_formats_parse(run, photos, capsys):
+    assert cli("predict", run, photos, "--format", "json", "--top-k", "5") == 0
+    out, err = capsys.readouterr()
+    parsed = json.loads(out)
+    assert len(parsed["predictions"]) == 4 and len(parsed["skipped"]) == 2
+    assert all(len(r["predictions"]) == 3 for r in parsed["predictions"])  # only 3 classes
+    assert "skipped" in err and "holiday.jpg: not an image" in err
+
+    assert cli("predict", run, photos / "cmyk.jpg", photos / "plain.jpg", "--format", "csv",
+               "--model", "final") == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["path"].rsplit("/", 1)[1] for r in table] == ["cmyk.jpg", "plain.jpg"]
+    assert 0 < float(table[0]["probability_1"]) <= 1 and table[0]["class_3"]
+
+    assert cli("predict", run, photos / "plain.jpg") == 0
+    assert "plain.jpg" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("format,quantize", [
+    ("keras", None), ("savedmodel", None), ("tflite", None), ("tflite", "dynamic"),
+    ("tflite", "float16"), ("tflite", "int8")])
+def test_export_verifies_and_writes_labels(run, tmp_path, format, quantize):
+    report = export(run, format, quantize, out=tmp_path)
+    check = report["verification"]
+    print(format, quantize, json.dumps(check["by_input"]))
+    assert check["passed"] and check["images"] == 90  # all the tiny dataset has
+    assert check["tolerance"] == TOLERANCES[quantize]._asdict()
+    assert check["max_abs_diff"] <= TOLERANCES[quantize].max_abs_diff
+    assert len(check["by_input"]) == (2 if format in ("keras", "savedmodel") else 1)
+    assert (tmp_path / "labels.txt").read_text().split("\n") == run_info(run).classes + [""]
+    assert json.loads((tmp_path / "export.json").read_text()) == report
+    assert (tmp_path / {"keras": "model.keras", "savedmodel": "saved_model",
+                        "tflite": "model.tflite"}[format]).exists()
+    if format == "tflite":  # raw uint8 pixels in, float32 probabilities out, int8 or not
+        interpreter = Interpreter(model_path=report["artifact"])
+        assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+        assert interpreter.get_output_details()[0]["dtype"] == np.float32
+
+
+def test_uint8_and_float_inputs_give_the_same_result(run, tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    expected = load_model(run)(pixels.astype(np.float32) / 255.0, training=False).numpy()
+
+    cli("export", run, "--format", "keras", "--out", tmp_path / "k")
+    model = keras.models.load_model(tmp_path / "k" / "model.keras")
+    for x in (pixels, pixels.astype(np.float32)):
+        np.testing.assert_allclose(model(x, training=False), expected, atol=1e-6)
+
+    export(run, "savedmodel", out=tmp_path / "s")
+    loaded = tf.saved_model.load(str(tmp_path / "s" / "saved_model"))
+    for name, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8)):
+        got = loaded.signatures[name](images=tf.constant(pixels, dtype))["probabilities"]
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_mixed_precision_run_exports_a_float32_graph(data, tmp_path):
+    run = train(TrainConfig(), data=str(data / "data"), precision="mixed_bfloat16",
+                runs_dir=str(data / "runs"), progress=False, **TINY)
+    assert load_model(run).get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
+    report = export(run, "tflite", out=tmp_path)
+    assert report["verification"]["passed"]
+    interpreter = Interpreter(model_path=report["artifact"])
+    types = {t["dtype"].__name__ for t in interpreter.get_tensor_details()}
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert types <= {"uint8", "float32", "int32"}, types
+
+
+def test_export_refuses_bad_options_and_unverified_models(run, tmp_path, monkeypatch):
+    with pytest.raises(ConvlabError, match="quantize applies to tflite only"):
+        export(run, "keras", "int8")
+    with pytest.raises(ConvlabError, match="format must be one of"):
+        export(run, "onnx")
+    # A bound no float16 model can meet: the export must fail loudly and leave no artifact.
+    monkeypatch.setitem(TOLERANCES, "float16", Tolerance(0.0, 0.0, 1.0))
+    with pytest.raises(ConvlabError, match=r"max \|diff\| .* \(tolerance 0\)"):
+        export(run, "tflite", "float16", out=tmp_path)
+    assert not (tmp_path / "model.tflite").exists()
+    assert json.loads((tmp_path / "export.json").read_text())["verification"]["passed"] is False
