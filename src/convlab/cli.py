@@ -268,12 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--image-size", type=int, default=None)
     models.set_defaults(func=cmd_models)
 
-    from convlab import serving_cli
-    from convlab.evaluation import cli as evaluation_cli
-
-    evaluation_cli.register(sub)
-    serving_cli.register(sub)
-
     rec = sub.add_parser("recipes", help="list the training recipes")
     rec.set_defaults(func=cmd_recipes)
 
@@ -313,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip evaluating the run and writing report.html at the end")
     tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
     tr.set_defaults(func=cmd_train)
+
+    from convlab import serving_cli
+    from convlab.evaluation import cli as evaluation_cli
+
+    evaluation_cli.register(sub)
+    serving_cli.register(sub)
     return p
 
 
