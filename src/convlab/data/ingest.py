@@ -206,9 +206,9 @@ def _write_json(path: Path, obj) -> None:
 
 def _pool(workers: int | None):
     """Threads, not processes: Pillow releases the GIL while it decodes, resizes and encodes
-    and hashlib while it hashes, so threads use every core (measured: 890 images/s with 2
-    threads vs 930 with 2 processes, 556 serial), and they work from a notebook, stdin or a
-    script without a `__main__` guard, where spawned processes would re-run the caller."""
+    and hashlib while it hashes, so threads use every core (benchmarks/ingest_workers.py: 843
+    images/s with 2 threads vs 877 with 2 processes, 503 serial), and they work from a
+    notebook, stdin or a script without a `__main__` guard, which spawned processes re-run."""
     workers = workers or os.cpu_count() or 1
     return None if workers <= 1 else ThreadPoolExecutor(workers)
 
