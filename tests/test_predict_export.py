@@ -20,7 +20,8 @@ from convlab.data.decode import decode_and_resize
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 from convlab.export import TOLERANCES, Tolerance, export
-from convlab.predict import load_model, predict, run_info
+from convlab.predict import predict, run_info
+from convlab.runs import load_run_model
 from convlab.serving_cli import register
 from convlab.training.trainer import train
 
@@ -75,7 +76,7 @@ def test_predict_skips_bad_files_and_matches_the_keras_model(run, photos):
     assert reasons == {"cut_short.jpg": "truncated", "holiday.jpg": "not an image"}
 
     # The same images, decoded independently as the training pipeline does, through Keras.
-    model = load_model(run)
+    model = load_run_model(run)[0]
     classes = run_info(run).classes
     for path, predictions in got.items():
         jpeg = decode_and_resize(Path(path).read_bytes(), 16).jpeg
@@ -130,7 +131,7 @@ def test_export_verifies_and_writes_labels(run, tmp_path, format, quantize):
 
 def test_uint8_and_float_inputs_give_the_same_result(run, tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    expected = load_model(run)(pixels.astype(np.float32) / 255.0, training=False).numpy()
+    expected = load_run_model(run)[0](pixels.astype(np.float32) / 255.0, training=False).numpy()
 
     cli("export", run, "--format", "keras", "--out", tmp_path / "k")
     model = keras.models.load_model(tmp_path / "k" / "model.keras")
@@ -147,7 +148,7 @@ def test_uint8_and_float_inputs_give_the_same_result(run, tmp_path):
 def test_mixed_precision_run_exports_a_float32_graph(data, tmp_path):
     run = train(TrainConfig(), data=str(data / "data"), precision="mixed_bfloat16",
                 runs_dir=str(data / "runs"), progress=False, **TINY)
-    assert load_model(run).get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
+    assert load_run_model(run)[0].get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
     report = export(run, "tflite", out=tmp_path)
     assert report["verification"]["passed"]
     interpreter = Interpreter(model_path=report["artifact"])

@@ -29,7 +29,8 @@ from typing import NamedTuple
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.predict import RunInfo, load_model, run_info
+from convlab.predict import RunInfo, run_info
+from convlab.runs import load_run_model
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("float16", "int8", "dynamic")
@@ -248,7 +249,7 @@ def export(
     if artifact.is_dir():
         shutil.rmtree(artifact)
 
-    trained = load_model(info.path, model)
+    trained, _ = load_run_model(info.path, model)
     serving = serving_model(trained, info.image_size)
     if format == "keras":
         serving.save(artifact)

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from convlab.data.decode import SkipImage, decode_and_resize
-from convlab.data.sources import _clearly_not_photo, read_bytes
+from convlab.data.sources import clearly_not_photo, read_bytes
 from convlab.errors import ConvlabError
-
-MODEL_FILES = {"best": "best.keras", "final": "model.keras"}
+from convlab.runs import load_run_model, read_run
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,8 @@ def run_info(run: str | os.PathLike) -> RunInfo:
     Raises:
         ConvlabError: not a run folder.
     """
-    run = Path(run)
-    config = run / "config.json"
-    if not config.is_file():
-        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json); give the "
-                           "folder `convlab train` printed")
-    derived = json.loads(config.read_text())["derived"]
+    run, saved = read_run(run)
+    derived = saved["derived"]
     size = int(derived["image_size"])
     prepared = Path(derived["prepared_data"]) if derived.get("prepared_data") else None
     manifest = prepared / "manifest.json" if prepared else None
@@ -56,24 +51,6 @@ def run_info(run: str | os.PathLike) -> RunInfo:
     stored = json.loads(manifest.read_text())
     return RunInfo(run, size, list(derived["classes"]), prepared, int(stored["image_size"][0]),
                    int(stored.get("options", {}).get("quality", 90)))
-
-
-def load_model(run: str | os.PathLike, model: str = "best"):
-    """The run's Keras model: "best" (best validation accuracy) or "final" (last epoch).
-
-    Raises:
-        ConvlabError: a bad `model` value or a missing model file.
-    """
-    if model not in MODEL_FILES:
-        raise ConvlabError(f"model must be 'best' or 'final'. Received: model={model!r}")
-    path = Path(run) / MODEL_FILES[model]
-    if not path.is_file():
-        other = "final" if model == "best" else "best"
-        raise ConvlabError(f"run '{run}' has no {path.name} (unfinished run?); try "
-                           f"--model {other} or `convlab train --resume {run}`")
-    import keras
-
-    return keras.models.load_model(path, compile=False)
 
 
 def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
@@ -92,7 +69,7 @@ def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     path = os.path.join(dirpath, name)
-                    if _clearly_not_photo(name):
+                    if clearly_not_photo(name):
                         continue
                     if os.path.islink(path) and not os.path.exists(path):
                         skipped.append({"path": path, "reason": "broken link",
@@ -193,7 +170,7 @@ def predict(
     paths, skipped = collect(inputs)
     if not paths:
         raise ConvlabError(f"no image files in {', '.join(map(str, inputs))}")
-    keras_model = load_model(run, model)
+    keras_model, _ = load_run_model(run, model)
     k = min(top_k, len(info.classes))
     rows: list[dict] = []
     batch_paths: list[str] = []

@@ -63,7 +63,7 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def _clearly_not_photo(name: str) -> bool:
+def clearly_not_photo(name: str) -> bool:
     lower = name.lower()
     stem, suffix = os.path.splitext(lower)
     return lower.startswith(".") or lower in NOT_PHOTO_NAMES or stem in NOT_PHOTO_NAMES or (
@@ -73,7 +73,7 @@ def _clearly_not_photo(name: str) -> bool:
 
 def _add_file(scan: Scan, path: str, label: str) -> None:
     name = os.path.basename(path)
-    if _clearly_not_photo(name):
+    if clearly_not_photo(name):
         scan.ignored.append(path)
     elif os.path.islink(path) and not os.path.exists(path):
         scan.skipped.append(
@@ -102,7 +102,7 @@ def scan_folder(root: str | os.PathLike) -> Scan:
         if entry.is_dir() and not entry.name.startswith("."):
             class_dirs.append(entry)
         elif entry.is_file() or entry.is_symlink():
-            if _clearly_not_photo(entry.name):
+            if clearly_not_photo(entry.name):
                 scan.ignored.append(str(entry))
             else:
                 scan.skipped.append(
@@ -145,7 +145,7 @@ def scan_pattern(pattern: str) -> Scan:
         label = os.path.basename(os.path.dirname(path.rstrip("/")))
         if not is_remote(path):
             _add_file(scan, path, label)
-        elif _clearly_not_photo(os.path.basename(path)):
+        elif clearly_not_photo(os.path.basename(path)):
             scan.ignored.append(path)
         else:
             scan.candidates.append(Candidate(path, label))

@@ -14,35 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
+from convlab.runs import load_run_model, read_run
 
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.npz"
 GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
-
-
-def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
-    """(run folder, its config.json) or a one-line error."""
-    run = Path(run)
-    if not (run / "config.json").exists():
-        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json)")
-    return run, json.loads((run / "config.json").read_text())
-
-
-def load_run_model(run: Path, which: str = "best"):
-    """The run's best.keras or model.keras (final weights)."""
-    import keras
-
-    import convlab.models  # noqa: F401  (registers convlab's custom layers for loading)
-
-    if which not in ("best", "final"):
-        raise ConvlabError(f"--model must be 'best' or 'final', received: {which!r}")
-    path = run / ("best.keras" if which == "best" else "model.keras")
-    if which == "best" and not path.exists():
-        path = run / "model.keras"  # no validation split: nothing was ever "best"
-    if not path.exists():
-        raise ConvlabError(f"run '{run}' has no {path.name}; did its training finish?")
-    return keras.models.load_model(path), path
 
 
 def _resolve(data, derived: dict, split: str | None) -> tuple[Path, str]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.evaluation.metrics import METRICS, PREDICTIONS, read_run
+from convlab.evaluation.metrics import METRICS, PREDICTIONS
+from convlab.runs import read_run
 
 RIGHT, WRONG = "#1b5e20", "#c62828"
 

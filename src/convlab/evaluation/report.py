@@ -13,15 +13,9 @@ import time
 from html import escape
 from pathlib import Path
 
-from convlab.evaluation.metrics import (
-    PREDICTIONS,
-    evaluate,
-    load_metrics,
-    load_run_model,
-    read_run,
-    summary_line,
-)
+from convlab.evaluation.metrics import PREDICTIONS, evaluate, load_metrics, summary_line
 from convlab.evaluation.plots import make_plots
+from convlab.runs import load_run_model, read_run
 
 CSS = """
 *{box-sizing:border-box}

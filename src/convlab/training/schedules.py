@@ -7,7 +7,7 @@ a checkpoint (which restores that counter) continues at exactly the right learni
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import keras
 from keras import ops
@@ -136,7 +136,3 @@ def plot_schedule(schedule, steps_per_epoch: int, epochs: int, path, title: str 
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def describe(config: ScheduleConfig) -> dict:
-    return asdict(config)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from convlab.config import TrainConfig, recipe_config
 from convlab.errors import ConvlabError
+from convlab.runs import read_run
 from convlab.training.callbacks import EpochCheckpoint, Throughput
 from convlab.training.schedules import (
     ScheduleConfig,
@@ -145,10 +146,7 @@ def resume(run: str | os.PathLike, *, progress: bool = True) -> Path:
     Raises:
         ConvlabError: not a run folder, or nothing to resume.
     """
-    run = Path(run)
-    if not (run / "config.json").exists():
-        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json)")
-    saved = json.loads((run / "config.json").read_text())
+    run, saved = read_run(run)
     config = TrainConfig.from_dict(saved["config"])
     done = _last_checkpoint(run)
     if done is not None and done[0] >= config.total_epochs:
