@@ -148,7 +148,8 @@ def _train_overrides(args) -> dict:
                         ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
                         ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
                         ("fine_tune_lr", "fine_tune_lr"),
-                        ("steps_per_execution", "steps_per_execution")):
+                        ("steps_per_execution", "steps_per_execution"),
+                        ("worker_timeout", "worker_timeout")):
         value = getattr(args, flag)
         if value is not None:
             out[field] = value
@@ -187,8 +188,17 @@ def cmd_train(args) -> int:
         base = recipe_config(args.model) if args.model in RECIPES else TrainConfig(
             model=args.model, name=args.model)
         run = train(base, progress=not args.quiet, **_train_overrides(args))
-    print(f"\nrun folder: {run}\n{(run / 'summary.txt').read_text()}", end="")
+    if run is None:  # a multi-worker job's non-chief worker
+        print("this worker is done; the chief wrote the run folder")
+    else:
+        print(f"\nrun folder: {run}\n{(run / 'summary.txt').read_text()}", end="")
     return 0
+
+
+def cmd_launch(args) -> int:
+    from convlab.launch import launch
+
+    return launch(args.workers, args.command, host=args.host, logs=args.logs)
 
 
 def cmd_recipes(args) -> int:
@@ -300,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--strategy", choices=("auto", "default", "onedevice", "mirrored",
                                            "multiworker", "tpu"))
     tr.add_argument("--steps-per-execution", type=int)
+    tr.add_argument("--worker-timeout", type=float, metavar="SECONDS",
+                    help="multi-worker: stop with an error when an all-reduce waits longer "
+                         "than this for the other workers (default 600)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--name", help="run name (default: recipe or model)")
     tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")
@@ -307,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip evaluating the run and writing report.html at the end")
     tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
     tr.set_defaults(func=cmd_train)
+
+    la = sub.add_parser(
+        "launch", help="run `convlab train` as a multi-worker job on this machine",
+        description="Start N worker processes on loopback ports, each with its own TF_CONFIG, "
+                    "and train one model across them with MultiWorkerMirroredStrategy. Worker "
+                    "0 (the chief) writes the run folder. Example: convlab launch --workers 2 "
+                    "-- train squeezenet --data DIR --epochs 2")
+    la.add_argument("--workers", type=int, required=True, help="worker processes")
+    la.add_argument("--host", default="127.0.0.1", help="address the workers listen on")
+    la.add_argument("--logs", help="keep the workers' logs here (default: a temporary folder, "
+                                   "removed after a successful job)")
+    la.add_argument("command", nargs=argparse.REMAINDER,
+                    help="-- train ... (the convlab train command every worker runs)")
+    la.set_defaults(func=cmd_launch)
 
     from convlab import serving_cli
     from convlab.evaluation import cli as evaluation_cli

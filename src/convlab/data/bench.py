@@ -50,7 +50,8 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
         prepared = Path(tmp.name)
         prepare(str(path), prepared, size=size, progress=progress)
     manifest = read_manifest(prepared)
-    files, count, _ = shard_files(prepared, split)
+    files, counts, _ = shard_files(prepared, split)
+    count = sum(counts)
     split_name = {s["split"] for s in manifest["shards"] if str(prepared / s["file"]) in files}
     inputs = [i for i in manifest["inputs"] if i["split"] in split_name]
     classes = {c: i for i, c in enumerate(manifest["classes"])}

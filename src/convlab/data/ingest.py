@@ -20,7 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from convlab.data import decode
-from convlab.data.sources import Scan, file_sha256, read_bytes, scan_source
+from convlab.data.sources import (
+    Scan,
+    cache_dir,
+    file_sha256,
+    is_remote,
+    read_bytes,
+    scan_source,
+)
 from convlab.errors import ConvlabError
 
 MANIFEST = "manifest.json"
@@ -264,6 +271,8 @@ def prepare(
     """
     opts = PrepareOptions(size, shards, val_fraction, test_fraction, quality, seed)
     opts.validate()
+    if is_remote(str(out)):
+        return _prepare_remote(src, str(out), opts, workers, overwrite, progress)
     out = Path(out)
     started = time.time()
     scan = scan_source(src)
@@ -409,20 +418,64 @@ def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup
     }
 
 
+def join(folder: str | os.PathLike, name: str) -> str:
+    """`folder/name` for local folders and for URLs (gs://...), which Path would mangle."""
+    folder = str(folder)
+    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
+
+
+def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite: bool,
+                    progress: bool) -> dict:
+    """Prepare into a local staging folder, then upload: shards first, the manifest last, so
+    a reader never finds a manifest whose shards are not all there."""
+    import tensorflow as tf
+
+    staging = cache_dir() / "staging" / hashlib.sha256(out.encode()).hexdigest()[:12]
+    manifest = prepare(src, staging, size=opts.size, shards=opts.shards,
+                       val_fraction=opts.val_fraction, test_fraction=opts.test_fraction,
+                       quality=opts.quality, seed=opts.seed, workers=workers,
+                       overwrite=True, progress=progress)
+    target = join(out, MANIFEST)
+    local = (staging / MANIFEST).read_bytes()
+    if tf.io.gfile.exists(target):
+        with tf.io.gfile.GFile(target, "rb") as f:
+            if f.read() == local:
+                return manifest
+        if not overwrite:
+            raise ConvlabError(f"'{out}' already holds a different prepared dataset; choose "
+                               "another folder or pass --overwrite")
+        tf.io.gfile.remove(target)
+    tf.io.gfile.makedirs(out)
+    shards = [s["file"] for s in manifest["shards"]]
+    with _progress(progress) as bar:
+        task = bar.add_task(f"uploading to {out}", total=len(shards) + 1)
+        for name in shards + [MANIFEST]:
+            tf.io.gfile.copy(str(staging / name), join(out, name), overwrite=True)
+            bar.advance(task)
+    shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
-    """The manifest of a prepared dataset folder.
+    """The manifest of a prepared dataset folder (local, or a gs:// URL).
 
     Raises:
         ConvlabError: not a prepared folder, or its shards are missing.
     """
-    path = Path(path)
-    file = path / MANIFEST
-    if not file.exists():
-        hint = " (an interrupted `convlab data prepare`? run it again to resume)" if (
-            path / STATE).exists() else ""
+    if is_remote(str(path)):
+        import tensorflow as tf
+
+        exists, read = tf.io.gfile.exists, lambda p: tf.io.gfile.GFile(p).read()
+    else:
+        path = Path(path)
+        exists, read = os.path.exists, lambda p: Path(p).read_text()
+    file = join(path, MANIFEST)
+    if not exists(file):
+        hint = " (an interrupted `convlab data prepare`? run it again to resume)" if exists(
+            join(path, STATE)) else ""
         raise ConvlabError(f"'{path}' is not a prepared dataset: no {MANIFEST}{hint}")
-    manifest = json.loads(file.read_text())
-    missing = [s["file"] for s in manifest["shards"] if not (path / s["file"]).exists()]
+    manifest = json.loads(read(file))
+    missing = [s["file"] for s in manifest["shards"] if not exists(join(path, s["file"]))]
     if missing:
         raise ConvlabError(
             f"prepared dataset '{path}' is missing shard {missing[0]} "

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import tensorflow as tf
 
 from convlab.data.augment import Augment, augment_batch
-from convlab.data.ingest import read_manifest
+from convlab.data.ingest import join, read_manifest
 from convlab.data.tfrecord import parse_example
 from convlab.errors import ConvlabError
+from convlab.training.distributed import shard_policy
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation"}
 
 
-def shard_files(path: str | os.PathLike, split: str) -> tuple[list[str], int, dict]:
-    """The shard files of one split, its record count, and the manifest."""
+def shard_files(path: str | os.PathLike, split: str) -> tuple[list[str], list[int], dict]:
+    """The shard files of one split, their record counts, and the manifest."""
     manifest = read_manifest(path)
     split = SPLIT_ALIASES.get(split, split)
     shards = [s for s in manifest["shards"] if s["split"] == split]
@@ -30,7 +30,7 @@ def shard_files(path: str | os.PathLike, split: str) -> tuple[list[str], int, di
         have = sorted({s["split"] for s in manifest["shards"]})
         raise ConvlabError(f"prepared dataset '{path}' has no {split!r} split; it has: "
                            f"{', '.join(have)}")
-    return [str(Path(path) / s["file"]) for s in shards], sum(s["count"] for s in shards), manifest
+    return ([join(path, s["file"]) for s in shards], [s["count"] for s in shards], manifest)
 
 
 def resize_to_square(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -67,7 +67,8 @@ def _to_float(images):
 
 def _assemble(records, count: int, *, batch_size: int, training: bool,
               augment: Augment | None, cache, shuffle_buffer: int, repeat: bool,
-              drop_remainder: bool, seed: int | None, start_epoch: int) -> tf.data.Dataset:
+              drop_remainder: bool, seed: int | None, start_epoch: int,
+              batches_per_epoch: int | None = None) -> tf.data.Dataset:
     """Batches from `records(file_seed)`, a function giving decoded (uint8 image, label)."""
     if not training:
         ds = _cached(records(None), cache)
@@ -86,6 +87,8 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
         ds = base if base is not None else records(_mix(seed, e))
         ds = ds.shuffle(buffer, seed=_mix(seed, e), reshuffle_each_iteration=False)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if batches_per_epoch:
+            ds = ds.take(batches_per_epoch)  # every input pipeline ends its epochs together
 
         # Convert and augment whole batches: vectorised ops beat per-image maps on few cores.
         def finish(i, batch):
@@ -117,6 +120,7 @@ def load(
     seed: int | None = None,
     start_epoch: int = 0,
     input_context: tf.distribute.InputContext | None = None,
+    batches_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """A batched dataset of (images, labels) from a prepared TFRecord folder.
 
@@ -138,18 +142,31 @@ def load(
             training. With it, training batches depend only on (seed, epoch).
         seed: fixes shuffling and augmentation; default: a random one.
         start_epoch: the first epoch's number (resuming a run at epoch k passes k).
-        input_context: from `strategy.distribute_datasets_from_function`; shards files per
-            input pipeline.
+        input_context: from `strategy.distribute_datasets_from_function`: this pipeline reads
+            its part of the data only, whole shard files when they split evenly enough,
+            every k-th record otherwise (`convlab.training.distributed.shard_policy`).
+        batches_per_epoch: training: take exactly this many batches per epoch (every
+            worker must run the same number of steps).
 
     Returns:
         A `tf.data.Dataset` of (float32 images in [0, 1], int32 labels).
     """
-    files, count, manifest = shard_files(path, split)
+    files, counts, manifest = shard_files(path, split)
     training = (SPLIT_ALIASES.get(split, split) == "train") if training is None else training
     deterministic = (not training) if deterministic is None else deterministic
     size = image_size or manifest["image_size"][0]
     stored = manifest["image_size"][0]
-    sharded = input_context is not None and input_context.num_input_pipelines > 1
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    index = input_context.input_pipeline_id if input_context else 0
+    needed = batches_per_epoch * batch_size if training and batches_per_epoch else None
+    policy = shard_policy(counts, pipelines, needed)
+    if policy == "file":
+        files, counts = files[index::pipelines], counts[index::pipelines]
+        count = sum(counts)
+    else:
+        count = len(range(index, sum(counts), pipelines))
+        # Every pipeline must see the records in the same order to keep disjoint parts.
+        deterministic = deterministic or policy == "data"
 
     def decode(serialized):
         example = parse_example(serialized)
@@ -161,26 +178,24 @@ def load(
 
     def records(file_seed):
         ds = tf.data.Dataset.from_tensor_slices(files)
-        if sharded:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         if file_seed is not None:
             ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=False)
         # Read several shards at once; order-agnostic unless asked, so a slow file never
         # stalls the others.
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if policy == "data":
+            ds = ds.shard(pipelines, index)  # before decoding: skipped records cost little
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        if not sharded:
-            # Known size: Keras shows validation progress and never guesses an epoch's end.
-            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-        return ds
+        # Known size: Keras shows validation progress and never guesses an epoch's end.
+        return ds.apply(tf.data.experimental.assert_cardinality(count))
 
     return _assemble(records, count, batch_size=batch_size, training=training,
                      augment=_as_augment(augment, training), cache=cache,
                      shuffle_buffer=shuffle_buffer,
                      repeat=training if repeat is None else repeat,
                      drop_remainder=training if drop_remainder is None else drop_remainder,
-                     seed=seed, start_epoch=start_epoch)
+                     seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch)
 
 
 def load_files(

@@ -10,17 +10,24 @@ from convlab.data.ingest import MANIFEST, prepare
 from convlab.data.sources import cache_dir, is_remote
 
 
-def resolve_data(spec: str | os.PathLike, image_size: int, *, progress: bool = True) -> Path:
+def resolve_data(spec: str | os.PathLike, image_size: int, *,
+                 progress: bool = True) -> Path | str:
     """A prepared dataset folder for `spec`.
 
     `spec` is a prepared folder (has manifest.json, used as it is), a folder of class
-    subfolders or a glob/gs:// pattern, `flowers` (downloaded once) or `synthetic`. Anything
+    subfolders or a glob/gs:// pattern, `flowers` (downloaded once) or `synthetic`. A prepared
+    folder on cloud storage (gs://..., with manifest.json) comes back as its URL. Anything
     but a prepared folder is prepared once into convlab's cache at `image_size` and reused
     while its files are unchanged.
     """
     spec = str(spec)
     if not is_remote(spec) and (Path(spec) / MANIFEST).exists():
         return Path(spec)
+    if is_remote(spec) and "*" not in spec:
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(f"{spec.rstrip('/')}/{MANIFEST}"):
+            return spec
     source = spec if spec in ("flowers", "synthetic") or is_remote(spec) else str(
         Path(spec).expanduser().resolve())
     key = hashlib.sha256(f"{source}|{image_size}".encode()).hexdigest()[:12]

@@ -26,14 +26,18 @@ def _resolve(data, derived: dict, split: str | None) -> tuple[Path, str]:
     """The prepared folder and split to evaluate."""
     from convlab.data.ingest import MANIFEST
     from convlab.data.resolve import resolve_data
+    from convlab.data.sources import is_remote
 
     if data is None:
-        prepared = Path(derived["prepared_data"])
+        prepared = derived["prepared_data"]
+        if is_remote(prepared):  # a TPU run's gs:// data
+            return prepared, split or "validation"
+        prepared = Path(prepared)
         if not (prepared / MANIFEST).exists():
             raise ConvlabError(f"the run's prepared data '{prepared}' is gone; pass --data")
         return prepared, split or "validation"
-    prepared_already = (Path(data) / MANIFEST).exists()
     prepared = resolve_data(data, derived["image_size"], progress=False)
+    prepared_already = isinstance(prepared, str) or (Path(data) / MANIFEST).exists()
     # A photo folder is prepared into the cache with a train/validation split that means
     # nothing here: every one of its images is test data for this model.
     return prepared, split or ("validation" if prepared_already else "all")

@@ -27,6 +27,7 @@ class StrategyInfo:
     replicas: int
     devices: str  # human-readable
     tpu: bool = False
+    workers: int = 1  # processes in the job (TPU: 1; the TPU hosts are TF's business)
 
     def describe(self) -> str:
         return f"{type(self.strategy).__name__} ({self.replicas} replica(s) on {self.devices})"
@@ -58,8 +59,12 @@ def _gpus() -> list:
     return tf.config.list_physical_devices("GPU")
 
 
-def select_strategy(name: str = "auto") -> StrategyInfo:
+def select_strategy(name: str = "auto", *, timeout: float = 600) -> StrategyInfo:
     """Build the strategy named (or the best one detected, for "auto").
+
+    `timeout`: multi-worker only, seconds any one collective (an all-reduce) may wait for
+    the other workers before the job stops with an error, instead of hanging on a worker
+    that is stuck (one that died is noticed sooner, by TF's peer health checks).
 
     Raises:
         ConvlabError: unknown name, or a named strategy whose hardware is not there.
@@ -81,14 +86,22 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
             json.loads(os.environ.get("TF_CONFIG") or "{}")
         except json.JSONDecodeError:
             raise ConvlabError("TF_CONFIG is not valid JSON; see docs/scaling.md") from None
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        from convlab.training.distributed import install_keras_fixes
+
+        install_keras_fixes()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=timeout or None))
+        workers = strategy.extended._num_workers
         return StrategyInfo(strategy, "multiworker", strategy.num_replicas_in_sync,
-                            f"{strategy.extended._num_workers} worker(s)")
+                            f"{workers} worker(s)", workers=workers)
     gpus = _gpus()
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = ([f"/gpu:{i}" for i in range(len(gpus))] if gpus else
                    [d.name for d in tf.config.list_logical_devices("CPU")])
-        strategy = tf.distribute.MirroredStrategy(devices)
+        # NCCL all-reduce between GPUs (CUDA_VISIBLE_DEVICES decides which are visible).
+        strategy = tf.distribute.MirroredStrategy(
+            devices, cross_device_ops=tf.distribute.NcclAllReduce() if len(gpus) > 1 else None)
         return StrategyInfo(strategy, "mirrored", len(devices), ", ".join(devices))
     if name == "onedevice":
         device = "/gpu:0" if gpus else "/cpu:0"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,13 +24,29 @@ from convlab.config import TrainConfig, recipe_config
 from convlab.errors import ConvlabError
 from convlab.runs import read_run
 from convlab.training.callbacks import EpochCheckpoint, Throughput
+from convlab.training.distributed import (
+    ExampleCount,
+    barrier,
+    check_tpu_data,
+    is_chief,
+    is_multi_worker,
+    shard_policy,
+    synchronize_batch_norm,
+    task_of,
+    write_worker_report,
+)
 from convlab.training.schedules import (
     ScheduleConfig,
     build_schedule,
     lr_per_epoch,
     plot_schedule,
 )
-from convlab.training.strategy import hardware, resolve_precision, select_strategy
+from convlab.training.strategy import (
+    StrategyInfo,
+    hardware,
+    resolve_precision,
+    select_strategy,
+)
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -42,8 +61,14 @@ def _run_dir(config: TrainConfig) -> Path:
 
 
 def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
-                   start_epoch: int = 0, progress: bool = True):
-    """(prepared folder, manifest, train dataset, validation dataset or None)."""
+                   start_epoch: int = 0, progress: bool = True,
+                   strategy_info: StrategyInfo | None = None):
+    """(prepared folder, manifest, train dataset, validation dataset or None).
+
+    Under a multi-worker or TPU strategy each worker (TPU host) builds its own input
+    pipeline that reads only its part of the data (`tf.distribute`'s
+    `distribute_datasets_from_function`); elsewhere one pipeline feeds all local replicas.
+    """
     from convlab.data.ingest import read_manifest
     from convlab.data.pipeline import load
     from convlab.data.resolve import resolve_data
@@ -54,18 +79,55 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     if n_train < global_batch:
         raise ConvlabError(f"only {n_train} training images in '{prepared}', fewer than the "
                            f"global batch of {global_batch}; lower --batch-size")
-    common = {"batch_size": global_batch, "image_size": image_size, "deterministic": True}
-    train = load(prepared, "train", augment=config.augment, seed=config.seed,
-                 start_epoch=start_epoch, **common)
-    val = None
-    if manifest["counts"]["per_split"].get("validation"):
-        val = load(prepared, "validation", **common)
-    if config.label_smoothing:
-        n = manifest["num_classes"]
-        one_hot = lambda x, y: (x, tf.one_hot(y, n))  # noqa: E731
-        train = train.map(one_hot)
-        val = val.map(one_hot) if val is not None else None
+    steps = n_train // global_batch
+    weights = _class_weights(config, manifest)
+    tpu = strategy_info is not None and strategy_info.tpu
+
+    def finish(ds, training: bool):
+        if weights and training:
+            table = tf.constant([weights.get(i, 0.0) for i in range(manifest["num_classes"])])
+            ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
+        if config.label_smoothing:
+            n = manifest["num_classes"]
+            ds = ds.map(lambda x, y, *w: (x, tf.one_hot(y, n), *w))
+        return ds
+
+    def make(split: str, context: tf.distribute.InputContext | None = None):
+        training = split == "train"
+        batch, local = global_batch, 1
+        if context is not None:
+            batch = context.get_per_replica_batch_size(global_batch)
+            local = context.num_replicas_in_sync // context.num_input_pipelines
+            _log_sharding(manifest, split, context, steps * local * batch if training else None)
+        common = {"batch_size": batch, "image_size": image_size, "deterministic": True,
+                  "input_context": context}
+        if training:
+            ds = load(prepared, "train", augment=config.augment, seed=config.seed,
+                      start_epoch=start_epoch, batches_per_epoch=steps * local, **common)
+        else:  # TPUs want fixed shapes: the last partial batch is left out there
+            ds = load(prepared, "validation", drop_remainder=tpu, **common)
+        return finish(ds, training)
+
+    has_val = bool(manifest["counts"]["per_split"].get("validation"))
+    strategy = strategy_info.strategy if strategy_info is not None else None
+    if strategy is not None and (tpu or is_multi_worker(strategy)):
+        train = strategy.distribute_datasets_from_function(lambda c: make("train", c))
+        val = strategy.distribute_datasets_from_function(
+            lambda c: make("validation", c)) if has_val else None
+    else:
+        train, val = make("train"), (make("validation") if has_val else None)
     return prepared, manifest, train, val
+
+
+def _log_sharding(manifest: dict, split: str, context, needed: int | None) -> None:
+    counts = [s["count"] for s in manifest["shards"] if s["split"] == split]
+    pipelines, index = context.num_input_pipelines, context.input_pipeline_id
+    policy = shard_policy(counts, pipelines, needed)
+    how = {"off": "all of it (one input pipeline)",
+           "file": f"shard files {index}, {index + pipelines}, ... of {len(counts)}",
+           "data": f"every {pipelines}th record from {index} "
+                   f"({len(counts)} shard files are too few or too uneven to split)"}[policy]
+    print(f"input ({split}): pipeline {index + 1} of {pipelines} reads {how}")
 
 
 def _class_weights(config: TrainConfig, manifest: dict) -> dict | None:
@@ -84,11 +146,13 @@ def _optimizer(config: TrainConfig, learning_rate):
     return keras.optimizers.Adam(learning_rate)
 
 
-def _compile(model, config: TrainConfig, learning_rate) -> None:
+def _compile(model, config: TrainConfig, learning_rate, *, count_examples: bool = False,
+             steps_per_execution: int = 1) -> None:
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
             if config.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
-    model.compile(optimizer=_optimizer(config, learning_rate), loss=loss, metrics=["accuracy"],
-                  steps_per_execution=config.steps_per_execution)
+    metrics = ["accuracy"] + ([ExampleCount()] if count_examples else [])
+    model.compile(optimizer=_optimizer(config, learning_rate), loss=loss, metrics=metrics,
+                  steps_per_execution=steps_per_execution)
 
 
 def _set_backbone(model, trainable: bool) -> None:
@@ -115,7 +179,7 @@ def _history_rows(run: Path) -> list[dict]:
 
 
 def train(config: TrainConfig | str | None = None, *, progress: bool = True,
-          **overrides) -> Path:
+          **overrides) -> Path | None:
     """Train a model (or a recipe) and write a run folder.
 
     Args:
@@ -125,7 +189,8 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
 
     Returns:
         The run folder: config.json, history.csv/json, logs/ (TensorBoard), checkpoints/,
-        best.keras, model.keras, plots/, summary.txt/json.
+        best.keras, model.keras, plots/, summary.txt/json. In a multi-worker job only the
+        chief writes one; other workers get None.
 
     Raises:
         ConvlabError: bad config or data.
@@ -140,7 +205,7 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
     return _fit(config, run=None, progress=progress)
 
 
-def resume(run: str | os.PathLike, *, progress: bool = True) -> Path:
+def resume(run: str | os.PathLike, *, progress: bool = True) -> Path | None:
     """Continue an interrupted run from its last completed epoch, in the same folder.
 
     Raises:
@@ -154,7 +219,7 @@ def resume(run: str | os.PathLike, *, progress: bool = True) -> Path:
     return _fit(config, run=run, progress=progress)
 
 
-def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
+def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     from convlab.models import create_model, get_model_info
 
     info = get_model_info(config.model)
@@ -162,7 +227,9 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
     if config.fine_tune_epochs and not info.pretrained:
         raise ConvlabError(f"--fine-tune-epochs needs a pretrained backbone to unfreeze; "
                            f"{config.model!r} has none (use more --epochs instead)")
-    strategy_info = select_strategy(config.strategy)
+    strategy_info = select_strategy(config.strategy, timeout=config.worker_timeout)
+    if strategy_info.tpu:
+        check_tpu_data(config.data)
     strategy = strategy_info.strategy
     replicas = strategy.num_replicas_in_sync
     global_batch = (config.batch_per_replica * replicas if config.batch_per_replica
@@ -173,13 +240,19 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
     precision = resolve_precision(config.precision, strategy_info)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
+    multi_worker = is_multi_worker(strategy)
+    chief = is_chief(strategy)
 
     resumed = _last_checkpoint(run) if run is not None else None
     start_epoch = resumed[0] if resumed else 0
     prepared, manifest, train_ds, val_ds = build_datasets(
-        config, image_size, global_batch, start_epoch=start_epoch, progress=progress)
+        config, image_size, global_batch, start_epoch=start_epoch, progress=progress,
+        strategy_info=strategy_info)
     n_train = manifest["counts"]["per_split"]["train"]
     steps = n_train // global_batch
+    # TPUs run best with many steps per call; elsewhere the user's setting.
+    per_call = (min(steps, 32) if strategy_info.tpu and config.steps_per_execution == 1
+                else config.steps_per_execution)
     schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
                               replicas=replicas)
     print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
@@ -192,14 +265,21 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
         else:
             options = dict(config.model_options)
             model = create_model(config.model, manifest["num_classes"], image_size, **options)
-            _compile(model, config, schedule)
+            _compile(model, config, schedule, count_examples=multi_worker,
+                     steps_per_execution=per_call)
+        if multi_worker and (synced := synchronize_batch_norm(model)):
+            print(f"batch norm: {synced} layer(s) use the global batch's statistics "
+                  "(synchronized across workers)")
 
-    if run is None:
+    # Only the chief writes the run folder. The other workers run exactly the same steps
+    # (saving touches every variable on every worker) but into a temporary folder.
+    if chief and run is None:
         run = _run_dir(config)
         derived = {"image_size": image_size, "global_batch": global_batch,
                    "per_replica_batch": global_batch // replicas, "replicas": replicas,
-                   "steps_per_epoch": steps, "precision": precision,
-                   "strategy": strategy_info.kind, "prepared_data": str(prepared),
+                   "steps_per_epoch": steps, "steps_per_execution": per_call,
+                   "precision": precision, "strategy": strategy_info.kind,
+                   "workers": strategy_info.workers, "prepared_data": str(prepared),
                    "classes": manifest["classes"],
                    "lr_per_epoch": lr_per_epoch(schedule, steps, config.epochs)}
         (run / "config.json").write_text(json.dumps(
@@ -207,14 +287,31 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
         (run / "plots").mkdir()
         plot_schedule(schedule, steps, config.epochs, run / "plots" / "lr_schedule.png",
                       title=f"{config.schedule.name} schedule, {config.name or config.model}")
+    write_worker_report(strategy, run)
+    kind, index = task_of(strategy)
+    workdir = run if chief else Path(tempfile.mkdtemp(prefix=f"convlab-{kind}{index}-"))
+    if not chief:
+        print(f"{kind} {index} of {strategy_info.workers}: not the chief; its files go to "
+              f"{workdir} (removed at the end)")
+    try:
+        return _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps,
+                              start_epoch, workdir, chief, manifest, precision, global_batch,
+                              progress, run)
+    finally:
+        if not chief:
+            shutil.rmtree(workdir, ignore_errors=True)
 
+
+def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_epoch, workdir,
+                   chief, manifest, precision, global_batch, progress, run) -> Path | None:
+    strategy = strategy_info.strategy
     throughput = Throughput(global_batch, steps)
-    callbacks = [throughput, EpochCheckpoint(run),
-                 keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
-                 keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False)]
+    callbacks = [throughput, EpochCheckpoint(workdir),
+                 keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True)]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False))
     fit_args = {"validation_data": val_ds, "steps_per_epoch": steps, "shuffle": False,
-                "callbacks": callbacks, "verbose": 1 if progress else 2,
-                "class_weight": _class_weights(config, manifest)}
+                "callbacks": callbacks, "verbose": 1 if progress else 2}
     started = time.time()
     try:
         if start_epoch < config.epochs:
@@ -227,18 +324,36 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path:
                     _compile(model, config, build_schedule(
                         ScheduleConfig("cosine", learning_rate=config.fine_tune_lr,
                                        warmup_epochs=0.0, min_lr=config.fine_tune_lr / 20),
-                        steps_per_epoch=steps, epochs=config.fine_tune_epochs))
+                        steps_per_epoch=steps, epochs=config.fine_tune_epochs),
+                        count_examples=is_multi_worker(strategy),
+                        steps_per_execution=model.steps_per_execution)
             model.fit(train_ds, epochs=config.total_epochs,
                       initial_epoch=max(start_epoch, config.epochs), **fit_args)
     except KeyboardInterrupt:
-        done = _last_checkpoint(run)
+        done = _last_checkpoint(run) if run is not None else None
         print(f"\ninterrupted after {done[0] if done else 0} completed epoch(s); continue with: "
               f"convlab train --resume {run}")
         raise
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError) as err:
+        # A peer died or stopped answering: collectives abort instead of waiting forever.
+        done = _last_checkpoint(run) if run is not None else None
+        peer = re.search(r"reported from (/job:\w+/task:\d+)", str(err))
+        where = f"; reported from {peer.group(1)}" if peer else ""
+        folder = run if run is not None else "RUN (the chief's run folder)"
+        raise ConvlabError(
+            f"lost contact with another worker ({type(err).__name__}{where}); the chief's "
+            f"last checkpoint is epoch {done[0] if done else 0}: restart every worker with "
+            f"`convlab train --resume {folder}`") from None
     finally:
         keras.mixed_precision.set_global_policy("float32")
     wall = time.time() - started
-    model.save(run / "model.keras")
+    model.save(workdir / "model.keras")
+    if is_multi_worker(strategy):
+        barrier(strategy)
+    write_worker_report(strategy, run, model, _history_rows(workdir))
+    if not chief:
+        return None
     _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput)
     if config.report:
         from convlab.evaluation.report import report

@@ -1,0 +1,192 @@
+"""What multi-worker and TPU training need beyond picking a strategy.
+
+- Who writes: only the chief writes the run folder; other workers write to a temporary folder
+  that is removed at the end (all workers still run the same steps, collectives included).
+- How the input is split: `shard_policy` chooses by-file or by-record sharding so that across
+  workers each training example is seen once per epoch; `ExampleCount` measures it.
+- Where TPUs may read: only from cloud storage (`check_tpu_data`).
+- Keras 3 `fit` under MultiWorkerMirroredStrategy: two upstream bugs and their narrow fixes
+  (`install_keras_fixes`).
+- A worker report (weights digest, examples per epoch) for `convlab launch` to cross-check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from convlab.errors import ConvlabError
+
+REPORT_ENV = "CONVLAB_WORKER_REPORT"
+
+
+def task_of(strategy: tf.distribute.Strategy) -> tuple[str, int]:
+    """(task type, index) of this process in a cluster, ("worker", 0) when alone."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "worker", 0
+    return resolver.task_type, int(resolver.task_id or 0)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The process that writes checkpoints, logs and the report (TF's own rule: the "chief"
+    task, or worker 0 when the cluster has no chief)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._num_workers > 1)
+
+
+def shard_policy(shard_counts: list[int], pipelines: int, needed: int | None) -> str:
+    """"file" when every input pipeline gets whole shard files holding at least `needed`
+    records (the records one epoch takes from it), else "data" (every pipeline reads all
+    files and keeps every `pipelines`-th record). With one pipeline: "off"."""
+    if pipelines <= 1:
+        return "off"
+    if len(shard_counts) < pipelines:
+        return "data"
+    per_pipeline = [sum(shard_counts[i::pipelines]) for i in range(pipelines)]
+    return "file" if needed is None or min(per_pipeline) >= needed else "data"
+
+
+@keras.saving.register_keras_serializable(package="convlab")
+class ExampleCount(keras.metrics.Metric):
+    """Examples the model trained (or was evaluated) on, summed over all replicas and workers.
+
+    Under a multi-worker strategy its epoch value shows that input sharding gives each
+    example to exactly one worker: it equals steps x global batch, not a multiple of it.
+    """
+
+    def __init__(self, name: str = "examples", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count",
+                                       aggregation="sum")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.count.assign_add(keras.ops.cast(keras.ops.shape(y_true)[0], self.dtype))
+
+    def result(self):
+        # A new tensor, not the variable: Keras keeps epoch logs while validation reuses
+        # and resets the metric.
+        return keras.ops.multiply(self.count, 1.0)
+
+
+def synchronize_batch_norm(model: keras.Model) -> int:
+    """Make every BatchNormalization layer use the global batch's statistics (all-reduced
+    over workers) instead of each worker's own. Without it each worker's moving mean and
+    variance follow its own data and the workers end with different models; with it,
+    training matches one machine with the whole global batch. Returns the layers changed."""
+    changed, stack = 0, list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            changed += 1
+    return changed
+
+
+def check_tpu_data(data: str) -> None:
+    """TPUs read input through the TPU host's cloud storage client, never from this disk.
+
+    Raises:
+        ConvlabError: `data` is a local path (anything without a `scheme://`).
+    """
+    if "://" not in str(data):
+        raise ConvlabError(
+            f"TPUs read data only from Cloud Storage, and '{data}' is a local path: copy the "
+            f"prepared folder to a bucket (convlab data prepare SRC gs://BUCKET/NAME, or "
+            f"gsutil -m cp -r DIR gs://BUCKET/NAME) and pass --data gs://BUCKET/NAME")
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Wait until every worker gets here (an all-reduce of a constant): no worker leaves the
+    job while another still needs it for a collective."""
+    tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)),
+                                        axis=None))()
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 over every weight's bytes, in order: equal digests mean identical models."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def write_worker_report(strategy, run, model: keras.Model | None = None,
+                        history: list[dict] | None = None) -> None:
+    """Where `convlab launch` asked for one ($CONVLAB_WORKER_REPORT), say which run folder this
+    job writes (as soon as it is known) and, at the end, what this worker ended with, so the
+    launcher can name the folder to resume and check that all workers agree."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        return
+    kind, index = task_of(strategy)
+    report = {"task": f"{kind}:{index}", "chief": is_chief(strategy),
+              "run": str(run) if run is not None else None}
+    if model is not None:
+        report["weights_sha256"] = weights_digest(model)
+        report["variables"] = {v.path: hashlib.sha256(np.ascontiguousarray(
+            v.numpy()).tobytes()).hexdigest()[:12] for v in model.weights}
+        report["examples_per_epoch"] = [row.get("examples") for row in history or []]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f)
+    os.replace(tmp, path)
+
+
+_FIXED = False
+
+
+def install_keras_fixes() -> None:
+    """Make `Model.fit` work under MultiWorkerMirroredStrategy in Keras 3 (idempotent).
+
+    Keras 3.15's TensorFlow trainer has two bugs on that strategy (keras-team/keras#20585,
+    #20329), both in code that only runs when there is more than one worker:
+    - before the first step it averages a whole input batch across workers with one
+      `strategy.reduce` call on a tuple, which TF rejects ("Attempt to convert a value
+      (PerReplica...)"); only the batch's shapes are needed, so take this worker's batch;
+    - after every step it averages each metric value along axis 0, which fails for scalars
+      ("Invalid reduction dimension 0"); the per-step values only feed the progress bar, so
+      show this worker's values. Epoch values (history, checkpoints, the best model) are
+      read from the metric variables, which are summed over all workers, and stay exact.
+    Other strategies keep Keras' own code.
+    """
+    global _FIXED
+    if _FIXED:
+        return
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def first_local(strategy, values):
+        return tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], values)
+
+    keras_reduce = tf_trainer.reduce_per_replica
+    keras_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction == "auto" and is_multi_worker(strategy):
+            return first_local(strategy, values)
+        return keras_reduce(values, strategy, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or strategy is None or not is_multi_worker(strategy):
+            return keras_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            data_batch = first_local(strategy, next(it))
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    _FIXED = True
