@@ -156,7 +156,7 @@ def test_tpu_detection_and_local_path_refusal_on_cpu(monkeypatch):
     assert strategy_mod.tpu_signalled({"COLAB_TPU_ADDR": "10.0.0.2:8470"})
     assert strategy_mod.detect_tpu({}) is None  # no NameError, no metadata-server wait
     with pytest.raises(ConvlabError, match="TPUs read data only from Cloud Storage, and "
-                                           "'data/flowers' is a local path"):
+                                           "'data/flowers' is on this machine"):
         check_tpu_data("data/flowers")
     check_tpu_data("gs://bucket/flowers")  # accepted
 
@@ -165,7 +165,7 @@ def test_prepared_data_on_a_cloud_filesystem(tmp_path):
     """What a TPU needs: prepare straight to a bucket URL and train from it. TensorFlow's
     in-memory ram:// filesystem stands in for gs:// (same tf.io.gfile code path)."""
     src = make_folder(tmp_path / "src", num_classes=2, per_class=10, size=24)
-    url = f"ram://convlab-test-{os.getpid()}/prepared"
+    url = f"ram://convlab-gs-stand-in-{os.getpid()}/prepared"
     manifest = prepare(str(src), url, size=16, shards=2, progress=False)
     assert tf.io.gfile.exists(f"{url}/manifest.json")
     assert resolve_data(url, 16) == url

@@ -101,7 +101,7 @@ def check_tpu_data(data: str) -> None:
     """
     if "://" not in str(data):
         raise ConvlabError(
-            f"TPUs read data only from Cloud Storage, and '{data}' is a local path: copy the "
+            f"TPUs read data only from Cloud Storage, and '{data}' is on this machine: copy the "
             f"prepared folder to a bucket (convlab data prepare SRC gs://BUCKET/NAME, or "
             f"gsutil -m cp -r DIR gs://BUCKET/NAME) and pass --data gs://BUCKET/NAME")
 
