@@ -148,8 +148,7 @@ def _train_overrides(args) -> dict:
                         ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
                         ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
                         ("fine_tune_lr", "fine_tune_lr"),
-                        ("steps_per_execution", "steps_per_execution"),
-                        ("worker_timeout", "worker_timeout")):
+                        ("steps_per_execution", "steps_per_execution")):
         value = getattr(args, flag)
         if value is not None:
             out[field] = value
@@ -310,9 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--strategy", choices=("auto", "default", "onedevice", "mirrored",
                                            "multiworker", "tpu"))
     tr.add_argument("--steps-per-execution", type=int)
-    tr.add_argument("--worker-timeout", type=float, metavar="SECONDS",
-                    help="multi-worker: stop with an error when an all-reduce waits longer "
-                         "than this for the other workers (default 600)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--name", help="run name (default: recipe or model)")
     tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")

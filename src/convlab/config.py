@@ -36,7 +36,6 @@ class TrainConfig:
     precision: str = "auto"
     strategy: str = "auto"
     steps_per_execution: int = 1
-    worker_timeout: float = 600  # multi-worker: seconds a collective waits for the others
     fine_tune_epochs: int = 0  # >0: a second phase with the backbone unfrozen
     fine_tune_lr: float = 1e-4
     model_options: dict = field(default_factory=dict)
@@ -48,8 +47,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = {"epochs": self.epochs, "batch-size": self.batch_size,
-                    "steps-per-execution": self.steps_per_execution,
-                    "worker-timeout": self.worker_timeout}
+                    "steps-per-execution": self.steps_per_execution}
         for flag, value in positive.items():
             if value < 1:
                 raise ConvlabError(f"--{flag} must be at least 1, received: {value}")

@@ -109,8 +109,14 @@ def check_tpu_data(data: str) -> None:
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """Wait until every worker gets here (an all-reduce of a constant): no worker leaves the
     job while another still needs it for a collective."""
-    tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)),
-                                        axis=None))()
+    def one():
+        return tf.constant(1.0)
+
+    @tf.function(autograph=False)
+    def all_reduce():
+        return strategy.reduce("SUM", strategy.run(one), axis=None)
+
+    all_reduce()
 
 
 def weights_digest(model: keras.Model) -> str:

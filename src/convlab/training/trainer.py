@@ -227,7 +227,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     if config.fine_tune_epochs and not info.pretrained:
         raise ConvlabError(f"--fine-tune-epochs needs a pretrained backbone to unfreeze; "
                            f"{config.model!r} has none (use more --epochs instead)")
-    strategy_info = select_strategy(config.strategy, timeout=config.worker_timeout)
+    strategy_info = select_strategy(config.strategy)
     if strategy_info.tpu:
         check_tpu_data(config.data)
     strategy = strategy_info.strategy
