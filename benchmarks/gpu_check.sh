@@ -11,6 +11,8 @@
 #    precision; the Xception fine-tune (codelab-xception) step time at 331 px;
 #  - issue 6: a recipe with the auto-chosen strategy and precision, and `convlab launch` with
 #    2 workers sharing the GPU (memory growth on, so both fit).
+# A quick try of the script itself on a CPU:
+#   SIZE=32 XCEPTION_SIZE=71 EPOCHS=1 BATCH=16 bash benchmarks/gpu_check.sh synthetic /tmp/gpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS=${1:-../shared/data/flowers128}
@@ -19,8 +21,12 @@ mkdir -p "$RESULTS"
 WORK=$(mktemp -d)
 REPORT="$RESULTS/gpu_check.md"
 PY=${PYTHON:-python3}
+SIZE=${SIZE:-192}
+XCEPTION_SIZE=${XCEPTION_SIZE:-331}
+EPOCHS=${EPOCHS:-3}
+BATCH=${BATCH:-128}
 convlab() { "$PY" -m convlab "$@"; }
-[ -d "$PHOTOS" ] || PHOTOS=synthetic
+[ -d "$PHOTOS" ] || [ "$PHOTOS" = flowers ] || PHOTOS=synthetic
 
 {
   echo "# GPU check, $(date -u +%F)"
@@ -29,7 +35,7 @@ convlab() { "$PY" -m convlab "$@"; }
   echo "data: $PHOTOS"
 } | tee "$REPORT"
 
-for size in 192 331; do
+for size in "$SIZE" "$XCEPTION_SIZE"; do
   convlab data prepare "$PHOTOS" "$WORK/data-$size" --size "$size" > /dev/null
 done
 
@@ -52,10 +58,10 @@ echo "| run | strategy | precision | training speed (steady) | best val acc | wa
 echo "| --- | --- | --- | --- | --- | --- |" | tee -a "$REPORT"
 for model in squeezenet efficientnet_lite0; do
   for precision in float32 auto; do
-    convlab train "$model" --data "$WORK/data-192" --image-size 192 --epochs 3 \
-      --batch-size 128 --precision "$precision" --runs-dir "$WORK/runs-$model-$precision" \
+    convlab train "$model" --data "$WORK/data-$SIZE" --image-size "$SIZE" --epochs "$EPOCHS" \
+      --batch-size "$BATCH" --precision "$precision" --runs-dir "$WORK/runs-$model-$precision" \
       --quiet --no-report > "$WORK/log-$model-$precision.txt" 2>&1
-    summarize "$WORK/runs-$model-$precision" "$model 192 px, batch 128, --precision $precision" \
+    summarize "$WORK/runs-$model-$precision" "$model $SIZE px, batch $BATCH, --precision $precision" \
       | tee -a "$REPORT"
   done
 done
@@ -65,16 +71,17 @@ done
 weights=imagenet
 "$PY" -c "import urllib.request; urllib.request.urlopen('https://storage.googleapis.com', timeout=5)" \
   2> /dev/null || weights=none
-convlab train codelab-xception --data "$WORK/data-331" --epochs 2 --weights "$weights" \
+convlab train codelab-xception --data "$WORK/data-$XCEPTION_SIZE" \
+  --image-size "$XCEPTION_SIZE" --epochs "$EPOCHS" --weights "$weights" \
   --runs-dir "$WORK/runs-xception" --quiet --no-report > "$WORK/log-xception.txt" 2>&1
-summarize "$WORK/runs-xception" "codelab-xception 331 px (weights: $weights)" | tee -a "$REPORT"
+summarize "$WORK/runs-xception" "codelab-xception $XCEPTION_SIZE px (weights: $weights)" | tee -a "$REPORT"
 
 # Issue 6: the auto-chosen strategy and precision, then two workers sharing the GPU.
-convlab train efficientnet-lite0-transfer --data "$WORK/data-192" --image-size 192 \
-  --epochs 2 --runs-dir "$WORK/runs-auto" --quiet --no-report > "$WORK/log-auto.txt" 2>&1
+convlab train efficientnet-lite0-transfer --data "$WORK/data-$SIZE" --image-size "$SIZE" \
+  --epochs "$EPOCHS" --runs-dir "$WORK/runs-auto" --quiet --no-report > "$WORK/log-auto.txt" 2>&1
 summarize "$WORK/runs-auto" "efficientnet-lite0-transfer, all auto" | tee -a "$REPORT"
 TF_FORCE_GPU_ALLOW_GROWTH=true convlab launch --workers 2 -- train squeezenet \
-  --data "$WORK/data-192" --image-size 192 --epochs 2 --batch-size 128 \
+  --data "$WORK/data-$SIZE" --image-size "$SIZE" --epochs "$EPOCHS" --batch-size "$BATCH" \
   --runs-dir "$WORK/runs-launch" --quiet --no-report > "$WORK/log-launch.txt" 2>&1
 summarize "$WORK/runs-launch" "convlab launch --workers 2 (squeezenet, one GPU shared)" \
   | tee -a "$REPORT"

@@ -67,12 +67,18 @@ def test_sharded_pipelines_split_each_epoch_between_workers(shards, tmp_path, fi
 
 
 def test_two_workers_on_loopback_train_one_model(shards, tmp_path):
-    """The issue's integration test: 2 workers on 127.0.0.1, 2 epochs, tiny shards."""
+    """The issue's integration test: 2 workers on 127.0.0.1, 2 epochs, tiny shards.
+
+    3 shard files per split: too uneven for 2 workers to split the training files (so they
+    split the records), and the validation files give one worker twice the other's batches.
+    """
+    data = tmp_path / "data"
+    prepare(str(shards.parent / "src"), data, size=16, shards=3, progress=False)
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     (tmp_path / "tmp").mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "convlab", "launch", "--workers", "2", "--", "train", *TRAIN,
-         "--data", str(shards), "--epochs", "2", "--runs-dir", str(tmp_path / "runs")],
+         "--data", str(data), "--epochs", "2", "--runs-dir", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=420, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = (tmp_path / "runs").iterdir()  # exactly one run folder, the chief's
@@ -85,7 +91,10 @@ def test_two_workers_on_loopback_train_one_model(shards, tmp_path):
     # All workers together trained on each of the 96 images once per epoch, validated on 24.
     assert [h["examples"] for h in history] == [96, 96]
     assert [h["val_examples"] for h in history] == [24, 24]
-    assert "input (train): pipeline 1 of 2 reads shard files 0, 2" in result.stdout
+    assert "input (train): pipeline 1 of 2 reads one record in 2, starting at record 0" in (
+        result.stdout)
+    assert "input (validation): pipeline 1 of 2 reads shard files 0, 2, ... of 3" in (
+        result.stdout)
 
     # Both workers ended with identical weights: the launcher compared their digests, and
     # the chief's saved model is the model it digested.

@@ -187,6 +187,11 @@ def load(
         if policy == "data":
             ds = ds.shard(pipelines, index)  # before decoding: skipped records cost little
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if pipelines > 1:
+            # Left unknown on purpose: the parts may differ by a batch, and a worker that
+            # knew its own count would stop evaluating before the others; tf.distribute
+            # ends the pass on all workers together when every part is exhausted.
+            return ds
         # Known size: Keras shows validation progress and never guesses an epoch's end.
         return ds.apply(tf.data.experimental.assert_cardinality(count))
 

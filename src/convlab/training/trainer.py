@@ -26,6 +26,7 @@ from convlab.runs import read_run
 from convlab.training.callbacks import EpochCheckpoint, Throughput
 from convlab.training.distributed import (
     ExampleCount,
+    ShardedValidation,
     barrier,
     check_tpu_data,
     is_chief,
@@ -110,7 +111,15 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
 
     has_val = bool(manifest["counts"]["per_split"].get("validation"))
     strategy = strategy_info.strategy if strategy_info is not None else None
-    if strategy is not None and (tpu or is_multi_worker(strategy)):
+    if strategy is not None and is_multi_worker(strategy):
+        train = strategy.distribute_datasets_from_function(lambda c: make("train", c))
+        # This worker's part of the validation split, as a plain dataset: `ShardedValidation`
+        # evaluates it locally (the parts may differ by a batch; see there).
+        _, index = task_of(strategy)
+        context = tf.distribute.InputContext(strategy_info.workers, index,
+                                             strategy.num_replicas_in_sync)
+        val = make("validation", context) if has_val else None
+    elif tpu:
         train = strategy.distribute_datasets_from_function(lambda c: make("train", c))
         val = strategy.distribute_datasets_from_function(
             lambda c: make("validation", c)) if has_val else None
@@ -125,7 +134,7 @@ def _log_sharding(manifest: dict, split: str, context, needed: int | None) -> No
     policy = shard_policy(counts, pipelines, needed)
     how = {"off": "all of it (one input pipeline)",
            "file": f"shard files {index}, {index + pipelines}, ... of {len(counts)}",
-           "data": f"every {pipelines}th record from {index} "
+           "data": f"one record in {pipelines}, starting at record {index} "
                    f"({len(counts)} shard files are too few or too uneven to split)"}[policy]
     print(f"input ({split}): pipeline {index + 1} of {pipelines} reads {how}")
 
@@ -306,11 +315,20 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
                    chief, manifest, precision, global_batch, progress, run) -> Path | None:
     strategy = strategy_info.strategy
     throughput = Throughput(global_batch, steps)
-    callbacks = [throughput, EpochCheckpoint(workdir),
-                 keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True)]
-    if chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False))
-    fit_args = {"validation_data": val_ds, "steps_per_epoch": steps, "shuffle": False,
+    # The same callbacks on every worker: some read distributed variables, which under a
+    # multi-worker strategy is a collective that all workers must join (TensorBoard alone on
+    # the chief deadlocked or crashed a job). Non-chief workers write into their temp folder.
+    validation = val_ds
+    if is_multi_worker(strategy) and val_ds is not None:
+        # First, so that the checkpoint, CSV and TensorBoard callbacks see val_* in the logs.
+        callbacks = [ShardedValidation(val_ds, strategy)]
+        validation = None
+    else:
+        callbacks = []
+    callbacks += [throughput, EpochCheckpoint(workdir),
+                 keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
+                 keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False)]
+    fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
                 "callbacks": callbacks, "verbose": 1 if progress else 2}
     started = time.time()
     try:
