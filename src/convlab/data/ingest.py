@@ -436,11 +436,11 @@ def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite
                        quality=opts.quality, seed=opts.seed, workers=workers,
                        overwrite=True, progress=progress)
     target = join(out, MANIFEST)
-    local = (staging / MANIFEST).read_bytes()
     if tf.io.gfile.exists(target):
-        with tf.io.gfile.GFile(target, "rb") as f:
-            if f.read() == local:
-                return manifest
+        with tf.io.gfile.GFile(target) as f:
+            there = json.loads(f.read())
+        if there.get("fingerprint") == manifest["fingerprint"]:
+            return there  # the same plan was uploaded before
         if not overwrite:
             raise ConvlabError(f"'{out}' already holds a different prepared dataset; choose "
                                "another folder or pass --overwrite")
