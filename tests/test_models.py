@@ -196,3 +196,35 @@ def test_set_backbone_trainable_rejects_a_model_without_backbone():
     model = create_model("convnet", NUM_CLASSES, image_size=32)
     with pytest.raises(ConvlabError, match="'convnet' has no 'backbone'"):
         set_backbone_trainable(model, True)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_trains_like_keras_batch_norm(policy, tmp_path):
+    from convlab.models.layers import FusedBatchNormalization
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        x = np.random.RandomState(0).randn(8, 6, 6, 4).astype("float32") * 3 + 1
+        plain, fused = (keras.layers.BatchNormalization(momentum=0.9),
+                        FusedBatchNormalization(momentum=0.9))
+        tol = 1e-5 if policy == "float32" else 2e-2
+        np.testing.assert_allclose(np.float32(fused(x, training=True)),
+                                   np.float32(plain(x, training=True)), atol=tol)
+        assert fused.compute_dtype == plain.compute_dtype
+        np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(),
+                                   atol=1e-6)
+        # Moving variance: the unbiased batch variance (n / (n - 1), n = 8 * 6 * 6).
+        n = 8 * 6 * 6
+        expected = 0.9 + 0.1 * x.reshape(-1, 4).var(axis=0) * n / (n - 1)
+        # (bfloat16 rounds the inputs first: a relative error of ~1e-4 in the variance.)
+        np.testing.assert_allclose(fused.moving_variance.numpy(), expected,
+                                   rtol=1e-4 if policy == "float32" else 1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = create_model("squeezenet", 3, 32)
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in model.layers)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    image = np.random.RandomState(1).rand(2, 32, 32, 3).astype("float32")
+    np.testing.assert_allclose(again.predict(image, verbose=0), model.predict(image, verbose=0),
+                               atol=1e-6)

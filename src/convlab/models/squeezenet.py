@@ -9,7 +9,8 @@ Based on the "Keras and modern convnets on TPUs" codelab notebook
 where y = fire(x, squeeze, expand) is a 1x1 "squeeze" conv of `squeeze` filters feeding a 1x1 and
 a 3x3 "expand" conv of expand // 2 filters each, concatenated (so `expand` channels come out).
 One deliberate difference: every conv here runs conv (no bias) -> BN -> relu, where the codelab
-ran conv (bias, relu) -> BN; BN momentum is the codelab's 0.9.
+ran conv (bias, relu) -> BN; BN momentum is the codelab's 0.9. Batch norm trains with
+TensorFlow's fused kernel (`FusedBatchNormalization`): faster on CPU, same model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import keras
 
 from convlab.errors import ConvlabError
 from convlab.models import register_model
+from convlab.models.layers import FusedBatchNormalization
 
 # Entries: (squeeze, expand) for a fire module, an int s for fire(s, 2 * s), "pool" for 2x2 max pool.
 DEFAULT_LAYOUT = ((24, 48), "pool", (48, 96), "pool", (64, 128), "pool", (48, 96), "pool", (24, 48))
@@ -51,24 +53,25 @@ def _parse_layout(layout) -> list:
     return parsed
 
 
-def _conv_bn_relu(x, filters: int, kernel: int, name: str):
+def _conv_bn_relu(x, filters: int, kernel: int, name: str, fused: bool = True):
     # No bias: the BN right after it has its own offset.
     x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    norm = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+    x = norm(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _fire(x, squeeze: int, expand: int, name: str):
-    s = _conv_bn_relu(x, squeeze, 1, f"{name}_squeeze")
-    e1 = _conv_bn_relu(s, expand // 2, 1, f"{name}_expand1x1")
-    e3 = _conv_bn_relu(s, expand - expand // 2, 3, f"{name}_expand3x3")
+def _fire(x, squeeze: int, expand: int, name: str, fused: bool = True):
+    s = _conv_bn_relu(x, squeeze, 1, f"{name}_squeeze", fused)
+    e1 = _conv_bn_relu(s, expand // 2, 1, f"{name}_expand1x1", fused)
+    e3 = _conv_bn_relu(s, expand - expand // 2, 3, f"{name}_expand3x3", fused)
     return keras.layers.Concatenate(name=f"{name}_concat")([e1, e3])
 
 
 @register_model(
     "squeezenet",
     image_size=192,
-    description="the codelab's SqueezeNet: fire modules + BN + max pools, GAP head; options layout, width, dropout",
+    description="the codelab's SqueezeNet: fire modules + BN + max pools, GAP head; options layout, width, dropout, fused_batch_norm",
 )
 def squeezenet(
     num_classes: int,
@@ -77,6 +80,7 @@ def squeezenet(
     layout=DEFAULT_LAYOUT,
     width: float = 1.0,
     dropout: float = 0.0,
+    fused_batch_norm: bool = True,
 ) -> keras.Model:
     blocks = _parse_layout(layout)
     if not width > 0:
@@ -95,7 +99,7 @@ def squeezenet(
 
     # The codelab fed [0, 1] pixels straight in, so there is no preprocessing layer.
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = _conv_bn_relu(inputs, scaled(STEM_FILTERS), 3, "stem")
+    x = _conv_bn_relu(inputs, scaled(STEM_FILTERS), 3, "stem", fused_batch_norm)
     fires = pools = 0
     for block in blocks:
         if block == "pool":
@@ -104,7 +108,8 @@ def squeezenet(
         else:
             fires += 1
             squeeze, expand = block
-            x = _fire(x, scaled(squeeze), max(2, scaled(expand)), f"fire{fires}")
+            x = _fire(x, scaled(squeeze), max(2, scaled(expand)), f"fire{fires}",
+                      fused_batch_norm)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)

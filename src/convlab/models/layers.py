@@ -1,0 +1,38 @@
+"""Layers convlab's own models share."""
+
+from __future__ import annotations
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="convlab")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization that trains with TensorFlow's fused kernel.
+
+    Keras 3 computes training-mode batch norm from separate ops (moments, then the
+    normalization), each a pass over the activations; TensorFlow's fused kernel (oneDNN on
+    CPU) does it in one. Same parameters, same inference path, same saved weights; the moving
+    variance is updated with the unbiased batch variance (as TensorFlow's kernel returns it,
+    and as tf.keras did), not the biased one. Anything the fused kernel does not cover
+    (synchronized across replicas, renorm, masks, channels not last, other backends) falls
+    back to Keras' own code.
+    """
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        return (bool(training) and mask is None and not self.synchronized and not self.renorm
+                and keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and self.scale and self.center)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = tf.cast(inputs, self.compute_dtype) if inputs.dtype != self.compute_dtype else inputs
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + mean * (1 - m))
+        self.moving_variance.assign(self.moving_variance * m + variance * (1 - m))
+        return y
