@@ -7,14 +7,15 @@ a noisy machine hits all of them alike; medians reported):
   codelab          benchmarks/codelab_baseline.py: the codelab's SqueezeNet, per-file
                    JPEG pipeline with cache, float32, batch 32
   convlab          convlab's squeezenet and TFRecord pipeline, its defaults on this machine
-                   (auto precision, fused batch norm), batch 32
-  convlab-f32      the same in float32
+                   (auto precision = float32 on a CPU, fused batch norm), batch 32
+  convlab-bf16     the same in mixed_bfloat16
   convlab-keras-bn the same with Keras' own (unfused) batch norm
   convlab-b64      batch 64
   convlab-tensors  convlab's model trained on one batch held in memory as a tensor: no input
                    pipeline at all, the ceiling for pipeline-fed training
-Per variant: training images/s in steady state (after a full pass that fills the caches and
-a few traced steps), input-pipeline images/s alone (the same dataset, no model), and the
+Per variant: training images/s in steady state (batch size over the median step time, after
+a full pass that fills the caches and a few traced steps; the median shrugs off the stalls a
+shared machine causes), input-pipeline images/s alone (the same dataset, no model), and the
 process's peak resident memory.
 """
 
@@ -36,7 +37,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parents[1] / "shared" / "data" / "flowers128"
-VARIANTS = ("codelab", "convlab", "convlab-f32", "convlab-keras-bn", "convlab-b64",
+VARIANTS = ("codelab", "convlab", "convlab-bf16", "convlab-keras-bn", "convlab-b64",
             "convlab-tensors")
 
 
@@ -61,7 +62,7 @@ def _datasets(variant: str, prepared: Path, size: int):
 
     batch = 64 if variant == "convlab-b64" else 32
     keras.mixed_precision.set_global_policy(
-        "float32" if variant == "convlab-f32" else resolve_precision("auto"))
+        "mixed_bfloat16" if variant == "convlab-bf16" else resolve_precision("auto"))
     options = {"fused_batch_norm": variant != "convlab-keras-bn"}
     ds = load(prepared, "train", batch_size=batch, image_size=size, seed=0,
               augment=Augment(**CODELAB_AUGMENT))
@@ -86,10 +87,20 @@ def measure(variant: str, prepared: Path, size: int, steps: int, warmup: int) ->
     for _ in range(steps * 2):
         next(iterator)
     pipeline = steps * 2 * batch / (time.perf_counter() - start)
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)  # tracing
-    start = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    train = steps * batch / (time.perf_counter() - start)
+    import keras
+
+    times = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
+              callbacks=[StepTimer()])
+    train = batch / statistics.median(times[warmup:])
     return {"variant": variant, "train_images_per_second": train,
             "pipeline_images_per_second": pipeline,
             "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -74,8 +74,8 @@ def test_strategy_detection_on_cpu_needs_no_tpu(monkeypatch):
 
 
 def test_auto_precision_follows_the_cpu():
-    expected = "mixed_bfloat16" if strategy_mod.cpu_supports_bf16() else "float32"
-    assert strategy_mod.resolve_precision("auto") == expected
+    # No GPU here: float32, also on CPUs with bfloat16 units (slower for these models).
+    assert strategy_mod.resolve_precision("auto") == "float32"
     assert strategy_mod.resolve_precision("float32") == "float32"
 
 

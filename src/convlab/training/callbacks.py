@@ -12,13 +12,18 @@ import keras
 
 
 class Throughput(keras.callbacks.Callback):
-    """Training images/s, shown in the progress bar and kept per epoch (validation excluded)."""
+    """Training images/s, shown in the progress bar and kept per epoch (validation excluded),
+    and the wall time since training started at each epoch's end."""
 
     def __init__(self, batch_size: int, steps_per_epoch: int):
         super().__init__()
         self.batch_size = batch_size
         self.images_per_epoch = batch_size * steps_per_epoch
         self.rates: list[float] = []
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self, "_train_start"):  # a second phase continues the same clock
+            self._train_start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last = time.perf_counter()
@@ -36,6 +41,8 @@ class Throughput(keras.callbacks.Callback):
         if logs is not None:
             logs.pop("img/s", None)
             logs["images_per_second"] = self.rates[-1]
+            # Since training started in this process, validation included: time-to-accuracy.
+            logs["wall_seconds"] = time.perf_counter() - self._train_start
 
     def steady_rate(self) -> float:
         """Mean over epochs, without the first (tracing, cache filling) when there are more."""

@@ -109,18 +109,15 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
                         "GPU:0" if gpus else "CPU")
 
 
-def cpu_supports_bf16() -> bool:
-    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): ~2x faster."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, info: StrategyInfo | None = None) -> str:
-    """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, bfloat16 on CPUs that
-    support it, float32 otherwise."""
+    """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, float32 otherwise.
+
+    Not bfloat16 on CPUs, even those with AVX512-BF16/AMX: measured on such a CPU
+    (BENCHMARKS.md, "Precision"), training in mixed_bfloat16 was no faster for SqueezeNet
+    with Keras' batch norm (44.4 vs 43.3 img/s), 35% slower with the fused batch norm
+    (43.7 vs 67.2) and 27% slower for EfficientNet-Lite0 (244 vs 333). Ask for it with
+    `--precision mixed_bfloat16`.
+    """
     if precision not in PRECISIONS:
         raise ConvlabError(f"--precision must be one of {', '.join(PRECISIONS)}, "
                            f"received: {precision!r}")
@@ -132,7 +129,7 @@ def resolve_precision(precision: str, info: StrategyInfo | None = None) -> str:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "mixed_float16" if details.get("compute_capability", (0, 0))[0] >= 7 else "float32"
-    return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
+    return "float32"
 
 
 def hardware() -> str:
