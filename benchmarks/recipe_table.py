@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/recipe_table.py [PHOTOS] [--size 128] [--runs DIR ...]
 
 For each recipe (`convlab recipes`) at --size: parameters, forward FLOPs per image (counted
-by TensorFlow's profiler on the inference graph; a training step costs about 3x that),
+by TensorFlow's profiler on the inference graph; a training step costs about 3x that, less
+where a frozen backbone needs no weight gradients, so the GFLOP/s column overstates those),
 training and inference images/s (steady state, on the cached TFRecord pipeline of PHOTOS),
 and the arithmetic rate that training speed means, next to the CPU's measured peak (a large
 matmul in float32 and in bfloat16). With --runs, finished run folders of those recipes add
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,18 +56,27 @@ def forward_flops(model: keras.Model, size: int) -> float:
 
 
 def speeds(model: keras.Model, ds, batch: int, steps: int) -> tuple[float, float]:
-    """(training, inference) images/s in steady state."""
-    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)
-    start = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    train = steps * batch / (time.perf_counter() - start)
+    """(training, inference) images/s in steady state: batch / median step time."""
+    times = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(ds, steps_per_epoch=3 + steps, epochs=1, verbose=0, callbacks=[StepTimer()])
+    train = batch / statistics.median(times[3:])
     images = next(iter(ds))[0]
     infer = tf.function(lambda x: model(x, training=False))
     infer(images).numpy()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         infer(images).numpy()
-    return train, steps * batch / (time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
+    return train, batch / statistics.median(times)
 
 
 def finished_runs(folders: list[str]) -> dict[str, dict]:

@@ -27,17 +27,26 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
 
 
 def images_per_second(data: Path, model_name: str, size: int, batch: int, precision: str,
-                      warmup: int, steps: int) -> float:
+                      warmup: int, steps: int, options: dict) -> float:
+    """Batch size over the median step time (the median ignores a shared machine's stalls)."""
     keras.mixed_precision.set_global_policy(precision)
+    times = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
     try:
         ds = load(data, "train", batch_size=batch, image_size=size, augment=True, seed=0)
-        model = create_model(model_name, 5, size)
+        model = create_model(model_name, 5, size, **options)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
-        model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
-        start = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-        return steps * batch / (time.perf_counter() - start)
+        model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[StepTimer()])
+        return batch / statistics.median(times[warmup:])
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -52,7 +61,11 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option, e.g. fused_batch_norm=false (repeatable)")
     args = parser.parse_args()
+    options = {k: {"true": True, "false": False}.get(v.lower(), v)
+               for k, v in (o.split("=", 1) for o in args.option)}
     precisions = args.precisions.split(",")
     rates = {p: [] for p in precisions}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,9 +73,10 @@ if __name__ == "__main__":
         for _ in range(args.rounds):
             for p in precisions:
                 rates[p].append(images_per_second(Path(tmp), args.model, args.size,
-                                                  args.batch_size, p, args.warmup, args.steps))
-    print(f"{args.model} at {args.size} px, batch {args.batch_size}, {args.steps} steps after "
-          f"{args.warmup} warm-up, median of {args.rounds} rounds")
+                                                  args.batch_size, p, args.warmup, args.steps,
+                                                  options))
+    print(f"{args.model} {options or ''} at {args.size} px, batch {args.batch_size}, median "
+          f"step of {args.steps} after {args.warmup} warm-up, median of {args.rounds} rounds")
     for p in precisions:
         print(f"{p:>16}: {statistics.median(rates[p]):7.1f} images/s  "
               f"(rounds: {', '.join(f'{r:.1f}' for r in rates[p])})")
