@@ -27,6 +27,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from step_timer import StepTimer  # noqa: E402
+
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
 
 
@@ -57,17 +59,9 @@ def forward_flops(model: keras.Model, size: int) -> float:
 
 def speeds(model: keras.Model, ds, batch: int, steps: int) -> tuple[float, float]:
     """(training, inference) images/s in steady state: batch / median step time."""
-    times = []
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    model.fit(ds, steps_per_epoch=3 + steps, epochs=1, verbose=0, callbacks=[StepTimer()])
-    train = batch / statistics.median(times[3:])
+    timer = StepTimer()
+    model.fit(ds, steps_per_epoch=3 + steps, epochs=1, verbose=0, callbacks=[timer])
+    train = timer.images_per_second(batch, skip=3)
     images = next(iter(ds))[0]
     infer = tf.function(lambda x: model(x, training=False))
     infer(images).numpy()

@@ -13,7 +13,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -22,6 +21,7 @@ import keras  # noqa: E402
 
 from convlab.data import load, prepare  # noqa: E402
 from convlab.models import create_model  # noqa: E402
+from step_timer import StepTimer  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
 
@@ -30,23 +30,15 @@ def images_per_second(data: Path, model_name: str, size: int, batch: int, precis
                       warmup: int, steps: int, options: dict) -> float:
     """Batch size over the median step time (the median ignores a shared machine's stalls)."""
     keras.mixed_precision.set_global_policy(precision)
-    times = []
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
+    timer = StepTimer()
     try:
         ds = load(data, "train", batch_size=batch, image_size=size, augment=True, seed=0)
         model = create_model(model_name, 5, size, **options)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, shuffle=False,
-                  callbacks=[StepTimer()])
-        return batch / statistics.median(times[warmup:])
+                  callbacks=[timer])
+        return timer.images_per_second(batch, skip=warmup)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

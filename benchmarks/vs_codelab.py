@@ -87,20 +87,11 @@ def measure(variant: str, prepared: Path, size: int, steps: int, warmup: int) ->
     for _ in range(steps * 2):
         next(iterator)
     pipeline = steps * 2 * batch / (time.perf_counter() - start)
-    import keras
+    from step_timer import StepTimer
 
-    times = []
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
-              callbacks=[StepTimer()])
-    train = batch / statistics.median(times[warmup:])
+    timer = StepTimer()
+    model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
+    train = timer.images_per_second(batch, skip=warmup)
     return {"variant": variant, "train_images_per_second": train,
             "pipeline_images_per_second": pipeline,
             "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
