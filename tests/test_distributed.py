@@ -19,6 +19,7 @@ from convlab.data.pipeline import load
 from convlab.data.resolve import resolve_data
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
+from convlab.runs import load_run_model
 from convlab.training import strategy as strategy_mod
 from convlab.training.distributed import check_tpu_data, shard_policy, weights_digest
 
@@ -100,8 +101,16 @@ def test_two_workers_on_loopback_train_one_model(shards, tmp_path):
     # the chief's saved model is the model it digested.
     line = next(x for x in result.stdout.splitlines() if "identical weights" in x)
     digest = line.split("sha256 ")[1][:16]
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    model, _ = load_run_model(run, "final")  # model.keras
     assert weights_digest(model).startswith(digest)
+    # A fresh process (as `convlab evaluate/predict/export` are) loads it too.
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import sys; from convlab.runs import load_run_model; "
+         "from convlab.training.distributed import weights_digest; "
+         "print(weights_digest(load_run_model(sys.argv[1], 'final')[0]))", str(run)],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert fresh.stdout.strip().startswith(digest)
 
 
 def _worker_pid(launcher: subprocess.Popen, index: int) -> int | None:

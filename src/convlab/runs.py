@@ -45,6 +45,6 @@ def load_run_model(run: str | os.PathLike, which: str = "best"):
                            f"with `convlab train --resume {run}`")
     import keras
 
-    import convlab.models  # noqa: F401  (registers convlab's custom layers for loading)
+    import convlab.models.layers  # noqa: F401  (registers convlab's custom layers for loading)
 
     return keras.models.load_model(path, compile=False), path
