@@ -24,8 +24,9 @@ def cmd_predict(args) -> int:
             writer.writerow([r["path"]] + [v for p in r["predictions"]
                                            for v in (p["class"], f"{p['probability']:.6f}")])
     else:
-        from rich.console import Console
         from rich.table import Table
+
+        from convlab.cli import _console
 
         table = Table(title=f"{len(rows)} images, run {args.run} ({args.model} model)")
         table.add_column("path", overflow="fold")
@@ -33,7 +34,7 @@ def cmd_predict(args) -> int:
         for r in rows:
             table.add_row(r["path"], ", ".join(f"{p['class']} {p['probability']:.1%}"
                                                for p in r["predictions"]))
-        Console(width=None if sys.stdout.isatty() else 120).print(table)
+        _console().print(table)
     # Machine-readable stdout stays clean: skipped files go to stderr.
     for s in skipped:
         print(f"skipped {s['path']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""),

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from convlab.data.ingest import MANIFEST, prepare
+from convlab.data.ingest import MANIFEST, join, prepare
 from convlab.data.sources import cache_dir, is_remote
 
 
@@ -26,7 +26,7 @@ def resolve_data(spec: str | os.PathLike, image_size: int, *,
     if is_remote(spec) and "*" not in spec:
         import tensorflow as tf
 
-        if tf.io.gfile.exists(f"{spec.rstrip('/')}/{MANIFEST}"):
+        if tf.io.gfile.exists(join(spec, MANIFEST)):
             return spec
     source = spec if spec in ("flowers", "synthetic") or is_remote(spec) else str(
         Path(spec).expanduser().resolve())

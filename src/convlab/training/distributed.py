@@ -157,7 +157,9 @@ def check_tpu_data(data: str) -> None:
     Raises:
         ConvlabError: `data` is a local path (anything without a `scheme://`).
     """
-    if "://" not in str(data):
+    from convlab.data.sources import is_remote
+
+    if not is_remote(str(data)):
         raise ConvlabError(
             f"TPUs read data only from Cloud Storage, and '{data}' is on this machine: copy the "
             f"prepared folder to a bucket (convlab data prepare SRC gs://BUCKET/NAME, or "
@@ -177,12 +179,16 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     all_reduce()
 
 
-def weights_digest(model: keras.Model) -> str:
-    """sha256 over every weight's bytes, in order: equal digests mean identical models."""
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
+def variable_digests(model: keras.Model) -> dict[str, str]:
+    """sha256 of each variable's bytes, by variable path."""
+    return {v.path: hashlib.sha256(np.ascontiguousarray(v.numpy()).tobytes()).hexdigest()
+            for v in model.weights}
+
+
+def weights_digest(model: keras.Model, digests: dict[str, str] | None = None) -> str:
+    """One sha256 over all variables' digests, in order: equal means identical models."""
+    digests = variable_digests(model) if digests is None else digests
+    return hashlib.sha256("".join(digests.values()).encode()).hexdigest()
 
 
 def write_worker_report(strategy, run, model: keras.Model | None = None,
@@ -197,9 +203,9 @@ def write_worker_report(strategy, run, model: keras.Model | None = None,
     report = {"task": f"{kind}:{index}", "chief": is_chief(strategy),
               "run": str(run) if run is not None else None}
     if model is not None:
-        report["weights_sha256"] = weights_digest(model)
-        report["variables"] = {v.path: hashlib.sha256(np.ascontiguousarray(
-            v.numpy()).tobytes()).hexdigest()[:12] for v in model.weights}
+        digests = variable_digests(model)
+        report["weights_sha256"] = weights_digest(model, digests)
+        report["variables"] = {path: d[:12] for path, d in digests.items()}
         report["examples_per_epoch"] = [row.get("examples") for row in history or []]
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
