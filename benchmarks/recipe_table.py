@@ -109,7 +109,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in RECIPES:
         config = recipe_config(name)
-        precision = resolve_precision(config.precision)
+        precision = resolve_precision(config.precision, model=config.model)
         keras.mixed_precision.set_global_policy(precision)
         options = dict(config.model_options)
         if config.model in ("mobilenetv2", "xception"):

@@ -28,3 +28,9 @@ class StepTimer(keras.callbacks.Callback):
     def images_per_second(self, batch_size: int, skip: int = 0) -> float:
         """Images/s from the median step after the first `skip` (tracing, warm-up) steps."""
         return batch_size / statistics.median(self.times[skip:])
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """Model options from repeated --option KEY=VALUE flags ("true"/"false" become bools)."""
+    return {k: {"true": True, "false": False}.get(v.lower(), v)
+            for k, v in (o.split("=", 1) for o in pairs)}

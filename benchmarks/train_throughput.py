@@ -21,7 +21,7 @@ import keras  # noqa: E402
 
 from convlab.data import load, prepare  # noqa: E402
 from convlab.models import create_model  # noqa: E402
-from step_timer import StepTimer  # noqa: E402
+from step_timer import StepTimer, parse_options  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
 
@@ -56,8 +56,7 @@ if __name__ == "__main__":
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="model option, e.g. fused_batch_norm=false (repeatable)")
     args = parser.parse_args()
-    options = {k: {"true": True, "false": False}.get(v.lower(), v)
-               for k, v in (o.split("=", 1) for o in args.option)}
+    options = parse_options(args.option)
     precisions = args.precisions.split(",")
     rates = {p: [] for p in precisions}
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,8 +7,9 @@ a noisy machine hits all of them alike; medians reported):
   codelab          benchmarks/codelab_baseline.py: the codelab's SqueezeNet, per-file
                    JPEG pipeline with cache, float32, batch 32
   convlab          convlab's squeezenet and TFRecord pipeline, its defaults on this machine
-                   (auto precision = float32 on a CPU, fused batch norm), batch 32
-  convlab-bf16     the same in mixed_bfloat16
+                   (auto precision: mixed_bfloat16 on a CPU with native bfloat16, float32
+                   on others; fused batch norm + ReLU), batch 32
+  convlab-fp32     the same in float32
   convlab-keras-bn the same with Keras' own (unfused) batch norm
   convlab-b64      batch 64
   convlab-tensors  convlab's model trained on one batch held in memory as a tensor: no input
@@ -37,7 +38,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parents[1] / "shared" / "data" / "flowers128"
-VARIANTS = ("codelab", "convlab", "convlab-bf16", "convlab-keras-bn", "convlab-b64",
+VARIANTS = ("codelab", "convlab", "convlab-fp32", "convlab-keras-bn", "convlab-b64",
             "convlab-tensors")
 
 
@@ -62,7 +63,7 @@ def _datasets(variant: str, prepared: Path, size: int):
 
     batch = 64 if variant == "convlab-b64" else 32
     keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if variant == "convlab-bf16" else resolve_precision("auto"))
+        "float32" if variant == "convlab-fp32" else resolve_precision("auto", model="squeezenet"))
     options = {"fused_batch_norm": variant != "convlab-keras-bn"}
     ds = load(prepared, "train", batch_size=batch, image_size=size, seed=0,
               augment=Augment(**CODELAB_AUGMENT))

@@ -89,7 +89,19 @@ def test_bench_compares_per_file_and_tfrecord(prepared, capsys):
     assert main(["data", "bench", str(prepared), "--rounds", "1", "--batch-size", "8"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("│")]
-    assert len(rows) == 6 and "memory (2nd epoch)" in out and "1.00x" in out
+    assert len(rows) == 7 and "memory (2nd epoch)" in out and "1.00x" in out
+    assert "decode only" in rows[0] and "bytes in memory" in rows[0]
+
+
+def test_bench_with_simulated_storage_latency(prepared, capsys):
+    assert main(["data", "bench", str(prepared), "--rounds", "1", "--batch-size", "8",
+                 "--latency-ms", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert "2 ms per file" in out
+    assert len(rows) == 5 and "memory" not in out.split("decode only")[1]
+    assert main(["data", "bench", str(prepared), "--latency-ms", "-1"]) == 2
+    assert "--latency-ms must be >= 0, received: -1" in capsys.readouterr().err
 
 
 def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):

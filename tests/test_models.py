@@ -198,24 +198,34 @@ def test_set_backbone_trainable_rejects_a_model_without_backbone():
         set_backbone_trainable(model, True)
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_fused_batch_norm_trains_like_keras_batch_norm(policy, tmp_path):
+# 4 channels: under bfloat16 the layer normalises in float32 (oneDNN's slow case); 16: not.
+@pytest.mark.parametrize("policy,channels", [("float32", 4), ("mixed_bfloat16", 4),
+                                             ("mixed_bfloat16", 16)])
+def test_fused_batch_norm_trains_like_keras_batch_norm(policy, channels, tmp_path):
     from convlab.models.layers import FusedBatchNormalization
 
     keras.mixed_precision.set_global_policy(policy)
     try:
-        x = np.random.RandomState(0).randn(8, 6, 6, 4).astype("float32") * 3 + 1
+        x = np.random.RandomState(0).randn(8, 6, 6, channels).astype("float32") * 3 + 1
         plain, fused = (keras.layers.BatchNormalization(momentum=0.9),
                         FusedBatchNormalization(momentum=0.9))
         tol = 1e-5 if policy == "float32" else 2e-2
-        np.testing.assert_allclose(np.float32(fused(x, training=True)),
-                                   np.float32(plain(x, training=True)), atol=tol)
-        assert fused.compute_dtype == plain.compute_dtype
+        expected_y = np.float32(plain(x, training=True))
+        y = fused(x, training=True)
+        np.testing.assert_allclose(np.float32(y), expected_y, atol=tol)
+        assert fused.compute_dtype == plain.compute_dtype == y.dtype
         np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(),
                                    atol=1e-6)
+        with_relu = FusedBatchNormalization(momentum=0.9, activation="relu")
+        np.testing.assert_allclose(np.float32(with_relu(x, training=True)),
+                                   np.maximum(expected_y, 0), atol=tol)
+        # (inference: moving variances differ by the unbiased factor, checked below)
+        np.testing.assert_allclose(np.float32(with_relu(x, training=False)),
+                                   np.maximum(np.float32(plain(x, training=False)), 0),
+                                   rtol=5e-3, atol=tol)
         # Moving variance: the unbiased batch variance (n / (n - 1), n = 8 * 6 * 6).
         n = 8 * 6 * 6
-        expected = 0.9 + 0.1 * x.reshape(-1, 4).var(axis=0) * n / (n - 1)
+        expected = 0.9 + 0.1 * x.reshape(-1, channels).var(axis=0) * n / (n - 1)
         # (bfloat16 rounds the inputs first: a relative error of ~1e-4 in the variance.)
         np.testing.assert_allclose(fused.moving_variance.numpy(), expected,
                                    rtol=1e-4 if policy == "float32" else 1e-3)

@@ -125,6 +125,49 @@ def test_saturation_zero_is_greyscale_and_flip_mirrors():
     assert 10 < sum(mirrored) < 54  # each image flips with probability 1/2
 
 
+@pytest.mark.parametrize("zoom", [0.0, 0.6])
+def test_augment_takes_uint8_or_float_and_repeats_with_a_seed(zoom):
+    pixels = tf.random.stateless_uniform([8, 16, 16, 3], seed=[5, 6], maxval=256, dtype=tf.int32)
+    as_uint8 = tf.cast(pixels, tf.uint8)
+    aug = Augment(flip=True, saturation=(0.5, 1.5), zoom=zoom, brightness=0.1,
+                  contrast=(0.8, 1.2))
+    seed = tf.constant([7, 8])
+    from_uint8 = augment_batch(as_uint8, aug, seed)
+    from_float = augment_batch(tf.cast(as_uint8, tf.float32) / 255.0, aug, seed)
+    assert from_uint8.dtype == tf.float32
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-5)
+    np.testing.assert_array_equal(from_uint8, augment_batch(as_uint8, aug, seed))
+    other = augment_batch(as_uint8, aug, tf.constant([7, 9]))
+    assert not np.allclose(from_uint8, other)
+
+
+def test_simulated_open_latency_delays_every_file_and_changes_nothing(prepared):
+    import time
+
+    from convlab.data.bench import open_latency
+    from convlab.data.pipeline import load_files
+
+    out, _ = prepared
+    paths = sorted(str(p) for p in (out.parent / "src").rglob("*.png"))[:6]
+
+    def epoch(make):
+        start = time.perf_counter()
+        images = np.concatenate([x.numpy() for x, _ in make()])
+        return images, time.perf_counter() - start
+
+    def per_file():
+        return load_files(paths, [0] * len(paths), image_size=24, batch_size=3)
+
+    def records():
+        return load(out, "validation", batch_size=4)
+
+    for make in (per_file, records):
+        plain, _ = epoch(make)
+        with open_latency(0.3):
+            slowed = make()
+        delayed, seconds = epoch(lambda d=slowed: d)
+        np.testing.assert_array_equal(plain, delayed)
+        assert seconds >= 0.3  # at least one file was opened, and each open waits
 def test_bad_augment_values_are_refused():
     with pytest.raises(ConvlabError, match="zoom"):
         Augment(zoom=1.5)

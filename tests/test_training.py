@@ -73,10 +73,17 @@ def test_strategy_detection_on_cpu_needs_no_tpu(monkeypatch):
         strategy_mod.select_strategy("auto")
 
 
-def test_auto_precision_follows_the_cpu():
-    # No GPU here: float32, also on CPUs with bfloat16 units (slower for these models).
+def test_auto_precision_follows_the_cpu_and_the_model(monkeypatch):
+    # No GPU here. bfloat16 only for models measured faster in it, on CPUs that have it.
     assert strategy_mod.resolve_precision("auto") == "float32"
     assert strategy_mod.resolve_precision("float32") == "float32"
+    assert isinstance(strategy_mod.cpu_has_bfloat16(), bool)
+    for native in (True, False):
+        monkeypatch.setattr(strategy_mod, "cpu_has_bfloat16", lambda n=native: n)
+        assert strategy_mod.resolve_precision("auto", model="squeezenet") == (
+            "mixed_bfloat16" if native else "float32")
+        assert strategy_mod.resolve_precision("auto", model="efficientnet_lite0") == "float32"
+        assert strategy_mod.resolve_precision("float32", model="convnet") == "float32"
 
 
 def test_every_recipe_is_a_valid_config():

@@ -94,17 +94,25 @@ def cmd_data_bench(args) -> int:
 
     from convlab.data.bench import bench
 
+    if args.latency_ms < 0:
+        raise ConvlabError(f"--latency-ms must be >= 0, received: {args.latency_ms}")
     rows, info = bench(args.path, split=args.split, batch_size=args.batch_size,
-                       rounds=args.rounds, size=args.size, progress=not args.quiet)
+                       rounds=args.rounds, size=args.size, latency_ms=args.latency_ms,
+                       progress=not args.quiet)
     base = {r.augment: r.images_per_s for r in rows if r.path == "per-file"}
+    decode = next(r.images_per_s for r in rows if r.path == "decode only")
+    latency = f", {args.latency_ms:g} ms per file opened" if args.latency_ms else ""
     table = Table(title=f"input pipeline, {info['images']} {info['split']} images at "
-                        f"{info['size']} px, batch {info['batch_size']}, median of "
+                        f"{info['size']} px, batch {info['batch_size']}{latency}, median of "
                         f"{info['rounds']} rounds")
-    for col in ("path", "cache", "augment", "images/s", "vs per-file"):
-        table.add_column(col, justify="right" if col in ("images/s", "vs per-file") else "left")
+    numbers = ("images/s", "vs per-file", "vs decode only")
+    for col in ("path", "cache", "augment", *numbers):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
+        vs_files = f"{r.images_per_s / base[r.augment]:.2f}x" if r.augment in base and \
+            r.path != "decode only" else "-"
         table.add_row(r.path, r.cache, "yes" if r.augment else "no", f"{r.images_per_s:,.0f}",
-                      f"{r.images_per_s / base[r.augment]:.2f}x")
+                      vs_files, f"{r.images_per_s / decode:.2f}x")
     _console().print(table)
     return 0
 
@@ -268,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=64)
     bench.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
     bench.add_argument("--size", type=int, default=128, help="size when preparing a photo folder")
+    bench.add_argument("--latency-ms", type=float, default=0.0,
+                       help="simulate cloud storage: each file opened first waits this long")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=cmd_data_bench)
 

@@ -6,6 +6,7 @@ one batched op is several times cheaper than the same op mapped image by image.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -48,7 +49,12 @@ class Augment:
 
 
 def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """Randomly augment a (batch, height, width, 3) float batch in [0, 1].
+    """Randomly augment a (batch, height, width, 3) batch: float in [0, 1], or uint8.
+
+    Returns float32 images in [0, 1]. The colour and flip ops run as one XLA-compiled
+    function: fused into a single pass over the batch they are ~3.5x faster on CPU than the
+    same ops one by one (benchmarks/data_pipeline.py); the zoom crop (crop_and_resize, which
+    XLA does not compile) runs before it.
 
     Args:
         seed: a shape-[2] integer tensor. The same seed gives the same augmentation (stateless
@@ -58,26 +64,45 @@ def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None
     if seed is None:
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
     seed = tf.cast(seed, tf.int32)
-    n = tf.shape(images)[0]
-
-    def uniform(k: int, shape, low=0.0, high=1.0):
-        return tf.random.stateless_uniform(shape, tf.random.experimental.stateless_fold_in(
-            seed, k), low, high)
-
+    scale = 1.0 / 255.0 if images.dtype == tf.uint8 else 1.0
     if aug.zoom:
-        side = uniform(1, [n, 1], aug.zoom, 1.0)
-        top_left = uniform(2, [n, 2]) * (1.0 - side)
+        n = tf.shape(images)[0]
+        side = _uniform(seed, 1, [n, 1], aug.zoom, 1.0)
+        top_left = _uniform(seed, 2, [n, 2]) * (1.0 - side)
         boxes = tf.concat([top_left, top_left + side], axis=1)
+        # float32 out, in the input's value range
         images = tf.image.crop_and_resize(images, boxes, tf.range(n), tf.shape(images)[1:3])
-    if aug.flip:
-        images = tf.where(uniform(3, [n, 1, 1, 1]) < 0.5, tf.reverse(images, axis=[2]), images)
-    if aug.saturation:
-        # Scale the distance from each pixel's grey value: factor 0 is greyscale, 1 unchanged.
-        grey = tf.image.rgb_to_grayscale(images)
-        images = grey + uniform(4, [n, 1, 1, 1], *aug.saturation) * (images - grey)
-    if aug.brightness:
-        images = images + uniform(5, [n, 1, 1, 1], -aug.brightness, aug.brightness)
-    if aug.contrast:
-        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        images = mean + uniform(6, [n, 1, 1, 1], *aug.contrast) * (images - mean)
-    return tf.clip_by_value(images, 0.0, 1.0)
+    return _pointwise(aug)(images, seed, tf.constant(scale, tf.float32))
+
+
+def _uniform(seed, k: int, shape, low=0.0, high=1.0):
+    return tf.random.stateless_uniform(shape, tf.random.experimental.stateless_fold_in(seed, k),
+                                       low, high)
+
+
+@functools.cache
+def _pointwise(aug: Augment):
+    """The flip and colour ops of `aug`, compiled by XLA into one pass over the batch."""
+
+    @tf.function(jit_compile=True)
+    def apply(images, seed, scale):
+        images = tf.cast(images, tf.float32) * scale
+        n = tf.shape(images)[0]
+        if aug.flip:
+            images = tf.where(_uniform(seed, 3, [n, 1, 1, 1]) < 0.5,
+                              tf.reverse(images, axis=[2]), images)
+        if aug.saturation:
+            # Scale the distance from each pixel's grey value: 0 is greyscale, 1 unchanged.
+            grey = tf.reduce_sum(images * tf.constant(_GREY), axis=-1, keepdims=True)
+            images = grey + _uniform(seed, 4, [n, 1, 1, 1], *aug.saturation) * (images - grey)
+        if aug.brightness:
+            images = images + _uniform(seed, 5, [n, 1, 1, 1], -aug.brightness, aug.brightness)
+        if aug.contrast:
+            mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+            images = mean + _uniform(seed, 6, [n, 1, 1, 1], *aug.contrast) * (images - mean)
+        return tf.clip_by_value(images, 0.0, 1.0)
+
+    return apply
+
+
+_GREY = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's weights

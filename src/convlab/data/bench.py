@@ -2,11 +2,17 @@
 
 Every variant reads the same images (the inputs the manifest kept for the split), at the
 same size and batch, for whole epochs. Variants alternate over several rounds and the median
-is reported, so a noisy, shared machine affects them all alike.
+is reported, so a noisy, shared machine affects them all alike. A reference row decodes the
+same JPEG bytes from memory (no reading, parsing or batching): the CPU's decoding speed.
+
+`latency_ms` simulates storage where each file opened costs a request (cloud storage: tens of
+ms): every file open in the pipelines (one per image per-file, one per shard for TFRecords)
+first waits that long. Waits overlap as far as each pipeline reads files in parallel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -18,7 +24,7 @@ from convlab.data.ingest import MANIFEST, read_manifest
 
 @dataclass
 class BenchRow:
-    path: str  # "per-file" or "tfrecord"
+    path: str  # "per-file", "tfrecord" or "decode only"
     cache: str  # "none" or "memory (2nd epoch)"
     augment: bool
     images_per_s: float
@@ -32,14 +38,43 @@ def _epoch_rate(ds) -> float:
     return n / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def open_latency(seconds: float):
+    """Pipelines built inside wait `seconds` before opening each file (simulated storage)."""
+    from convlab.data import pipeline
+
+    saved, pipeline._OPEN_LATENCY = pipeline._OPEN_LATENCY, seconds
+    try:
+        yield
+    finally:
+        pipeline._OPEN_LATENCY = saved
+
+
+def _decode_rate(jpegs: list[bytes], batch_size: int) -> float:
+    """Images/s decoding JPEG bytes held in memory, in parallel (the reference)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(jpegs).map(
+        lambda b: tf.io.decode_jpeg(b, channels=3), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False)
+    start = time.perf_counter()
+    for _ in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+        pass
+    return len(jpegs) / (time.perf_counter() - start)
+
+
 def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int = 3,
-          size: int = 128, progress: bool = True) -> tuple[list[BenchRow], dict]:
+          size: int = 128, latency_ms: float = 0.0,
+          progress: bool = True) -> tuple[list[BenchRow], dict]:
     """Benchmark input pipelines over a prepared folder (or a photo folder, prepared first).
 
     Returns:
         (rows, info): one row per variant and what was measured (images, size, split).
     """
+    import tensorflow as tf
+
     from convlab.data.pipeline import load, load_files, shard_files
+    from convlab.data.tfrecord import IMAGE_AND_CLASS, parse_example
 
     prepared = Path(path)
     tmp = None
@@ -57,6 +92,8 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
     classes = {c: i for i, c in enumerate(manifest["classes"])}
     size = manifest["image_size"][0]
     common = {"batch_size": batch_size, "training": True, "repeat": False, "seed": 0}
+    jpegs = [parse_example(record, IMAGE_AND_CLASS)["image"].numpy()
+             for record in tf.data.TFRecordDataset(files)]
 
     def variants():
         for augment in (False, True):
@@ -65,14 +102,18 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
                 image_size=size, augment=a, cache=False, **common)
             yield "tfrecord", "none", augment, lambda a=augment: load(
                 prepared, split, augment=a, cache=False, **common)
-            yield "tfrecord", "memory (2nd epoch)", augment, lambda a=augment: load(
-                prepared, split, augment=a, cache=True, **common)
+            if not latency_ms:  # a cached epoch opens no files
+                yield "tfrecord", "memory (2nd epoch)", augment, lambda a=augment: load(
+                    prepared, split, augment=a, cache=True, **common)
 
     results: dict[tuple, list[float]] = {}
     try:
         for _ in range(rounds):
+            results.setdefault(("decode only", "bytes in memory", False), []).append(
+                _decode_rate(jpegs, batch_size))
             for kind, cache, augment, make in variants():
-                ds = make()
+                with open_latency(latency_ms / 1000):
+                    ds = make()
                 if cache != "none":
                     _epoch_rate(ds)  # fill the cache
                 results.setdefault((kind, cache, augment), []).append(_epoch_rate(ds))
@@ -81,5 +122,5 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
             tmp.cleanup()
     rows = [BenchRow(k, c, a, statistics.median(v), v) for (k, c, a), v in results.items()]
     info = {"images": count, "size": size, "split": split, "batch_size": batch_size,
-            "rounds": rounds, "source": manifest["source"]}
+            "rounds": rounds, "source": manifest["source"], "latency_ms": latency_ms}
     return rows, info

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import tensorflow as tf
 
 from convlab.data.augment import Augment, augment_batch
 from convlab.data.ingest import join, read_manifest
-from convlab.data.tfrecord import parse_example
+from convlab.data.tfrecord import IMAGE_AND_CLASS, parse_example
 from convlab.errors import ConvlabError
 from convlab.training.distributed import shard_policy
 
@@ -34,13 +35,39 @@ def shard_files(path: str | os.PathLike, split: str) -> tuple[list[str], list[in
 
 
 def resize_to_square(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Resize keeping aspect ratio so the short side is `size`, then centre-crop (uint8 in/out)."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = size / tf.reduce_min(shape)
-    new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
-    image = tf.image.resize(image, new, antialias=True)
-    image = tf.image.resize_with_crop_or_pad(image, size, size)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    """Resize keeping aspect ratio so the short side is `size`, then centre-crop (uint8 in/out).
+
+    An image already `size` x `size` passes through unchanged (and costs nothing).
+    """
+
+    def resize():
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = size / tf.reduce_min(shape)
+        new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+        resized = tf.image.resize(image, new, antialias=True)
+        resized = tf.image.resize_with_crop_or_pad(resized, size, size)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    square = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+    return tf.ensure_shape(tf.cond(square, lambda: image, resize), [size, size, 3])
+
+
+# Simulated storage latency (seconds per file opened), for benchmarks only: see
+# `convlab.data.bench.open_latency`. Read when a pipeline is built.
+_OPEN_LATENCY = 0.0
+
+
+def _after_latency(path: tf.Tensor) -> tf.Tensor:
+    """`path`, returned after sleeping _OPEN_LATENCY seconds (like one cloud storage request)."""
+    if not _OPEN_LATENCY:
+        return path
+    delay = _OPEN_LATENCY
+
+    def wait(p):
+        time.sleep(delay)  # releases the GIL: concurrent opens overlap, as real requests do
+        return p
+
+    return tf.ensure_shape(tf.numpy_function(wait, [path], tf.string, stateful=True), [])
 
 
 def _as_augment(augment: Augment | bool | None, training: bool) -> Augment | None:
@@ -92,11 +119,11 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
 
         # Convert and augment whole batches: vectorised ops beat per-image maps on few cores.
         def finish(i, batch):
-            images = _to_float(batch[0])
-            if augment is not None:
-                images = augment_batch(images, augment, tf.stack([
-                    tf.cast(seed % 2**31, tf.int32), tf.cast(e * 100_003 + i, tf.int32)]))
-            return images, batch[1]
+            if augment is None:
+                return _to_float(batch[0]), batch[1]
+            # uint8 in: the conversion fuses into augment_batch's one compiled pass.
+            return augment_batch(batch[0], augment, tf.stack([
+                tf.cast(seed % 2**31, tf.int32), tf.cast(e * 100_003 + i, tf.int32)])), batch[1]
 
         return ds.enumerate().map(finish, num_parallel_calls=AUTOTUNE)
 
@@ -169,7 +196,7 @@ def load(
         deterministic = deterministic or policy == "data"
 
     def decode(serialized):
-        example = parse_example(serialized)
+        example = parse_example(serialized, IMAGE_AND_CLASS)
         image = tf.io.decode_jpeg(example["image"], channels=3)
         image = tf.reshape(image, [stored, stored, 3])  # fixed shapes, TPU-friendly
         if size != stored:
@@ -182,7 +209,7 @@ def load(
             ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=False)
         # Read several shards at once; order-agnostic unless asked, so a slow file never
         # stalls the others.
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(_after_latency(f)), cycle_length=min(len(files), 8),
                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if policy == "data":
             ds = ds.shard(pipelines, index)  # before decoding: skipped records cost little
@@ -225,7 +252,8 @@ def load_files(
     """
 
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.io.decode_image(tf.io.read_file(_after_latency(path)), channels=3,
+                                   expand_animations=False)
         return resize_to_square(image, image_size), tf.cast(label, tf.int32)
 
     def records(file_seed):

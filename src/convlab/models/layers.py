@@ -16,7 +16,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     and as tf.keras did), not the biased one. Anything the fused kernel does not cover
     (synchronized across replicas, renorm, masks, channels not last, other backends) falls
     back to Keras' own code.
+
+    `activation` (e.g. "relu") is applied right after the normalization, inside the layer:
+    TensorFlow then fuses batch norm and ReLU into one oneDNN kernel on CPU, also where the
+    layer normalises in float32 under bfloat16 (see `call`).
     """
+
+    def __init__(self, *args, activation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.activation = keras.activations.get(activation)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "activation": keras.activations.serialize(self.activation)}
 
     def _fusable(self, inputs, training, mask) -> bool:
         return (bool(training) and mask is None and not self.synchronized and not self.renorm
@@ -25,10 +37,20 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, training, mask):
-            return super().call(inputs, training=training, mask=mask)
+            return self.activation(super().call(inputs, training=training, mask=mask))
         import tensorflow as tf
 
         x = tf.cast(inputs, self.compute_dtype) if inputs.dtype != self.compute_dtype else inputs
+        if x.dtype == tf.bfloat16 and x.shape[-1] % 16:
+            # oneDNN's bfloat16 kernel is ~7x slower than float32 when the channels are not a
+            # multiple of 16 (24 channels, 128 px, batch 32: 303 vs 44 ms forward + backward;
+            # 32 channels: 40 vs 48 ms): normalise in float32 then, and hand back bfloat16.
+            return tf.cast(self.activation(self._fused(tf.cast(x, tf.float32))), tf.bfloat16)
+        return self.activation(self._fused(x))
+
+    def _fused(self, x):
+        import tensorflow as tf
+
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
             epsilon=self.epsilon, data_format="NHWC", is_training=True)

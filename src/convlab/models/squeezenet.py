@@ -56,8 +56,10 @@ def _parse_layout(layout) -> list:
 def _conv_bn_relu(x, filters: int, kernel: int, name: str, fused: bool = True):
     # No bias: the BN right after it has its own offset.
     x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    norm = FusedBatchNormalization if fused else keras.layers.BatchNormalization
-    x = norm(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    if fused:  # the ReLU inside: fused with the batch norm into one kernel
+        return FusedBatchNormalization(momentum=BN_MOMENTUM, activation="relu",
+                                       name=f"{name}_bn_relu")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -71,6 +73,7 @@ def _fire(x, squeeze: int, expand: int, name: str, fused: bool = True):
 @register_model(
     "squeezenet",
     image_size=192,
+    cpu_bfloat16=True,
     description="the codelab's SqueezeNet: fire modules + BN + max pools, GAP head; options layout, width, dropout, fused_batch_norm",
 )
 def squeezenet(

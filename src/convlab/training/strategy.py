@@ -109,14 +109,15 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
                         "GPU:0" if gpus else "CPU")
 
 
-def resolve_precision(precision: str, info: StrategyInfo | None = None) -> str:
-    """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, float32 otherwise.
+def resolve_precision(precision: str, info: StrategyInfo | None = None,
+                      model: str | None = None) -> str:
+    """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, float32 otherwise,
+    except bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX) for `model`s marked
+    `cpu_bfloat16` in the registry.
 
-    Not bfloat16 on CPUs, even those with AVX512-BF16/AMX: measured on such a CPU
-    (BENCHMARKS.md, "Precision"), training in mixed_bfloat16 was no faster for SqueezeNet
-    with Keras' batch norm (44.4 vs 43.3 img/s), 35% slower with the fused batch norm
-    (43.7 vs 67.2) and 27% slower for EfficientNet-Lite0 (244 vs 333). Ask for it with
-    `--precision mixed_bfloat16`.
+    Measured on such a CPU (BENCHMARKS.md, "Precision"): the plain convnet trains 2.8x and
+    SqueezeNet 1.4x faster in mixed_bfloat16, EfficientNet-Lite0 (frozen Keras batch norm
+    and ReLU6 in bfloat16) 1.4x slower. Ask for any precision with `--precision`.
     """
     if precision not in PRECISIONS:
         raise ConvlabError(f"--precision must be one of {', '.join(PRECISIONS)}, "
@@ -129,7 +130,21 @@ def resolve_precision(precision: str, info: StrategyInfo | None = None) -> str:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "mixed_float16" if details.get("compute_capability", (0, 0))[0] >= 7 else "float32"
+    if model is not None and cpu_has_bfloat16():
+        from convlab.models import get_model_info
+
+        if get_model_info(model).cpu_bfloat16:
+            return "mixed_bfloat16"
     return "float32"
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16 flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def hardware() -> str:

@@ -246,7 +246,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     if global_batch % replicas:
         raise ConvlabError(f"the global batch {global_batch} does not split evenly over "
                            f"{replicas} replicas; use a multiple of {replicas}")
-    precision = resolve_precision(config.precision, strategy_info)
+    precision = resolve_precision(config.precision, strategy_info, config.model)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
     multi_worker = is_multi_worker(strategy)
