@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/time_to_accuracy.py [PHOTOS] [--epochs 35] [--size 128]
         [--thresholds 0.5,0.6,0.65] [--recipe codelab-squeezenet] [--skip-baseline]
+        [--runs-dir DIR] [-- more convlab train flags, e.g. --image-size 96 --epochs 50]
 
 Trains, one after the other on the same prepared photos and the same train/validation split,
 (1) the plain codelab baseline (benchmarks/codelab_baseline.py) and (2) a convlab recipe at
 the same image size, for --epochs each, then prints for every threshold the wall time (from
 the start of training, validation included) at which each first reached it, and each one's
-best accuracy and the time it got there. Slow by nature (the baseline alone is about 45
-minutes at 35 epochs on a 2-core CPU): a benchmark, not a test.
+best accuracy and the time it got there. Flags after `--` go to `convlab train` last, so
+they override --epochs and --size for the convlab side (an improved recipe at its own size
+and length). Slow by nature (the baseline alone is about 45 minutes at 35 epochs on a
+2-core CPU): a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -67,6 +71,7 @@ def main() -> None:
     p.add_argument("--thresholds", default="0.5,0.6,0.65,0.8,0.85")
     p.add_argument("--recipe", default="codelab-squeezenet")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--runs-dir", help="keep the convlab run folder here (default: temporary)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
                    help="-- more `convlab train` flags for the convlab side")
     args = p.parse_args()
@@ -79,8 +84,8 @@ def main() -> None:
     if not args.skip_baseline:
         sides["codelab baseline"] = baseline_history(prepared, args.epochs, args.size)
     label = f"convlab {args.recipe} {' '.join(extra)}".strip()
-    sides[label] = convlab_history(prepared, args.recipe, args.epochs, args.size,
-                                   Path(tmp.name) / "runs", extra)
+    runs = Path(args.runs_dir or Path(tmp.name) / "runs") / f"tta-{time.strftime('%H%M%S')}"
+    sides[label] = convlab_history(prepared, args.recipe, args.epochs, args.size, runs, extra)
     print(f"\n{hardware()}; {args.photos} at {args.size} px; {args.epochs} epochs each\n")
     thresholds = [float(t) for t in args.thresholds.split(",")]
     print("| run | " + " | ".join(f"to {t:.0%}" for t in thresholds)
