@@ -238,3 +238,16 @@ def test_fused_batch_norm_trains_like_keras_batch_norm(policy, channels, tmp_pat
     image = np.random.RandomState(1).rand(2, 32, 32, 3).astype("float32")
     np.testing.assert_allclose(again.predict(image, verbose=0), model.predict(image, verbose=0),
                                atol=1e-6)
+
+
+def test_squeezenet_plus_layout_keeps_every_channel_count_a_multiple_of_16():
+    # oneDNN's bfloat16 batch norm is fast only then (see convlab.models.layers).
+    from convlab.config import SQUEEZENET_PLUS_LAYOUT
+
+    model = create_model("squeezenet", 5, 32, layout=SQUEEZENET_PLUS_LAYOUT)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 1 + 3 * 5
+    assert all(layer.filters % 16 == 0 for layer in convs)
+    default = create_model("squeezenet", 5, 32)
+    assert any(layer.filters % 16 for layer in default.layers
+               if isinstance(layer, keras.layers.Conv2D))
