@@ -163,8 +163,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "efficientnet-lite0-finetune": (
         "ours: EfficientNet-Lite0 head first, then the whole network at a lower LR, 224 px",
         {"model": "efficientnet_lite0", "image_size": 224, "epochs": 3, "batch_size": 32,
-         "fine_tune_epochs": 5, "fine_tune_lr": 2e-4,
-         "augment": {**CODELAB_AUGMENT, "saturation": (0.7, 1.3), "zoom": 0.85},
+         "fine_tune_epochs": 6, "fine_tune_lr": 2e-4,
+         # strong: the whole network overfits flowers128 fast (99% train accuracy after 10
+         # fine-tune epochs with flip + saturation + zoom 0.85, validation stuck at 78-79%)
+         "augment": STRONG_AUGMENT,
          "label_smoothing": 0.1,
          "schedule": {"name": "cosine", "learning_rate": 2e-3, "warmup_epochs": 0.5,
                       "min_lr": 1e-5}}),
