@@ -64,7 +64,8 @@ def main() -> None:
     from convlab.data import prepare
     from convlab.training.strategy import hardware
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Flags after -- go to `convlab train` (convlab side).")
     p.add_argument("photos", nargs="?", default=str(DEFAULT))
     p.add_argument("--epochs", type=int, default=35)
     p.add_argument("--size", type=int, default=128)
@@ -72,10 +73,10 @@ def main() -> None:
     p.add_argument("--recipe", default="codelab-squeezenet")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--runs-dir", help="keep the convlab run folder here (default: temporary)")
-    p.add_argument("extra", nargs=argparse.REMAINDER,
-                   help="-- more `convlab train` flags for the convlab side")
-    args = p.parse_args()
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])
+    extra = argv[cut + 1:]  # more `convlab train` flags for the convlab side
 
     tmp = tempfile.TemporaryDirectory()
     prepared = Path(tmp.name) / "data"
