@@ -89,7 +89,7 @@ def main() -> None:
     sides[label] = convlab_history(prepared, args.recipe, args.epochs, args.size, runs, extra)
     print(f"\n{hardware()}; {args.photos} at {args.size} px; {args.epochs} epochs each\n")
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    print("| run | " + " | ".join(f"to {t:.0%}" for t in thresholds)
+    print("| run | " + " | ".join(f"to {t * 100:g}%" for t in thresholds)
           + " | best val acc (when) | total |")
     print("| --- |" + " --- |" * (len(thresholds) + 2))
     for name, history in sides.items():
