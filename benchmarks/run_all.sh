@@ -35,5 +35,5 @@ run benchmarks/pretrained_check.py
 if [ "$LONG" = 1 ]; then
   run benchmarks/time_to_accuracy.py "$PHOTOS" --epochs 35
   run benchmarks/time_to_accuracy.py "$PHOTOS" --skip-baseline --recipe squeezenet-plus \
-    --thresholds 0.5,0.6,0.655,0.7,0.75,0.8,0.85 -- --image-size 96 --epochs 50
+    --thresholds 0.5,0.6,0.655,0.7,0.75,0.8,0.85 -- --image-size 64 --epochs 50
 fi

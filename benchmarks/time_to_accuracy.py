@@ -87,7 +87,7 @@ def main() -> None:
     label = f"convlab {args.recipe} {' '.join(extra)}".strip()
     runs = Path(args.runs_dir or Path(tmp.name) / "runs") / f"tta-{time.strftime('%H%M%S')}"
     sides[label] = convlab_history(prepared, args.recipe, args.epochs, args.size, runs, extra)
-    print(f"\n{hardware()}; {args.photos} at {args.size} px; {args.epochs} epochs each\n")
+    print(f"\n{hardware()}; {args.photos} prepared at {args.size} px\n")
     thresholds = [float(t) for t in args.thresholds.split(",")]
     print("| run | " + " | ".join(f"to {t * 100:g}%" for t in thresholds)
           + " | best val acc (when) | total |")
@@ -96,7 +96,8 @@ def main() -> None:
         best = max(history, key=lambda r: r["val_accuracy"])
         print(f"| {name} | " + " | ".join(first_reach(history, t) for t in thresholds)
               + f" | {best['val_accuracy']:.3f} ({best['wall_seconds'] / 60:.1f} min, epoch "
-              f"{int(best['epoch'])}) | {history[-1]['wall_seconds'] / 60:.1f} min |")
+              f"{int(best['epoch'])}) | {history[-1]['wall_seconds'] / 60:.1f} min "
+              f"({len(history)} epochs) |")
         print(json.dumps({"run": name, "history": history}), file=sys.stderr)
 
 
