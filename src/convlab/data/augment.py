@@ -52,7 +52,7 @@ def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None
     """Randomly augment a (batch, height, width, 3) batch: float in [0, 1], or uint8.
 
     Returns float32 images in [0, 1]. The colour and flip ops run as one XLA-compiled
-    function: fused into a single pass over the batch they are ~3.5x faster on CPU than the
+    function: fused into a single pass over the batch they are ~5x faster on CPU than the
     same ops one by one (benchmarks/data_pipeline.py); the zoom crop (crop_and_resize, which
     XLA does not compile) runs before it.
 
