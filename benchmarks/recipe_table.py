@@ -77,7 +77,7 @@ def finished_runs(folders: list[str]) -> dict[str, dict]:
     """recipe -> summary.json of the latest finished run folder of it."""
     found = {}
     for folder in folders:
-        for summary in sorted(Path(folder).glob("*/summary.json")):
+        for summary in sorted(Path(folder).rglob("summary.json")):  # also nested runs
             s = json.loads(summary.read_text())
             if s.get("recipe"):
                 found[s["recipe"]] = s
