@@ -209,8 +209,9 @@ def load(
             ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=False)
         # Read several shards at once; order-agnostic unless asked, so a slow file never
         # stalls the others.
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(_after_latency(f)), cycle_length=min(len(files), 8),
-                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(_after_latency(f)),
+                           cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+                           deterministic=deterministic)
         if policy == "data":
             ds = ds.shard(pipelines, index)  # before decoding: skipped records cost little
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
