@@ -141,7 +141,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "squeezenet-plus": (
         "ours: SqueezeNet from scratch, improved: 16-aligned widths, 64 px, strong "
         "augmentation, label smoothing, AdamW + warm-up/cosine, 50 epochs",
-        # 64 px: the flowers128 photos hold ~32 px of detail; 96 px reached 71.4% in 16.6
+        # 64 px: the flowers128 photos hold little detail above 32-64 px; 96 px reached 71.4% in 16.6
         # min here, 64 px 72.7% in 9.5 min (codelab widths, 40 epochs)
         {"model": "squeezenet", "image_size": 64, "epochs": 50, "batch_size": 64,
          "model_options": {"layout": SQUEEZENET_PLUS_LAYOUT},
