@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/data_pipeline.py [PHOTOS] [--size 128] [--rounds 5]
         [--latency-ms 0,20,50]
 
-Prepares PHOTOS (default ../shared/data/flowers128) into a temporary folder, then runs
+Prepares PHOTOS (default ../shared/data/flower_photos) into a temporary folder, then runs
 `convlab data bench` on it once per simulated storage latency: every variant reads the same
 training images for whole epochs, alternating over several rounds, median reported, with a
 reference row decoding the same JPEG bytes from memory. No model: this measures the input
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from convlab.cli import main
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flower_photos"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,7 +5,7 @@
 #
 # Needs convlab installed with a GPU build of TensorFlow (`pip install -e .` pulls
 # tensorflow, which includes CUDA support on Linux x86-64). PHOTO_FOLDER defaults to
-# ../shared/data/flowers128, or synthetic images when that is missing. Writes
+# ../shared/data/flower_photos, or synthetic images when that is missing. Writes
 # RESULTS_DIR/gpu_check.md (default: $OUT, else gpu-results/) with one line per measurement:
 #  - issue 5: squeezenet and efficientnet-lite0 at 192 px, images/s with and without mixed
 #    precision; the Xception fine-tune (codelab-xception) step time at 331 px;
@@ -15,7 +15,7 @@
 #   SIZE=32 XCEPTION_SIZE=71 EPOCHS=1 BATCH=16 bash benchmarks/gpu_check.sh synthetic /tmp/gpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHOTOS=${1:-../shared/data/flowers128}
+PHOTOS=${1:-../shared/data/flower_photos}
 RESULTS=${2:-${OUT:-gpu-results}}
 mkdir -p "$RESULTS"
 WORK=$(mktemp -d)

@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from step_timer import StepTimer  # noqa: E402
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flower_photos"
 
 
 def peak_matmul_gflops(dtype: str, n: int = 4096, repeats: int = 10) -> float:

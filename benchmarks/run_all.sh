@@ -6,7 +6,7 @@
 # --quick: one round and a few steps of everything, no simulated latency (6 minutes
 # here): checks that the suite runs; its numbers are too rough to report.
 #
-# PHOTOS defaults to ../shared/data/flowers128. About 45 minutes on a 2-core CPU (the sum of
+# PHOTOS defaults to ../shared/data/flower_photos. About 45 minutes on a 2-core CPU (the sum of
 # its parts, each timed alone; the whole script was not run in one go); --long adds
 # the time-to-accuracy runs (codelab baseline and convlab, 35 epochs each, and the improved
 # squeezenet-plus recipe: about 1.5 hours more).
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-PHOTOS=../shared/data/flowers128
+PHOTOS=../shared/data/flower_photos
 LONG=0
 ROUNDS=3 STEPS=20 LATENCY=0,20,50
 for arg in "$@"; do

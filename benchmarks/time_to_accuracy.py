@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = HERE.parents[1] / "shared" / "data" / "flowers128"
+DEFAULT = HERE.parents[1] / "shared" / "data" / "flower_photos"
 
 
 def baseline_history(prepared: Path, epochs: int, size: int) -> list[dict]:

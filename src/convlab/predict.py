@@ -20,7 +20,7 @@ import numpy as np
 from convlab.data.decode import SkipImage, decode_and_resize
 from convlab.data.sources import clearly_not_photo, read_bytes
 from convlab.errors import ConvlabError
-from convlab.runs import load_run_model, read_run
+from convlab.runs import check_tta, load_run_model, predict_batch, read_run
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,7 @@ def predict(
     batch_size: int = 64,
     model: str = "best",
     workers: int | None = None,
+    tta: str | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Classify image files and folders with a trained run.
 
@@ -153,6 +154,8 @@ def predict(
         batch_size: images per model call.
         model: "best" (best validation accuracy) or "final" (last epoch).
         workers: decoding threads (default: one per core).
+        tta: test-time augmentation: None/"none", or "flip" (average each image and its
+            mirror image).
 
     Returns:
         (rows, skipped): rows in input order, each {"path", "predictions": [{"class",
@@ -166,6 +169,7 @@ def predict(
         raise ConvlabError(f"top_k must be a positive integer. Received: top_k={top_k!r}")
     if batch_size < 1:
         raise ConvlabError(f"batch_size must be positive. Received: batch_size={batch_size!r}")
+    tta = check_tta(tta)
     info = run_info(run)
     paths, skipped = collect(inputs)
     if not paths:
@@ -179,7 +183,7 @@ def predict(
     def flush():
         # The same float conversion as the pipeline: cast, then divide by 255.
         x = np.stack(batch).astype(np.float32) / np.float32(255.0)
-        probs = np.asarray(keras_model.predict_on_batch(x), dtype=np.float32)
+        probs = predict_batch(keras_model, x, tta)
         rows.extend({"path": p, "predictions": t}
                     for p, t in zip(batch_paths, top_classes(probs, info.classes, k), strict=True))
         batch_paths.clear()

@@ -48,3 +48,34 @@ def load_run_model(run: str | os.PathLike, which: str = "best"):
     import convlab.models.layers  # noqa: F401  (registers convlab's custom layers for loading)
 
     return keras.models.load_model(path, compile=False), path
+
+
+TTA_MODES = ("none", "flip")
+
+
+def check_tta(tta: str | None) -> str:
+    """The test-time augmentation mode ("none" for None); ConvlabError for an unknown one."""
+    tta = tta or "none"
+    if tta not in TTA_MODES:
+        raise ConvlabError(f"--tta must be one of {', '.join(TTA_MODES)}, received: {tta!r}")
+    return tta
+
+
+def predict_batch(model, images, tta: str | None = None):
+    """Class probabilities for a batch of [0, 1] images, with optional test-time augmentation.
+
+    `tta="flip"` averages the probabilities of each image and its left-right mirror image
+    (training flips images, so both are equally familiar to the model); it costs one more
+    forward pass.
+
+    Raises:
+        ConvlabError: an unknown `tta`.
+    """
+    import numpy as np
+
+    tta = check_tta(tta)
+    probs = np.asarray(model.predict_on_batch(images), dtype=np.float32)
+    if tta == "flip":
+        mirrored = np.asarray(images)[:, :, ::-1]
+        probs = (probs + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
+    return probs

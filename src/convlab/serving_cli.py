@@ -12,7 +12,7 @@ def cmd_predict(args) -> int:
     from convlab.predict import predict
 
     rows, skipped = predict(args.run, args.inputs, top_k=args.top_k,
-                            batch_size=args.batch_size, model=args.model)
+                            batch_size=args.batch_size, model=args.model, tta=args.tta)
     if args.format == "json":
         print(json.dumps({"predictions": rows, "skipped": skipped}, indent=1))
     elif args.format == "csv":
@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--model", choices=("best", "final"), default="best",
                     help="best validation accuracy, or the last epoch (best)")
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--tta", choices=("none", "flip"), default="none",
+                    help="test-time augmentation: flip averages each image and its mirror")
     pr.set_defaults(func=cmd_predict)
 
     ex = subparsers.add_parser(

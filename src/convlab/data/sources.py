@@ -241,6 +241,6 @@ def _download(url: str, dest: Path, expected_bytes: int) -> None:
         raise ConvlabError(
             f"cannot download the flowers dataset from {url} ({reason}); offline? "
             "use a local folder of class subfolders instead, "
-            "e.g. --data ../shared/data/flowers128 (or as SRC of `convlab data prepare`)"
+            "e.g. --data ../shared/data/flower_photos (or as SRC of `convlab data prepare`)"
         ) from None
     os.replace(partial, dest)

@@ -12,7 +12,7 @@ def cmd_evaluate(args) -> int:
     from convlab.evaluation.metrics import evaluate, format_metrics
 
     metrics = evaluate(args.run, data=args.data, split=args.split, model=args.model,
-                       top_k=args.top_k)
+                       top_k=args.top_k, tta=args.tta)
     print(format_metrics(metrics, width=120), end="")
     print(f"metrics: {args.run}/metrics.json")
     return 0
@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", choices=("best", "final"), default="best",
                     help="best.keras (default) or model.keras")
     ev.add_argument("--top-k", type=int, help="k of the top-k accuracy (min(3, classes-1))")
+    ev.add_argument("--tta", choices=("none", "flip"), default="none",
+                    help="test-time augmentation: flip averages each image and its mirror")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = subparsers.add_parser(

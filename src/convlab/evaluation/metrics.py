@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.runs import load_run_model, read_run
+from convlab.runs import check_tta, load_run_model, predict_batch, read_run
 
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.npz"
@@ -63,12 +63,12 @@ def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> l
                  cache=False, deterministic=True) for name in splits]
 
 
-def _predict(model, datasets: list) -> tuple[np.ndarray, np.ndarray]:
+def _predict(model, datasets: list, tta: str | None) -> tuple[np.ndarray, np.ndarray]:
     """(labels in the dataset's class indices, probabilities)."""
     labels, probs = [], []
     for ds in datasets:
         for x, y in ds:
-            probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))
+            probs.append(predict_batch(model, x, tta))
             labels.append(y.numpy())
     if not labels:
         raise ConvlabError("no images to evaluate")
@@ -97,7 +97,7 @@ def _splits(prepared: Path) -> list[str]:
 
 def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
              split: str | None = None, model: str = "best", top_k: int | None = None,
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, tta: str | None = None) -> dict:
     """Evaluate a run's model and write metrics.json (and predictions.npz) into the run folder.
 
     Args:
@@ -110,6 +110,8 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         model: "best" (best.keras) or "final" (model.keras).
         top_k: k of the top-k accuracy; default min(3, classes - 1).
         batch_size: images per prediction batch.
+        tta: test-time augmentation: None/"none", or "flip" (average over each image and its
+            mirror image).
 
     Returns:
         The metrics: accuracy, top_k_accuracy, loss (cross-entropy), per_class
@@ -133,12 +135,13 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     if not 1 <= k <= max(1, n - 1):
         raise ConvlabError(f"--top-k must be between 1 and {max(1, n - 1)} for {n} classes, "
                            f"received: {k}")
+    tta = check_tta(tta)
     prepared, split = _resolve(data, derived, split)
     split = SPLIT_ALIASES.get(split, split)
     mapping = _class_map(read_manifest(prepared), classes, data or prepared)
     keras_model, model_path = load_run_model(run, model)
     datasets = _datasets(prepared, split, derived["image_size"], batch_size)
-    labels, probs = _predict(keras_model, datasets)
+    labels, probs = _predict(keras_model, datasets, tta)
     y = mapping[labels]
     pred = probs.argmax(axis=1)
     everyone = list(range(n))
@@ -151,7 +154,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     metrics = {
         "run": str(run), "model_file": model_path.name, "data": str(prepared),
-        "split": split, "images": int(len(y)), "classes": classes,
+        "split": split, "images": int(len(y)), "classes": classes, "tta": tta,
         "accuracy": float(skm.accuracy_score(y, pred)),
         "top_k": k,
         "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
@@ -198,7 +201,9 @@ def load_metrics(run: str | os.PathLike) -> dict | None:
 
 def summary_line(metrics: dict) -> str:
     """One line: which model, on what, and the headline numbers."""
-    return (f"{metrics['model_file']} on {metrics['images']} {metrics['split']} images of "
+    tta = f" (test-time augmentation: {metrics['tta']})" if metrics.get("tta", "none") != "none" \
+        else ""
+    return (f"{metrics['model_file']}{tta} on {metrics['images']} {metrics['split']} images of "
             f"{metrics['data']}: accuracy {metrics['accuracy']:.4f}, top-{metrics['top_k']} "
             f"accuracy {metrics['top_k_accuracy']:.4f}, loss {metrics['loss']:.4f}")
 

