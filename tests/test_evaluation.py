@@ -82,6 +82,22 @@ def test_evaluate_own_validation_split_agrees_with_manifest_and_training(run, tr
     assert "macro avg" in text and all(c in text for c in metrics["classes"])
 
 
+def test_flip_tta_evaluates_the_mean_of_image_and_mirror(run, trained):
+    from convlab.runs import load_run_model
+
+    metrics = evaluate(run, tta="flip")
+    assert metrics["tta"] == "flip" and "test-time augmentation: flip" in format_metrics(metrics)
+    model = load_run_model(run)[0]
+    hits = 0
+    for x, y in load(trained[1], "validation", batch_size=64, training=False):
+        x = x.numpy()
+        mean = (model.predict_on_batch(x) + model.predict_on_batch(x[:, :, ::-1])) / 2
+        hits += int(np.sum(mean.argmax(axis=1) == y.numpy()))
+    assert metrics["accuracy"] == pytest.approx(hits / metrics["images"])
+    with pytest.raises(ConvlabError, match="--tta must be one of none, flip"):
+        evaluate(run, tta="five-crop")
+
+
 def test_cli_evaluate_final_model_with_top_1(run, capsys):
     assert cli(["evaluate", str(run), "--model", "final", "--top-k", "1"]) == 0
     out = capsys.readouterr().out

@@ -168,3 +168,24 @@ def test_export_refuses_bad_options_and_unverified_models(run, tmp_path, monkeyp
         export(run, "tflite", "float16", out=tmp_path)
     assert not (tmp_path / "model.tflite").exists()
     assert json.loads((tmp_path / "export.json").read_text())["verification"]["passed"] is False
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(run, photos):
+    plain = {r["path"]: r["predictions"] for r in predict(run, [photos], top_k=3)[0]}
+    rows, _ = predict(run, [photos], top_k=3, tta="flip")
+    model = load_run_model(run)[0]
+    classes = run_info(run).classes
+    for r in rows:
+        jpeg = decode_and_resize(Path(r["path"]).read_bytes(), 16).jpeg
+        x = (tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)[None] / 255.0).numpy()
+        expected = (model.predict_on_batch(x)[0] + model.predict_on_batch(x[:, :, ::-1])[0]) / 2
+        got = {p["class"]: p["probability"] for p in r["predictions"]}
+        for name, probability in got.items():
+            assert probability == pytest.approx(expected[classes.index(name)], abs=1e-6)
+    # A trained convnet is not mirror-symmetric: flipping changes some probability.
+    assert any(abs(p["probability"] - q["probability"]) > 1e-6
+               for path, preds in plain.items()
+               for p, q in zip(preds, {r["path"]: r["predictions"] for r in rows}[path],
+                               strict=True))
+    with pytest.raises(ConvlabError, match="--tta must be one of none, flip, received: 'rot'"):
+        predict(run, [photos], tta="rot")

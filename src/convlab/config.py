@@ -110,6 +110,8 @@ CODELAB_AUGMENT = {"flip": True, "saturation": (0.0, 2.0), "zoom": 0.0, "brightn
                    "contrast": None}
 STRONG_AUGMENT = {"flip": True, "saturation": (0.6, 1.4), "zoom": 0.75, "brightness": 0.1,
                   "contrast": (0.8, 1.2)}
+# Milder than STRONG: a frozen backbone's head sees only a few cached views of each photo.
+TRANSFER_AUGMENT = {**CODELAB_AUGMENT, "saturation": (0.7, 1.3), "zoom": 0.85}
 AUGMENT_PRESETS = {"none": NO_AUGMENT, "codelab": CODELAB_AUGMENT, "strong": STRONG_AUGMENT}
 # The codelab's SqueezeNet layout with its 24-channel fire modules widened to 32: every
 # channel count a multiple of 16, which oneDNN's bfloat16 kernels need to run at full speed.
@@ -160,18 +162,24 @@ RECIPES: dict[str, tuple[str, dict]] = {
          "schedule": {"name": "cosine", "learning_rate": 2e-3, "warmup_epochs": 2,
                       "min_lr": 1e-5}}),
     "efficientnet-lite0-transfer": (
-        "ours: frozen ImageNet EfficientNet-Lite0 (weights work offline) + new head, 224 px",
-        {"model": "efficientnet_lite0", "image_size": 224, "epochs": 8, "batch_size": 32,
-         "augment": {**CODELAB_AUGMENT, "saturation": (0.7, 1.3), "zoom": 0.85},
+        "ours: frozen ImageNet EfficientNet-Lite0 (weights work offline) + new head trained on "
+        "cached features of 4 augmented views, 300 px, 8 epochs",
+        # 300 px from photos prepared at 300 (their short side is ~240 px as published):
+        # final validation accuracy 93.8% vs 92.5% at 260 and 91.4% at 224 (one seed each,
+        # BENCHMARKS.md); the objects then look as large as in ImageNet's 224 px crops.
+        {"model": "efficientnet_lite0", "image_size": 300, "epochs": 8, "batch_size": 32,
+         "feature_views": 4,
+         "augment": TRANSFER_AUGMENT,
          "label_smoothing": 0.1,
          "schedule": {"name": "cosine", "learning_rate": 2e-3, "warmup_epochs": 0.5,
                       "min_lr": 1e-5}}),
     "efficientnet-lite0-finetune": (
-        "ours: EfficientNet-Lite0 head first, then the whole network at a lower LR, 224 px",
-        {"model": "efficientnet_lite0", "image_size": 224, "epochs": 3, "batch_size": 32,
-         "fine_tune_epochs": 6, "fine_tune_lr": 2e-4,
-         # strong: the whole network overfits flowers128 fast (99% train accuracy after 10
-         # fine-tune epochs with flip + saturation + zoom 0.85, validation stuck at 78-79%)
+        "ours: EfficientNet-Lite0 head first (cached features), then the whole network "
+        "(batch norm frozen) at 1/10 of the head's LR, 300 px, 3+8 epochs",
+        # 300 px: final validation accuracy 95.9% in 21 min vs 95.1% in 15 min at 260 px (one
+        # seed each, BENCHMARKS.md); training accuracy reaches ~100% by the last epoch
+        {"model": "efficientnet_lite0", "image_size": 300, "epochs": 3, "batch_size": 32,
+         "feature_views": 2, "fine_tune_epochs": 8, "fine_tune_lr": 2e-4,
          "augment": STRONG_AUGMENT,
          "label_smoothing": 0.1,
          "schedule": {"name": "cosine", "learning_rate": 2e-3, "warmup_epochs": 0.5,
