@@ -75,14 +75,15 @@ def test_imagenet_weights_recognise_daisies(variant, flower_photos, tmp_path, mo
 
     # ImageNet has a "daisy" class but no rose or tulip one (sunflowers, also composite
     # flowers, often come out as daisies too). Reference, 50 sharp photos per class:
-    # lite0/1/2 daisy 0.80-0.87 of daisies, <= 0.04 of roses and tulips.
+    # lite0/1/2 say daisy for 0.86-0.90 of the daisies, 0.02-0.04 of the roses and 0.08-0.12
+    # of the tulips.
     photos = {c: _photos(flower_photos / c, size) for c in ("daisy", "rose", "tulip")}
     probs = {c: model.predict(x, verbose=0) for c, x in photos.items()}
     rate = {c: float(np.mean(p.argmax(axis=1) == DAISY)) for c, p in probs.items()}
     print(variant, "daisy top-1 rate per class:", rate)
     assert np.bincount(probs["daisy"].argmax(axis=1)).argmax() == DAISY
     assert rate["daisy"] >= 0.6
-    assert rate["rose"] <= 0.15 and rate["tulip"] <= 0.15
+    assert rate["rose"] <= 0.2 and rate["tulip"] <= 0.2
 
     # The cache and the direct .pth conversion must give the same network.
     direct = create_model(name, 1000, weights=packaged_pth(variant), imagenet_head=True)

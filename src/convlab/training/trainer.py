@@ -263,8 +263,10 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
 
     resumed = _last_checkpoint(run) if run is not None else None
     start_epoch = resumed[0] if resumed else 0
+    # Cached features are always the views of epochs 0..N-1, also when resuming mid-way.
+    data_start = 0 if config.feature_views and start_epoch < config.epochs else start_epoch
     prepared, manifest, train_ds, val_ds = build_datasets(
-        config, image_size, global_batch, start_epoch=start_epoch, progress=progress,
+        config, image_size, global_batch, start_epoch=data_start, progress=progress,
         strategy_info=strategy_info)
     n_train = manifest["counts"]["per_split"]["train"]
     steps = n_train // global_batch
