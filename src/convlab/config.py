@@ -147,8 +147,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "squeezenet-plus": (
         "ours: SqueezeNet from scratch, improved: 16-aligned widths, 64 px, strong "
         "augmentation, label smoothing, AdamW + warm-up/cosine, 50 epochs",
-        # 64 px: the flowers128 photos hold little detail above 32-64 px; 96 px reached 71.4% in 16.6
-        # min here, 64 px 72.7% in 9.5 min (codelab widths, 40 epochs)
+        # Tuned on an earlier, blurred 128 px copy of the photos (64 px measured best there);
+        # not yet re-tuned on the full-resolution flower_photos.
         {"model": "squeezenet", "image_size": 64, "epochs": 50, "batch_size": 64,
          "model_options": {"layout": SQUEEZENET_PLUS_LAYOUT},
          "augment": STRONG_AUGMENT, "label_smoothing": 0.1, "optimizer": "adamw",
