@@ -44,6 +44,8 @@ def extract(extractor: keras.Model, dataset: tf.data.Dataset, batches: int | Non
     run = tf.function(lambda x: tf.cast(extractor(x, training=False), tf.float32))
     if batches is not None:
         dataset = dataset.take(batches)
+    elif (known := int(dataset.cardinality())) >= 0:
+        batches = known  # for the progress bar
     bar = keras.utils.Progbar(batches, unit_name="batch", verbose=1 if progress else 0)
     features, targets, start, seen = [], [], time.perf_counter(), 0
     for batch in dataset:
