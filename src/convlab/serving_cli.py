@@ -7,6 +7,8 @@ import csv
 import json
 import sys
 
+from convlab.runs import TTA_MODES
+
 
 def cmd_predict(args) -> int:
     from convlab.predict import predict
@@ -71,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--model", choices=("best", "final"), default="best",
                     help="best validation accuracy, or the last epoch (best)")
     pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--tta", choices=("none", "flip"), default="none",
+    pr.add_argument("--tta", choices=TTA_MODES, default="none",
                     help="test-time augmentation: flip averages each image and its mirror")
     pr.set_defaults(func=cmd_predict)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from convlab.runs import TTA_MODES
+
 
 def cmd_evaluate(args) -> int:
     from convlab.evaluation.metrics import evaluate, format_metrics
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", choices=("best", "final"), default="best",
                     help="best.keras (default) or model.keras")
     ev.add_argument("--top-k", type=int, help="k of the top-k accuracy (min(3, classes-1))")
-    ev.add_argument("--tta", choices=("none", "flip"), default="none",
+    ev.add_argument("--tta", choices=TTA_MODES, default="none",
                     help="test-time augmentation: flip averages each image and its mirror")
     ev.set_defaults(func=cmd_evaluate)
 
