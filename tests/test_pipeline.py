@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from convlab.data import Augment, load, load_files, load_folder, prepare
 from convlab.data.augment import augment_batch
@@ -56,6 +57,26 @@ def test_augmentation_only_changes_training_images(prepared):
     np.testing.assert_array_equal(y_aug, y_same)
     per_image = np.abs(x_aug.numpy() - x_same.numpy()).mean(axis=(1, 2, 3))
     assert (per_image > 0.01).mean() > 0.8, per_image
+
+
+def test_zoom_crops_images_stored_larger_from_their_stored_pixels(tmp_path):
+    # Noise photos stored at 32 px, trained at 16: crops of the stored pixels keep their
+    # pixel-level detail, which the downscaled copy (what validation sees) averages away.
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "src" / label).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "src" / label / f"{i}.png")
+    prepare(str(tmp_path / "src"), tmp_path / "out", size=32, val_fraction=0.25,
+            progress=False)
+    zoom = Augment(flip=False, saturation=None, zoom=0.95)
+    train = load(tmp_path / "out", "train", image_size=16, augment=zoom, batch_size=4, seed=0)
+    assert train.element_spec[0].shape.as_list() == [4, 16, 16, 3]
+    cropped = next(iter(train))[0].numpy()
+    resized = next(iter(load(tmp_path / "out", "train", image_size=16, training=False,
+                             batch_size=4)))[0].numpy()
+    assert cropped.std() > 1.4 * resized.std(), (cropped.std(), resized.std())
 
 
 def test_file_cache_is_written_and_reused(prepared, tmp_path):

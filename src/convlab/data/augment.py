@@ -48,10 +48,13 @@ class Augment:
         return bool(self.flip or self.saturation or self.zoom or self.brightness or self.contrast)
 
 
-def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None,
+                  size: int | None = None) -> tf.Tensor:
     """Randomly augment a (batch, height, width, 3) batch: float in [0, 1], or uint8.
 
-    Returns float32 images in [0, 1]. The colour and flip ops run as one XLA-compiled
+    Returns float32 images in [0, 1], `size` x `size` if given (the zoom crops are then
+    taken from the larger input and resized to `size`: random-resized crops that keep the
+    stored resolution's detail), else the input's size. The colour and flip ops run as one XLA-compiled
     function: fused into a single pass over the batch they are ~5x faster on CPU than the
     same ops one by one (benchmarks/data_pipeline.py); the zoom crop (crop_and_resize, which
     XLA does not compile) runs before it.
@@ -60,6 +63,7 @@ def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None
         seed: a shape-[2] integer tensor. The same seed gives the same augmentation (stateless
             random ops), so a resumed training run sees exactly the images an uninterrupted
             one would. None draws a fresh seed.
+        size: output side; needs `aug.zoom` when it differs from the input's.
     """
     if seed is None:
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
@@ -70,8 +74,12 @@ def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None
         side = _uniform(seed, 1, [n, 1], aug.zoom, 1.0)
         top_left = _uniform(seed, 2, [n, 2]) * (1.0 - side)
         boxes = tf.concat([top_left, top_left + side], axis=1)
+        out = tf.shape(images)[1:3] if size is None else tf.constant([size, size])
         # float32 out, in the input's value range
-        images = tf.image.crop_and_resize(images, boxes, tf.range(n), tf.shape(images)[1:3])
+        images = tf.image.crop_and_resize(images, boxes, tf.range(n), out)
+    elif size is not None and images.shape[1] != size:
+        raise ConvlabError(f"augment_batch: resizing {images.shape[1]} px images to {size} "
+                           f"needs zoom > 0 (the random crop does the resize)")
     return _pointwise(aug)(images, seed, tf.constant(scale, tf.float32))
 
 

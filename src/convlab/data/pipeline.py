@@ -95,8 +95,13 @@ def _to_float(images):
 def _assemble(records, count: int, *, batch_size: int, training: bool,
               augment: Augment | None, cache, shuffle_buffer: int, repeat: bool,
               drop_remainder: bool, seed: int | None, start_epoch: int,
-              batches_per_epoch: int | None = None) -> tf.data.Dataset:
-    """Batches from `records(file_seed)`, a function giving decoded (uint8 image, label)."""
+              batches_per_epoch: int | None = None,
+              crop_size: int | None = None) -> tf.data.Dataset:
+    """Batches from `records(file_seed)`, a function giving decoded (uint8 image, label).
+
+    `crop_size`: the records are larger than the training size; the augmentation's zoom
+    crops them down to it.
+    """
     if not training:
         ds = _cached(records(None), cache)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
@@ -123,7 +128,8 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
                 return _to_float(batch[0]), batch[1]
             # uint8 in: the conversion fuses into augment_batch's one compiled pass.
             return augment_batch(batch[0], augment, tf.stack([
-                tf.cast(seed % 2**31, tf.int32), tf.cast(e * 100_003 + i, tf.int32)])), batch[1]
+                tf.cast(seed % 2**31, tf.int32), tf.cast(e * 100_003 + i, tf.int32)]),
+                size=crop_size), batch[1]
 
         return ds.enumerate().map(finish, num_parallel_calls=AUTOTUNE)
 
@@ -156,6 +162,7 @@ def load(
         split: "train", "validation" (or "val") or "test".
         batch_size: images per batch (per input pipeline).
         image_size: resize to this square size after decoding; default: the stored size.
+            Training with a zoom on images stored larger crops them from the stored pixels.
         training: shuffle, repeat, drop the last partial batch and augment. Default: True for
             the train split.
         augment: an `Augment`, True for the codelab's (flip + saturation), False/None for none.
@@ -183,6 +190,11 @@ def load(
     deterministic = (not training) if deterministic is None else deterministic
     size = image_size or manifest["image_size"][0]
     stored = manifest["image_size"][0]
+    augment = _as_augment(augment, training)
+    # Images stored larger than the training size: random-resized crops from the stored
+    # pixels (the zoom crop does the resize) instead of zooming into a downscaled copy.
+    crop_size = size if augment is not None and augment.zoom and stored > size else None
+    decode_size = stored if crop_size else size
     pipelines = input_context.num_input_pipelines if input_context else 1
     index = input_context.input_pipeline_id if input_context else 0
     needed = batches_per_epoch * batch_size if training and batches_per_epoch else None
@@ -199,8 +211,8 @@ def load(
         example = parse_example(serialized, IMAGE_AND_CLASS)
         image = tf.io.decode_jpeg(example["image"], channels=3)
         image = tf.reshape(image, [stored, stored, 3])  # fixed shapes, TPU-friendly
-        if size != stored:
-            image = resize_to_square(image, size)
+        if decode_size != stored:
+            image = resize_to_square(image, decode_size)
         return image, tf.cast(example["class"], tf.int32)
 
     def records(file_seed):
@@ -224,11 +236,11 @@ def load(
         return ds.apply(tf.data.experimental.assert_cardinality(count))
 
     return _assemble(records, count, batch_size=batch_size, training=training,
-                     augment=_as_augment(augment, training), cache=cache,
-                     shuffle_buffer=shuffle_buffer,
+                     augment=augment, cache=cache, shuffle_buffer=shuffle_buffer,
                      repeat=training if repeat is None else repeat,
                      drop_remainder=training if drop_remainder is None else drop_remainder,
-                     seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch)
+                     seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch,
+                     crop_size=crop_size)
 
 
 def load_files(
