@@ -123,6 +123,9 @@ def test_convnet_heads_differ_only_at_the_top():
         ("squeezenet", {"dropout": 1.5}, "dropout=1.5"),
         ("mobilenetv2", {"weights": "imagnet"}, "weights='imagnet'"),
         ("xception", {"weights": None}, "image_size=32"),
+        # --unfreeze on a model without a backbone: named, with the options it does take
+        ("squeezenet", {"trainable_backbone": True}, "'trainable_backbone'; its options: layout"),
+        ("dense", {"dropout": 0.1}, "its options: none"),
     ],
 )
 def test_bad_option_values_raise_convlab_error_quoting_them(name, options, quoted):

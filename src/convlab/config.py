@@ -7,13 +7,92 @@ are computed once by the trainer and saved with the resolved config in the run f
 from __future__ import annotations
 
 import dataclasses
+import json
+import typing
 from dataclasses import asdict, dataclass, field
 
-from convlab.data.augment import Augment
 from convlab.errors import ConvlabError
-from convlab.training.schedules import ScheduleConfig
 
+# The choices of every enumerated field: the CLI builds its flags from these.
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "rampup", "cosine")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "default", "onedevice", "mirrored", "multiworker", "tpu")
+CLASS_WEIGHTS = ("balanced",)
+
+
+@dataclass
+class ScheduleConfig:
+    """Which schedule and its constants. `learning_rate` is the peak (or constant) rate.
+
+    rampup is the codelab's: linear from `start_lr` to `learning_rate` over `rampup_epochs`,
+    held for `sustain_epochs`, then `min_lr + (learning_rate - min_lr) * decay**k` after k more
+    epochs; changes once per epoch, like the codelab's LearningRateScheduler.
+    cosine: linear warm-up over `warmup_epochs`, then half a cosine down to `min_lr` at the
+    last epoch; changes every step. Built by `convlab.training.schedules.build_schedule`.
+    """
+
+    name: str = "constant"
+    learning_rate: float = 1e-3
+    start_lr: float = 1e-5
+    min_lr: float = 1e-5
+    rampup_epochs: int = 5
+    sustain_epochs: int = 0
+    decay: float = 0.8
+    warmup_epochs: float = 1.0
+    scale_with_replicas: bool = False  # the codelab's max_lr = 0.00005 * replicas
+
+    def validate(self, flag: str = "schedule") -> None:
+        if self.name not in SCHEDULES:
+            raise ConvlabError(f"--{flag} must be one of {', '.join(SCHEDULES)}, "
+                               f"received: {self.name!r}")
+        if not self.learning_rate > 0:
+            raise ConvlabError(f"{flag} learning_rate must be positive, received: "
+                               f"{self.learning_rate}")
+        if not 0 < self.decay <= 1:
+            raise ConvlabError(f"{flag} decay must be in (0, 1], received: {self.decay}")
+        if self.min_lr < 0 or self.warmup_epochs < 0:
+            raise ConvlabError(f"{flag} min_lr and warmup_epochs must be >= 0, received: "
+                               f"min_lr={self.min_lr}, warmup_epochs={self.warmup_epochs}")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What to randomise (`convlab.data.augment.augment_batch` applies it). The defaults are
+    the codelab's: left-right flip and saturation.
+
+    Attributes:
+        flip: random left-right flip.
+        saturation: (low, high) saturation factor range; None disables. The codelab uses
+            tf.image.random_saturation(image, 0, 2).
+        zoom: smallest crop side as a fraction of the image (random crop, resized to the
+            training size); 0 disables. E.g. 0.8 crops between 80% and 100% of each side.
+        brightness: max absolute brightness shift; 0 disables.
+        contrast: (low, high) contrast factor range; None disables.
+    """
+
+    flip: bool = True
+    saturation: tuple[float, float] | None = (0.0, 2.0)
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.zoom < 1.0:
+            raise ConvlabError(f"augment zoom must be in [0, 1), received: {self.zoom}")
+        for name in ("saturation", "contrast"):
+            rng = getattr(self, name)
+            if rng is not None and not (len(rng) == 2 and 0 <= rng[0] <= rng[1]):
+                raise ConvlabError(f"augment {name} must be (low, high) with 0 <= low <= high, "
+                                   f"received: {rng}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flip or self.saturation or self.zoom or self.brightness or self.contrast)
+
+
+def _fine_tune_default() -> ScheduleConfig:
+    return ScheduleConfig("cosine", learning_rate=1e-4, warmup_epochs=0.0, min_lr=5e-6)
 
 
 @dataclass
@@ -37,7 +116,8 @@ class TrainConfig:
     strategy: str = "auto"
     steps_per_execution: int = 1
     fine_tune_epochs: int = 0  # >0: a second phase with the backbone unfrozen
-    fine_tune_lr: float = 1e-4
+    # the second phase's own schedule (it starts from step 0 of its own)
+    fine_tune_schedule: ScheduleConfig = field(default_factory=_fine_tune_default)
     # >0: the head-only epochs train on backbone features cached from this many augmented
     # passes over the training split (frozen pretrained backbones; see training/features.py)
     feature_views: int = 0
@@ -54,13 +134,16 @@ class TrainConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise ConvlabError(f"--{flag} must be at least 1, received: {value}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConvlabError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                               f"received: {self.optimizer!r}")
+        for flag, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("precision", self.precision, PRECISIONS),
+                                     ("strategy", self.strategy, STRATEGIES)):
+            if value not in choices:
+                raise ConvlabError(f"--{flag} must be one of {', '.join(choices)}, "
+                                   f"received: {value!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConvlabError(f"--label-smoothing must be in [0, 1), received: "
                                f"{self.label_smoothing}")
-        if self.class_weights not in (None, "balanced"):
+        if self.class_weights not in (None, *CLASS_WEIGHTS):
             raise ConvlabError(f"--class-weights must be 'balanced' or omitted, received: "
                                f"{self.class_weights!r}")
         for flag, value in (("fine-tune-epochs", self.fine_tune_epochs),
@@ -68,6 +151,7 @@ class TrainConfig:
             if value < 0:
                 raise ConvlabError(f"--{flag} must be >= 0, received: {value}")
         self.schedule.validate()
+        self.fine_tune_schedule.validate("fine-tune-schedule")
 
     @property
     def total_epochs(self) -> int:
@@ -79,30 +163,99 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Build from (possibly partial, possibly nested) plain values, e.g. config.json."""
+        values = dict(values)
+        if "fine_tune_lr" in values and "fine_tune_schedule" not in values:
+            # config.json of a run made before fine_tune_schedule: the schedule it ran
+            lr = values.pop("fine_tune_lr")
+            values["fine_tune_schedule"] = {"name": "cosine", "learning_rate": lr,
+                                            "warmup_epochs": 0.0, "min_lr": lr / 20}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConvlabError(f"unknown config field(s): {', '.join(unknown)}")
-        values = dict(values)
-        if isinstance(values.get("schedule"), dict):
-            values["schedule"] = ScheduleConfig(**values["schedule"])
+            raise ConvlabError(f"unknown config field(s): {', '.join(unknown)}; known: "
+                               f"{', '.join(sorted(known))}")
+        for key in ("schedule", "fine_tune_schedule"):
+            if isinstance(values.get(key), dict):
+                values[key] = _build(ScheduleConfig, values[key], key)
         if isinstance(values.get("augment"), dict):
             aug = dict(values["augment"])
             for key in ("saturation", "contrast"):
-                if aug.get(key) is not None:
+                if isinstance(aug.get(key), list):
                     aug[key] = tuple(aug[key])
-            values["augment"] = Augment(**aug)
+            values["augment"] = _build(Augment, aug, "augment")
+        _check_types(cls, values, "")
         return cls(**values)
 
     def override(self, **changes) -> TrainConfig:
-        """A copy with fields replaced; `schedule` and `augment` accept dicts of changes."""
+        """A copy with fields replaced; nested fields (`schedule`, `fine_tune_schedule`,
+        `augment`, `model_options`) take dicts of changes, merged into the current values."""
         values = self.to_dict()
         for key, value in changes.items():
-            if key in ("schedule", "augment") and isinstance(value, dict) and values.get(key):
+            if key in NESTED and isinstance(value, dict) and values.get(key):
                 values[key] = {**values[key], **value}
             else:
                 values[key] = value
         return TrainConfig.from_dict(values)
+
+    def with_settings(self, settings: list[str]) -> TrainConfig:
+        """A copy with `key=value` settings applied (the CLI's `--set`), e.g.
+        `weight_decay=0.05`, `schedule.min_lr=1e-6`, `model_options.dropout=0.3`. Values are
+        JSON (numbers, true/false, null, lists), else taken as strings."""
+        changes: dict = {}
+        for item in settings:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise ConvlabError(f"--set takes key=value, received: {item!r}")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            head, dot, sub = key.partition(".")
+            if not dot:
+                changes[head] = value
+            elif head in NESTED:
+                changes.setdefault(head, {})[sub] = value
+            else:
+                raise ConvlabError(f"--set {item!r}: {head!r} has no sub-fields; nested "
+                                   f"fields are {', '.join(NESTED)}")
+        return self.override(**changes)
+
+
+NESTED = ("schedule", "fine_tune_schedule", "augment", "model_options")
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConvlabError(f"unknown {where} field(s): {', '.join(unknown)}; known: "
+                           f"{', '.join(sorted(known))}")
+    _check_types(cls, values, f"{where}.")
+    return cls(**values)
+
+
+_SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _check_types(cls, values: dict, prefix: str) -> None:
+    """A one-line error for a value of the wrong type (e.g. `--set epochs=ten`)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        allowed = [t for t in typing.get_args(hints[key]) or (hints[key],)]
+        if value is None and type(None) in allowed:
+            continue
+        simple = [t for t in allowed if t in _SIMPLE]
+        if not simple or len(simple) != len([t for t in allowed if t is not type(None)]):
+            continue  # nested or compound: checked where it is built
+        ok = any(isinstance(value, _SIMPLE[t]) and not (t is not bool and isinstance(value, bool))
+                 for t in simple)
+        if not ok:
+            names = " or ".join(t.__name__ for t in simple)
+            raise ConvlabError(f"config field {prefix}{key} must be {names}, received: "
+                               f"{value!r}")
+        if float in simple and isinstance(value, int):
+            values[key] = float(value)
 
 
 NO_AUGMENT = None
@@ -179,7 +332,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
         # 300 px: final validation accuracy 95.9% in 21 min vs 95.1% in 15 min at 260 px (one
         # seed each, BENCHMARKS.md); training accuracy reaches ~100% by the last epoch
         {"model": "efficientnet_lite0", "image_size": 300, "epochs": 3, "batch_size": 32,
-         "feature_views": 2, "fine_tune_epochs": 8, "fine_tune_lr": 2e-4,
+         "feature_views": 2, "fine_tune_epochs": 8,
+         "fine_tune_schedule": {"learning_rate": 2e-4, "min_lr": 1e-5},
          "augment": STRONG_AUGMENT,
          "label_smoothing": 0.1,
          "schedule": {"name": "cosine", "learning_rate": 2e-3, "warmup_epochs": 0.5,

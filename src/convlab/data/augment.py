@@ -7,45 +7,13 @@ one batched op is several times cheaper than the same op mapped image by image.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import tensorflow as tf
 
+from convlab.config import Augment
 from convlab.errors import ConvlabError
 
-
-@dataclass(frozen=True)
-class Augment:
-    """What to randomise. The defaults are the codelab's: left-right flip and saturation.
-
-    Attributes:
-        flip: random left-right flip.
-        saturation: (low, high) saturation factor range; None disables. The codelab uses
-            tf.image.random_saturation(image, 0, 2).
-        zoom: smallest crop side as a fraction of the image (random crop, resized back);
-            0 disables. E.g. 0.8 crops between 80% and 100% of each side.
-        brightness: max absolute brightness shift; 0 disables.
-        contrast: (low, high) contrast factor range; None disables.
-    """
-
-    flip: bool = True
-    saturation: tuple[float, float] | None = (0.0, 2.0)
-    zoom: float = 0.0
-    brightness: float = 0.0
-    contrast: tuple[float, float] | None = None
-
-    def __post_init__(self):
-        if not 0.0 <= self.zoom < 1.0:
-            raise ConvlabError(f"augment zoom must be in [0, 1), received: {self.zoom}")
-        for name in ("saturation", "contrast"):
-            rng = getattr(self, name)
-            if rng is not None and not (len(rng) == 2 and 0 <= rng[0] <= rng[1]):
-                raise ConvlabError(f"augment {name} must be (low, high) with 0 <= low <= high, "
-                                   f"received: {rng}")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.flip or self.saturation or self.zoom or self.brightness or self.contrast)
+__all__ = ["Augment", "augment_batch"]
 
 
 def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None,

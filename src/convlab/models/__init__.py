@@ -9,6 +9,7 @@ also under mixed precision.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,4 +92,16 @@ def create_model(name: str, num_classes: int, image_size: int | None = None, **o
     info = get_model_info(name)
     if num_classes < 2:
         raise ConvlabError(f"num_classes must be at least 2, received: {num_classes}")
+    accepted = model_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        have = ", ".join(accepted) or "none"
+        raise ConvlabError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its "
+                           f"options: {have} (e.g. --unfreeze is for pretrained models only)")
     return info.builder(num_classes, image_size or info.image_size, **options)
+
+
+def model_options(name: str) -> dict:
+    """The options `create_model(name, ...)` accepts, with their defaults."""
+    params = inspect.signature(get_model_info(name).builder).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}

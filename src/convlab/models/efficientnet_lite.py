@@ -17,6 +17,7 @@ Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)`
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -249,7 +250,6 @@ def _efficientnet_lite(
     imagenet_head: bool = False,
     trainable_backbone: bool = False,
     dropout: float | None = None,
-    **unknown,
 ):
     """EfficientNet-Lite for transfer learning (frozen backbone by default).
 
@@ -268,11 +268,6 @@ def _efficientnet_lite(
         ConvlabError: a bad option value, or ImageNet weights requested but not installed.
     """
     name = f"efficientnet_{variant}"
-    if unknown:
-        raise ConvlabError(
-            f"unknown {name} option(s): {', '.join(map(repr, unknown))}; use "
-            "weights, imagenet_head, trainable_backbone or dropout"
-        )
     dropout = VARIANTS[variant].dropout if dropout is None else dropout
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
@@ -306,8 +301,8 @@ def _register(variant: str) -> None:
     def builder(num_classes: int, image_size: int, **options):
         return _efficientnet_lite(variant, num_classes, image_size, **options)
 
+    functools.update_wrapper(builder, _efficientnet_lite)  # its signature: the options
     builder.__name__ = builder.__qualname__ = f"efficientnet_{variant}"
-    builder.__doc__ = _efficientnet_lite.__doc__
     register_model(
         f"efficientnet_{variant}",
         image_size=v.image_size,

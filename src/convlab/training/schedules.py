@@ -7,46 +7,13 @@ a checkpoint (which restores that counter) continues at exactly the right learni
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import keras
 from keras import ops
 
-from convlab.errors import ConvlabError
+from convlab.config import SCHEDULES, ScheduleConfig
 
-SCHEDULES = ("constant", "rampup", "cosine")
-
-
-@dataclass
-class ScheduleConfig:
-    """Which schedule and its constants. `learning_rate` is the peak (or constant) rate.
-
-    rampup is the codelab's: linear from `start_lr` to `learning_rate` over `rampup_epochs`,
-    held for `sustain_epochs`, then `min_lr + (learning_rate - min_lr) * decay**k` after k more
-    epochs; changes once per epoch, like the codelab's LearningRateScheduler.
-    cosine: linear warm-up over `warmup_epochs`, then half a cosine down to `min_lr` at the
-    last epoch; changes every step.
-    """
-
-    name: str = "constant"
-    learning_rate: float = 1e-3
-    start_lr: float = 1e-5
-    min_lr: float = 1e-5
-    rampup_epochs: int = 5
-    sustain_epochs: int = 0
-    decay: float = 0.8
-    warmup_epochs: float = 1.0
-    scale_with_replicas: bool = False  # the codelab's max_lr = 0.00005 * replicas
-
-    def validate(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ConvlabError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
-                               f"received: {self.name!r}")
-        if not self.learning_rate > 0:
-            raise ConvlabError(f"--lr must be positive, received: {self.learning_rate}")
-        if not 0 < self.decay <= 1:
-            raise ConvlabError(f"schedule decay must be in (0, 1], received: {self.decay}")
-
+__all__ = ["SCHEDULES", "ScheduleConfig", "build_schedule", "lr_per_epoch", "plot_schedule"]
 
 @keras.saving.register_keras_serializable(package="convlab")
 class RampUpExpDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -116,19 +83,26 @@ def lr_per_epoch(schedule, steps_per_epoch: int, epochs: int) -> list[float]:
     return [float(schedule(e * steps_per_epoch)) for e in range(epochs)]
 
 
-def plot_schedule(schedule, steps_per_epoch: int, epochs: int, path, title: str = "") -> None:
-    """Write a PNG of the learning rate over training (per step)."""
+def plot_schedule(phases, steps_per_epoch: int, path, title: str = "") -> None:
+    """Write a PNG of the learning rate over training (per step).
+
+    `phases`: (schedule, epochs) pairs, one after the other (e.g. head, then fine-tune);
+    each schedule counts its steps from the start of its own phase.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    total = steps_per_epoch * epochs
-    stride = max(1, total // 500)
-    steps = list(range(0, total, stride))
-    rates = [float(schedule(s)) if callable(schedule) else float(schedule) for s in steps]
+    xs, rates, offset = [], [], 0
+    for schedule, epochs in phases:
+        total = steps_per_epoch * epochs
+        for s in range(0, total, max(1, total // 500)):
+            xs.append((offset + s) / steps_per_epoch)
+            rates.append(float(schedule(s)) if callable(schedule) else float(schedule))
+        offset += total
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot([s / steps_per_epoch for s in steps], rates)
+    ax.plot(xs, rates)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
     ax.set_title(title or "learning-rate schedule")

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from convlab.config import PRECISIONS, STRATEGIES
 from convlab.errors import ConvlabError
-
-STRATEGIES = ("auto", "default", "onedevice", "mirrored", "multiworker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass

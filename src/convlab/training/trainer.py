@@ -37,7 +37,6 @@ from convlab.training.distributed import (
     write_worker_report,
 )
 from convlab.training.schedules import (
-    ScheduleConfig,
     build_schedule,
     lr_per_epoch,
     plot_schedule,
@@ -275,6 +274,9 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
                 else config.steps_per_execution)
     schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
                               replicas=replicas)
+    phases = [(schedule, config.epochs)]
+    if config.fine_tune_epochs:
+        phases.append((_fine_tune_schedule(config, steps, replicas), config.fine_tune_epochs))
     print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
           f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
 
@@ -301,12 +303,15 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
                    "precision": precision, "strategy": strategy_info.kind,
                    "workers": strategy_info.workers, "prepared_data": str(prepared),
                    "classes": manifest["classes"],
-                   "lr_per_epoch": lr_per_epoch(schedule, steps, config.epochs)}
+                   "lr_per_epoch": [lr for phase, n in phases
+                                    for lr in lr_per_epoch(phase, steps, n)]}
         (run / "config.json").write_text(json.dumps(
             {"config": config.to_dict(), "derived": derived}, indent=1))
         (run / "plots").mkdir()
-        plot_schedule(schedule, steps, config.epochs, run / "plots" / "lr_schedule.png",
-                      title=f"{config.schedule.name} schedule, {config.name or config.model}")
+        names = " + fine-tune ".join(c.name for c in (config.schedule, config.fine_tune_schedule)
+                                     [:len(phases)])
+        plot_schedule(phases, steps, run / "plots" / "lr_schedule.png",
+                      title=f"{names} schedule, {config.name or config.model}")
     write_worker_report(strategy, run)
     kind, index = task_of(strategy)
     workdir = run if chief else Path(tempfile.mkdtemp(prefix=f"convlab-{kind}{index}-"))
@@ -320,6 +325,11 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     finally:
         if not chief:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fine_tune_schedule(config: TrainConfig, steps: int, replicas: int):
+    return build_schedule(config.fine_tune_schedule, steps_per_epoch=steps,
+                          epochs=config.fine_tune_epochs, replicas=replicas)
 
 
 def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_epoch, workdir,
@@ -356,11 +366,9 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
                 # Phase two: the whole network, at a lower rate, with a new optimizer.
                 with strategy.scope():
                     _set_backbone(model, True)
-                    _compile(model, config, build_schedule(
-                        ScheduleConfig("cosine", learning_rate=config.fine_tune_lr,
-                                       warmup_epochs=0.0, min_lr=config.fine_tune_lr / 20),
-                        steps_per_epoch=steps, epochs=config.fine_tune_epochs),
-                        count_examples=is_multi_worker(strategy),
+                    _compile(model, config,
+                             _fine_tune_schedule(config, steps, strategy_info.replicas),
+                             count_examples=is_multi_worker(strategy),
                         steps_per_execution=model.steps_per_execution)
             model.fit(train_ds, epochs=config.total_epochs,
                       initial_epoch=max(start_epoch, config.epochs), **fit_args)

@@ -1,0 +1,71 @@
+"""The training configuration: plain data, merged overrides, `--set`, recipes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from convlab.config import RECIPES, TrainConfig, recipe_config
+from convlab.errors import ConvlabError
+
+
+def test_config_imports_without_tensorflow_or_keras():
+    code = ("import sys, convlab.config; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_set_reaches_every_field_including_nested_ones():
+    config = TrainConfig().with_settings([
+        "weight_decay=0.05", "momentum=0.8", "schedule.min_lr=1e-6",
+        "schedule.warmup_epochs=3", "fine_tune_schedule.learning_rate=3e-5",
+        "augment.zoom=0.5", "augment.saturation=[0.5, 1.5]", "model_options.dropout=0.3",
+        "class_weights=balanced", "image_size=null", "report=false"])
+    assert (config.weight_decay, config.momentum) == (0.05, 0.8)
+    assert (config.schedule.min_lr, config.schedule.warmup_epochs) == (1e-6, 3.0)
+    assert config.fine_tune_schedule.learning_rate == 3e-5
+    assert config.augment.zoom == 0.5 and config.augment.saturation == (0.5, 1.5)
+    assert config.model_options == {"dropout": 0.3}
+    assert config.class_weights == "balanced" and config.image_size is None
+    assert config.report is False
+
+
+@pytest.mark.parametrize(("setting", "quoted"), [
+    ("epochs=ten", "epochs must be int, received: 'ten'"),
+    ("epochs=2.5", "epochs must be int, received: 2.5"),
+    ("weight_decay=yes", "weight_decay must be float"),
+    ("report=1", "report must be bool"),
+    ("schedule.min_lr=low", "schedule.min_lr must be float"),
+    ("shedule.min_lr=1", "'shedule' has no sub-fields"),
+    ("schedule.minlr=1", "unknown schedule field(s): minlr"),
+    ("epochz=3", "unknown config field(s): epochz"),
+    ("epochs", "--set takes key=value, received: 'epochs'"),
+])
+def test_bad_settings_are_one_line_errors_naming_the_value(setting, quoted):
+    with pytest.raises(ConvlabError) as err:
+        TrainConfig().with_settings([setting])
+    assert quoted in str(err.value) and "\n" not in str(err.value)
+
+
+def test_nested_overrides_merge_into_the_recipe():
+    recipe = recipe_config("squeezenet-plus")
+    changed = recipe.override(model_options={"dropout": 0.2}, schedule={"min_lr": 0.0})
+    # The recipe's layout and schedule survive a change to one of their fields.
+    assert changed.model_options == {**recipe.model_options, "dropout": 0.2}
+    assert changed.schedule.name == recipe.schedule.name == "cosine"
+    assert changed.schedule.learning_rate == recipe.schedule.learning_rate
+    assert changed.schedule.min_lr == 0.0
+
+
+def test_config_round_trips_and_old_fine_tune_lr_is_read():
+    for name in RECIPES:
+        config = recipe_config(name)
+        config.validate()
+        assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "fine_tune_schedule"}
+    config = TrainConfig.from_dict({**old, "fine_tune_lr": 2e-4})  # a run's older config.json
+    assert config.fine_tune_schedule.learning_rate == 2e-4
+    assert config.fine_tune_schedule.min_lr == pytest.approx(1e-5)
