@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need the real flower photos go through `flower_photos`."""
+"""Shared fixtures: tiny synthetic prepared datasets (`tiny_prepared`), and the real flower
+photos (`flower_photos`)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,22 @@ def flower_photos() -> Path:
     if not FLOWER_PHOTOS.is_dir():
         pytest.skip(f"real flower photos not found at {FLOWER_PHOTOS}")
     return FLOWER_PHOTOS
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """A factory of tiny prepared datasets: synthetic photos (coloured shapes, one class per
+    shape) in ROOT/src, prepared by `convlab.data.prepare` into ROOT/data, which it returns.
+    Every call makes a fresh one, so a module may change its copy."""
+    from convlab.data import prepare
+    from convlab.data.synthetic import make_folder
+
+    def make(*, classes: int = 3, per_class: int = 30, photo_size: int = 24, size: int = 16,
+             shards: int = 3, image_format: str = "JPEG", **options) -> Path:
+        root = tmp_path_factory.mktemp("tiny")
+        src = make_folder(root / "src", num_classes=classes, per_class=per_class,
+                          size=photo_size, image_format=image_format)
+        prepare(str(src), root / "data", size=size, shards=shards, progress=False, **options)
+        return root / "data"
+
+    return make

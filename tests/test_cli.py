@@ -135,6 +135,8 @@ def test_train_rejects_bad_values(prepared, capsys):
     assert "unknown model 'nosuchnet'" in capsys.readouterr().err
     assert main(["train", "squeezenet", "--data", str(prepared), "--fine-tune-epochs", "2"]) == 2
     assert "needs a pretrained backbone" in capsys.readouterr().err
+    assert main(["train", "squeezenet", "--data", str(prepared), "--set", "epochs=ten"]) == 2
+    assert "config field epochs must be int, received: 'ten'" in capsys.readouterr().err
 
 
 def test_models_lists_the_zoo_and_shows_one_summary(capsys):
@@ -155,3 +157,12 @@ def test_recipes_are_listed(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in RECIPES)
+
+
+def test_listing_recipes_and_help_do_not_load_tensorflow():
+    code = ("import sys; from convlab.cli import main; main(['recipes']); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert "efficientnet-lite0-transfer" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "False False"

@@ -15,25 +15,23 @@ import pytest
 import tensorflow as tf
 
 from convlab.data import prepare
-from convlab.data.pipeline import load
+from convlab.data.pipeline import input_plan, load, shard_policy
 from convlab.data.resolve import resolve_data
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 from convlab.runs import load_run_model
 from convlab.training import strategy as strategy_mod
-from convlab.training.distributed import check_tpu_data, shard_policy, weights_digest
+from convlab.training.distributed import check_tpu_data, weights_digest
+from convlab.training.strategy import precision_policy
 
 TRAIN = ["squeezenet", "--image-size", "16", "--batch-size", "8", "--precision", "float32",
          "--quiet", "--no-report"]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def shards(tiny_prepared):
     """96 training images in 4 equal shard files, 24 validation images."""
-    root = tmp_path_factory.mktemp("dist")
-    src = make_folder(root / "src", num_classes=3, per_class=40, size=24)
-    prepare(str(src), root / "data", size=16, shards=4, progress=False)
-    return root / "data"
+    return tiny_prepared(per_class=40, shards=4)
 
 
 def test_shard_policy_prefers_whole_files_when_they_split_evenly():
@@ -62,6 +60,10 @@ def test_sharded_pipelines_split_each_epoch_between_workers(shards, tmp_path, fi
         ds = load(data, "train", batch_size=4, seed=5, input_context=context,
                   batches_per_epoch=12, repeat=False)
         seen.append(_epoch_fingerprints(ds))
+        # The plan the trainer prints is the one `load` followed.
+        plan = input_plan(data, "train", input_context=context, needed=48)
+        assert (plan.policy, plan.records) == ("file" if files == 4 else "data", 48)
+        assert len(plan.files) == (2 if files == 4 else 1)
     assert len(seen[0]) == len(seen[1]) == 48  # 12 batches of 4 each
     assert not set(seen[0]) & set(seen[1])  # no image on both workers
     assert len(set(seen[0]) | set(seen[1])) == 96  # every training image once per epoch
@@ -193,10 +195,7 @@ def test_prepared_data_on_a_cloud_filesystem(tmp_path):
 
 
 def test_float16_gets_loss_scaling_for_gpus():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with precision_policy("mixed_float16"):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         model.compile(optimizer="adam", loss="mse")
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")

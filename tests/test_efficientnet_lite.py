@@ -16,6 +16,7 @@ from convlab.errors import ConvlabError
 from convlab.models import create_model
 from convlab.models.backbone import set_backbone_trainable
 from convlab.models.torch_weights import read_state_dict
+from convlab.training.strategy import precision_policy
 
 DAISY = 985  # ImageNet class "daisy"
 PHOTOS_PER_CLASS = 50
@@ -134,11 +135,8 @@ def test_random_init_contract_and_keras_roundtrip(tmp_path):
 
 
 def test_mixed_precision_keeps_float32_output():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with precision_policy("mixed_float16"):
         model = create_model("efficientnet_lite0", 4, image_size=32, weights=None)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("backbone").get_layer("stem_conv").compute_dtype == "float16"
     assert model.output.dtype == "float32"
 

@@ -12,24 +12,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convlab.cli.results import register
 from convlab.config import TrainConfig
-from convlab.data import load, prepare, read_manifest
+from convlab.data import load, read_manifest
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 from convlab.evaluation import evaluate, format_metrics, make_plots
-from convlab.evaluation.cli import register
 from convlab.training.trainer import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_prepared):
     """One tiny run (3 classes, 16 px, 2 epochs), trained once for the whole module."""
-    root = tmp_path_factory.mktemp("evaluation")
-    src = make_folder(root / "src", num_classes=3, per_class=30, size=24)
-    prepared = root / "data"
-    prepare(str(src), prepared, size=16, shards=2, progress=False)
+    prepared = tiny_prepared(shards=2)
+    root = prepared.parent
     run = train(TrainConfig(), data=str(prepared), model="squeezenet", image_size=16,
                 batch_size=8, epochs=2, precision="float32",
                 model_options={"layout": [[8, 16], "pool", [8, 16]]},

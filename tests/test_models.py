@@ -9,6 +9,7 @@ import pytest
 from convlab.errors import ConvlabError
 from convlab.models import create_model, list_models
 from convlab.models.backbone import set_backbone_trainable
+from convlab.training.strategy import precision_policy
 
 NUM_CLASSES = 3
 # 32 px everywhere except where the architecture needs more (Xception's entry flow: 71 px).
@@ -49,11 +50,8 @@ def assert_one_step_learns(model: keras.Model, images, labels, *, run_eagerly=Fa
 
 @pytest.fixture
 def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with precision_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("info", MODELS, ids=lambda info: info.name)
@@ -207,8 +205,7 @@ def test_set_backbone_trainable_rejects_a_model_without_backbone():
 def test_fused_batch_norm_trains_like_keras_batch_norm(policy, channels, tmp_path):
     from convlab.models.layers import FusedBatchNormalization
 
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with precision_policy(policy):
         x = np.random.RandomState(0).randn(8, 6, 6, channels).astype("float32") * 3 + 1
         plain, fused = (keras.layers.BatchNormalization(momentum=0.9),
                         FusedBatchNormalization(momentum=0.9))
@@ -232,8 +229,6 @@ def test_fused_batch_norm_trains_like_keras_batch_norm(policy, channels, tmp_pat
         # (bfloat16 rounds the inputs first: a relative error of ~1e-4 in the variance.)
         np.testing.assert_allclose(fused.moving_variance.numpy(), expected,
                                    rtol=1e-4 if policy == "float32" else 1e-3)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model = create_model("squeezenet", 3, 32)
     assert any(isinstance(layer, FusedBatchNormalization) for layer in model.layers)
     model.save(tmp_path / "m.keras")

@@ -5,19 +5,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from convlab.data import Augment, load, load_files, load_folder, prepare
+from convlab.data import Augment, load, load_files, load_folder, prepare, read_manifest
 from convlab.data.augment import augment_batch
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    src = make_folder(root / "src", num_classes=3, per_class=20, size=32, image_format="PNG")
-    manifest = prepare(str(src), root / "out", size=24, shards=4, val_fraction=0.25,
-                       progress=False)
-    return root / "out", manifest
+def prepared(tiny_prepared):
+    out = tiny_prepared(per_class=20, photo_size=32, size=24, shards=4, image_format="PNG",
+                        val_fraction=0.25)
+    return out, read_manifest(out)
 
 
 def test_training_batches_have_fixed_shapes_and_repeat(prepared):
@@ -165,7 +163,6 @@ def test_augment_takes_uint8_or_float_and_repeats_with_a_seed(zoom):
 def test_simulated_open_latency_delays_every_file_and_changes_nothing(prepared):
     import time
 
-    from convlab.data.bench import open_latency
     from convlab.data.pipeline import load_files
 
     out, _ = prepared
@@ -176,17 +173,16 @@ def test_simulated_open_latency_delays_every_file_and_changes_nothing(prepared):
         images = np.concatenate([x.numpy() for x, _ in make()])
         return images, time.perf_counter() - start
 
-    def per_file():
-        return load_files(paths, [0] * len(paths), image_size=24, batch_size=3)
+    def per_file(latency=0.0):
+        return load_files(paths, [0] * len(paths), image_size=24, batch_size=3,
+                          open_latency=latency)
 
-    def records():
-        return load(out, "validation", batch_size=4)
+    def records(latency=0.0):
+        return load(out, "validation", batch_size=4, open_latency=latency)
 
     for make in (per_file, records):
         plain, _ = epoch(make)
-        with open_latency(0.3):
-            slowed = make()
-        delayed, seconds = epoch(lambda d=slowed: d)
+        delayed, seconds = epoch(lambda m=make: m(0.3))
         np.testing.assert_array_equal(plain, delayed)
         assert seconds >= 0.3  # at least one file was opened, and each open waits
 def test_bad_augment_values_are_refused():

@@ -14,15 +14,13 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
+from convlab.cli.results import register
 from convlab.config import TrainConfig
-from convlab.data import prepare
 from convlab.data.decode import decode_and_resize
-from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 from convlab.export import TOLERANCES, Tolerance, export
 from convlab.predict import predict, run_info
 from convlab.runs import load_run_model
-from convlab.serving_cli import register
 from convlab.training.trainer import train
 
 TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "epochs": 1,
@@ -30,11 +28,8 @@ TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "epochs": 1,
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    src = make_folder(root / "src", num_classes=3, per_class=30, size=24)
-    prepare(str(src), root / "data", size=16, shards=2, progress=False)
-    return root
+def data(tiny_prepared):
+    return tiny_prepared(shards=2).parent
 
 
 @pytest.fixture(scope="module")

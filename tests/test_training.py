@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 from convlab.config import RECIPES, TrainConfig, recipe_config
-from convlab.data import prepare
-from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 from convlab.training import strategy as strategy_mod
 from convlab.training.schedules import ScheduleConfig, build_schedule, lr_per_epoch
@@ -25,11 +23,8 @@ TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "precision": "
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    src = make_folder(root / "src", num_classes=3, per_class=30, size=24)
-    prepare(str(src), root / "data", size=16, shards=3, progress=False)
-    return root / "data"
+def tiny_data(tiny_prepared):
+    return tiny_prepared()
 
 
 def weights_of(path):
@@ -262,3 +257,23 @@ def test_cached_feature_run_resumed_mid_way_ends_with_the_same_weights(tiny_data
     for a, b in zip(weights_of(cut / "model.keras"), weights_of(whole / "model.keras"),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_run_leaves_the_global_precision_policy_as_it_was(tiny_data, tmp_path):
+    before = keras.mixed_precision.global_policy().name
+    with pytest.raises(ConvlabError, match="fewer than the global batch"):
+        train(TrainConfig(), **{**TINY, "precision": "mixed_bfloat16", "batch_size": 4096},
+              data=str(tiny_data), runs_dir=str(tmp_path), progress=False)
+    assert keras.mixed_precision.global_policy().name == before == "float32"
+
+
+def test_unfreeze_on_a_recipe_without_a_backbone_is_a_one_line_error(tiny_data, tmp_path,
+                                                                    capsys):
+    from convlab.cli import main
+
+    code = main(["train", "squeezenet-plus", "--data", str(tiny_data), "--unfreeze",
+                 "--image-size", "16", "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 2  # a one-line error (no TypeError traceback), nothing trained
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no option 'trainable_backbone'" in err[0], err
+    assert not list(tmp_path.iterdir())

@@ -5,8 +5,8 @@ ingest worker processes (Pillow only) never load it.
 """
 
 from convlab.errors import ConvlabError
+from convlab.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ConvlabError", "__version__", "resume", "train"]
 
 

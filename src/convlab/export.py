@@ -29,8 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.predict import RunInfo, run_info
-from convlab.runs import load_run_model
+from convlab.runs import RunFolder, RunInfo, load_run_model, run_info
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("float16", "int8", "dynamic")
@@ -243,7 +242,7 @@ def export(
         raise ConvlabError(f"the run's prepared data ({info.prepared}) is gone; exports are "
                            "verified on it: pass data=/--data with the prepared folder")
     out = Path(out) if out is not None else (
-        info.path / "export" / (format + (f"-{quantize}" if quantize else "")))
+        RunFolder(info.path).export / (format + (f"-{quantize}" if quantize else "")))
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / ARTIFACTS[format]
     if artifact.is_dir():

@@ -8,49 +8,16 @@ reaches the model exactly as its training images did.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from convlab.data.decode import SkipImage, decode_and_resize
-from convlab.data.sources import clearly_not_photo, read_bytes
+from convlab.data.sources import read_bytes, walk_files
 from convlab.errors import ConvlabError
-from convlab.runs import check_tta, load_run_model, predict_batch, read_run
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a run folder says about the images its model expects."""
-
-    path: Path
-    image_size: int
-    classes: list[str]
-    prepared: Path | None  # the run's prepared TFRecords, when still there
-    stored_size: int  # the size the training images were prepared at
-    quality: int  # their JPEG quality
-
-
-def run_info(run: str | os.PathLike) -> RunInfo:
-    """Read a run folder's config.json (and its prepared data's manifest, when present).
-
-    Raises:
-        ConvlabError: not a run folder.
-    """
-    run, saved = read_run(run)
-    derived = saved["derived"]
-    size = int(derived["image_size"])
-    prepared = Path(derived["prepared_data"]) if derived.get("prepared_data") else None
-    manifest = prepared / "manifest.json" if prepared else None
-    if manifest is None or not manifest.is_file():
-        return RunInfo(run, size, list(derived["classes"]), None, size, 90)
-    stored = json.loads(manifest.read_text())
-    return RunInfo(run, size, list(derived["classes"]), prepared, int(stored["image_size"][0]),
-                   int(stored.get("options", {}).get("quality", 90)))
+from convlab.runs import RunInfo, check_tta, load_run_model, predict_batch, run_info
 
 
 def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
@@ -65,17 +32,11 @@ def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
     paths, skipped = [], []
     for item in map(str, inputs):
         if os.path.isdir(item):
-            for dirpath, dirnames, filenames in os.walk(item):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    path = os.path.join(dirpath, name)
-                    if clearly_not_photo(name):
-                        continue
-                    if os.path.islink(path) and not os.path.exists(path):
-                        skipped.append({"path": path, "reason": "broken link",
-                                        "detail": os.readlink(path)})
-                    else:
-                        paths.append(path)
+            for path, kind in walk_files(item):
+                if kind == "broken link":
+                    skipped.append({"path": path, "reason": kind, "detail": os.readlink(path)})
+                elif kind is None:
+                    paths.append(path)
         elif os.path.isfile(item):
             paths.append(item)
         else:

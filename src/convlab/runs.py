@@ -1,18 +1,56 @@
-"""Reading a run folder (written by `convlab train`): its config and its trained models.
+"""The run folder (written by `convlab train`): every file name in it, and reading it.
 
-One place for it, so evaluate, report, predict, export and resume agree on what a run folder
-is and say the same thing when it is not one.
+One owner for it, so train, resume, evaluate, report, predict and export agree on what a run
+folder is, name its files the same way and say the same thing when it is not one.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from convlab.errors import ConvlabError
 
 MODEL_FILES = {"best": "best.keras", "final": "model.keras"}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run folder; the only place their names are spelled."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    config = property(lambda self: self.path / "config.json")  # resolved config + derived
+    state = property(lambda self: self.path / "state.json")  # last finished epoch, best score
+    history_csv = property(lambda self: self.path / "history.csv")  # appended per epoch
+    history_json = property(lambda self: self.path / "history.json")
+    summary_json = property(lambda self: self.path / "summary.json")
+    summary_txt = property(lambda self: self.path / "summary.txt")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    best = property(lambda self: self.path / MODEL_FILES["best"])
+    final = property(lambda self: self.path / MODEL_FILES["final"])
+    logs = property(lambda self: self.path / "logs")  # TensorBoard
+    plots = property(lambda self: self.path / "plots")
+    metrics = property(lambda self: self.path / "metrics.json")  # written by evaluate
+    predictions = property(lambda self: self.path / "predictions.npz")
+    report = property(lambda self: self.path / "report.html")
+    export = property(lambda self: self.path / "export")
+
+    def checkpoint(self, epoch: int) -> Path:
+        """The full model (with optimizer state) after `epoch` finished epochs."""
+        return self.checkpoints / f"epoch-{epoch:03d}.keras"
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+    def model(self, which: str) -> Path:
+        return self.path / MODEL_FILES[which]
 
 
 def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
@@ -21,11 +59,67 @@ def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
     Raises:
         ConvlabError: not a run folder.
     """
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise ConvlabError(f"'{run}' is not a convlab run folder (no config.json); give the "
-                           "folder `convlab train` printed")
-    return run, json.loads((run / "config.json").read_text())
+    folder = RunFolder(run)
+    if not folder.config.is_file():
+        raise ConvlabError(f"'{folder.path}' is not a convlab run folder (no config.json); "
+                           "give the folder `convlab train` printed")
+    return folder.path, json.loads(folder.config.read_text())
+
+
+def last_checkpoint(run: str | os.PathLike) -> tuple[int, Path] | None:
+    """(epochs finished, their checkpoint) of a run folder; None before its first epoch."""
+    folder = RunFolder(run)
+    if not folder.state.exists():
+        return None
+    epoch = json.loads(folder.state.read_text())["epoch"]
+    return epoch, folder.checkpoint(epoch)
+
+
+def history_rows(run: str | os.PathLike) -> list[dict]:
+    """The per-epoch rows of history.csv (epoch counted from 0, as Keras writes it)."""
+    path = RunFolder(run).history_csv
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run folder says about the images its model expects."""
+
+    path: Path
+    image_size: int
+    classes: list[str]
+    prepared: Path | None  # the run's prepared TFRecords, when still there
+    stored_size: int  # the size the training images were prepared at
+    quality: int  # their JPEG quality
+
+
+DEFAULT_QUALITY = 90  # `convlab data prepare`'s; for runs that did not record theirs
+
+
+def run_info(run: str | os.PathLike) -> RunInfo:
+    """What predict and export need, from config.json (recorded at training time; runs made
+    before that recorded it are completed from their prepared data's manifest).
+
+    Raises:
+        ConvlabError: not a run folder.
+    """
+    run, saved = read_run(run)
+    derived = saved["derived"]
+    size = int(derived["image_size"])
+    prepared = Path(derived["prepared_data"]) if derived.get("prepared_data") else None
+    if prepared is not None and not (prepared / "manifest.json").is_file():
+        prepared = None
+    stored, quality = derived.get("stored_size"), derived.get("jpeg_quality")
+    if (stored is None or quality is None) and prepared is not None:
+        manifest = json.loads((prepared / "manifest.json").read_text())
+        stored = stored or int(manifest["image_size"][0])
+        quality = quality or int(manifest.get("options", {}).get("quality", DEFAULT_QUALITY))
+    return RunInfo(run, size, list(derived["classes"]), prepared, int(stored or size),
+                   int(quality or DEFAULT_QUALITY))
 
 
 def load_run_model(run: str | os.PathLike, which: str = "best"):
@@ -37,9 +131,9 @@ def load_run_model(run: str | os.PathLike, which: str = "best"):
     if which not in MODEL_FILES:
         raise ConvlabError(f"--model must be 'best' or 'final', received: {which!r}")
     run = Path(run)
-    path = run / MODEL_FILES[which]
+    path = RunFolder(run).model(which)
     if which == "best" and not path.exists():
-        path = run / MODEL_FILES["final"]  # no validation split: nothing was ever "best"
+        path = RunFolder(run).final  # no validation split: nothing was ever "best"
     if not path.is_file():
         raise ConvlabError(f"run '{run}' has no {path.name} (unfinished run?); continue it "
                            f"with `convlab train --resume {run}`")

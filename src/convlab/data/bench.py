@@ -12,7 +12,6 @@ first waits that long. Waits overlap as far as each pipeline reads files in para
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
@@ -36,18 +35,6 @@ def _epoch_rate(ds) -> float:
     for images, _ in ds:
         n += int(images.shape[0])
     return n / (time.perf_counter() - start)
-
-
-@contextlib.contextmanager
-def open_latency(seconds: float):
-    """Pipelines built inside wait `seconds` before opening each file (simulated storage)."""
-    from convlab.data import pipeline
-
-    saved, pipeline._OPEN_LATENCY = pipeline._OPEN_LATENCY, seconds
-    try:
-        yield
-    finally:
-        pipeline._OPEN_LATENCY = saved
 
 
 def _decode_rate(jpegs: list[bytes], batch_size: int) -> float:
@@ -91,7 +78,8 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
     inputs = [i for i in manifest["inputs"] if i["split"] in split_name]
     classes = {c: i for i, c in enumerate(manifest["classes"])}
     size = manifest["image_size"][0]
-    common = {"batch_size": batch_size, "training": True, "repeat": False, "seed": 0}
+    common = {"batch_size": batch_size, "training": True, "repeat": False, "seed": 0,
+              "open_latency": latency_ms / 1000}
     jpegs = [parse_example(record, IMAGE_AND_CLASS)["image"].numpy()
              for record in tf.data.TFRecordDataset(files)]
 
@@ -112,8 +100,7 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
             results.setdefault(("decode only", "bytes in memory", False), []).append(
                 _decode_rate(jpegs, batch_size))
             for kind, cache, augment, make in variants():
-                with open_latency(latency_ms / 1000):
-                    ds = make()
+                ds = make()
                 if cache != "none":
                     _epoch_rate(ds)  # fill the cache
                 results.setdefault((kind, cache, augment), []).append(_epoch_rate(ds))

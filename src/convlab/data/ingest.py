@@ -22,13 +22,13 @@ from pathlib import Path
 from convlab.data import decode
 from convlab.data.sources import (
     Scan,
-    cache_dir,
     file_sha256,
     is_remote,
     read_bytes,
     scan_source,
 )
 from convlab.errors import ConvlabError
+from convlab.files import cache_dir, write_text_atomic
 
 MANIFEST = "manifest.json"
 STATE = ".convlab-prepare.json"
@@ -203,9 +203,7 @@ def _claim_output(out: Path, fingerprint: str, source: str, overwrite: bool) -> 
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 # ---- the whole job ----
@@ -377,7 +375,7 @@ def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
 
 def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup_groups,
               fingerprint, started) -> dict:
-    from convlab import __version__
+    from convlab.version import __version__
 
     failures = [f for r in records for f in r["failures"]]
     skipped = sorted(skipped + failures, key=lambda s: s["path"])

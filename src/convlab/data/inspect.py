@@ -7,6 +7,7 @@ from pathlib import Path
 
 from convlab.data.ingest import MANIFEST, read_manifest
 from convlab.errors import ConvlabError
+from convlab.files import figure
 
 
 def counts(path: str | os.PathLike) -> dict:
@@ -67,17 +68,13 @@ def _samples(path: Path, split: str, n: int, size: int | None):
 def sample_grid(path: str | os.PathLike, out_png: str | os.PathLike, *, split: str = "train",
                 count: int = 25, image_size: int | None = None) -> Path:
     """Write a grid of sample images with their class names to `out_png`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     samples = _samples(Path(path), split, count, image_size)
     if not samples:
         raise ConvlabError(f"no decodable images found in '{path}'")
     cols = min(len(samples), 5)
     rows = -(-len(samples) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    fig = figure(figsize=(2.2 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, label) in zip(axes.flat, samples, strict=False):
@@ -87,5 +84,4 @@ def sample_grid(path: str | os.PathLike, out_png: str | os.PathLike, *, split: s
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
-    plt.close(fig)
     return out_png

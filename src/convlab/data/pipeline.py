@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -16,7 +17,6 @@ from convlab.data.augment import Augment, augment_batch
 from convlab.data.ingest import join, read_manifest
 from convlab.data.tfrecord import IMAGE_AND_CLASS, parse_example
 from convlab.errors import ConvlabError
-from convlab.training.distributed import shard_policy
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation"}
@@ -52,16 +52,66 @@ def resize_to_square(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(tf.cond(square, lambda: image, resize), [size, size, 3])
 
 
-# Simulated storage latency (seconds per file opened), for benchmarks only: see
-# `convlab.data.bench.open_latency`. Read when a pipeline is built.
-_OPEN_LATENCY = 0.0
+def shard_policy(shard_counts: list[int], pipelines: int, needed: int | None) -> str:
+    """"file" when every input pipeline gets whole shard files holding at least `needed`
+    records (the records one epoch takes from it), else "data" (every pipeline reads all
+    files and keeps every `pipelines`-th record). With one pipeline: "off"."""
+    if pipelines <= 1:
+        return "off"
+    if len(shard_counts) < pipelines:
+        return "data"
+    per_pipeline = [sum(shard_counts[i::pipelines]) for i in range(pipelines)]
+    return "file" if needed is None or min(per_pipeline) >= needed else "data"
 
 
-def _after_latency(path: tf.Tensor) -> tf.Tensor:
-    """`path`, returned after sleeping _OPEN_LATENCY seconds (like one cloud storage request)."""
-    if not _OPEN_LATENCY:
+@dataclass(frozen=True)
+class InputPlan:
+    """What one input pipeline of a split reads: decided here, reported to the trainer."""
+
+    split: str
+    policy: str  # "off" (one pipeline), "file" (whole shard files) or "data" (every k-th record)
+    pipelines: int
+    index: int  # this pipeline's
+    files: list[str]  # the shard files it opens
+    records: int  # the records it reads per pass
+    shard_files: int  # of the whole split
+
+    def describe(self) -> str:
+        how = {"off": "all of it (one input pipeline)",
+               "file": f"shard files {self.index}, {self.index + self.pipelines}, ... of "
+                       f"{self.shard_files}",
+               "data": f"one record in {self.pipelines}, starting at record {self.index} "
+                       f"({self.shard_files} shard files are too few or too uneven to split)"}
+        return (f"input ({self.split}): pipeline {self.index + 1} of {self.pipelines} reads "
+                f"{how[self.policy]}")
+
+
+def input_plan(path: str | os.PathLike, split: str = "train", *,
+               input_context: tf.distribute.InputContext | None = None,
+               needed: int | None = None) -> InputPlan:
+    """The part of `split` one input pipeline reads (`load` reads exactly this).
+
+    Args:
+        input_context: which pipeline of how many (None: the only one).
+        needed: records the pipeline must yield per epoch (training: steps x its batch);
+            whole shard files are used only when every pipeline's files hold that many.
+    """
+    files, counts, _ = shard_files(path, split)
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    index = input_context.input_pipeline_id if input_context else 0
+    policy = shard_policy(counts, pipelines, needed)
+    if policy == "file":
+        mine, records = files[index::pipelines], sum(counts[index::pipelines])
+    else:
+        mine, records = files, len(range(index, sum(counts), pipelines))
+    return InputPlan(SPLIT_ALIASES.get(split, split), policy, pipelines, index, mine, records,
+                     len(files))
+
+
+def _after_latency(path: tf.Tensor, delay: float) -> tf.Tensor:
+    """`path`, returned after sleeping `delay` seconds (like one cloud storage request)."""
+    if not delay:
         return path
-    delay = _OPEN_LATENCY
 
     def wait(p):
         time.sleep(delay)  # releases the GIL: concurrent opens overlap, as real requests do
@@ -154,6 +204,7 @@ def load(
     start_epoch: int = 0,
     input_context: tf.distribute.InputContext | None = None,
     batches_per_epoch: int | None = None,
+    open_latency: float = 0.0,
 ) -> tf.data.Dataset:
     """A batched dataset of (images, labels) from a prepared TFRecord folder.
 
@@ -181,11 +232,13 @@ def load(
             every k-th record otherwise (`convlab.training.distributed.shard_policy`).
         batches_per_epoch: training: take exactly this many batches per epoch (every
             worker must run the same number of steps).
+        open_latency: benchmarks only: wait this many seconds before opening each file
+            (simulated cloud storage; see `convlab data bench --latency-ms`).
 
     Returns:
         A `tf.data.Dataset` of (float32 images in [0, 1], int32 labels).
     """
-    files, counts, manifest = shard_files(path, split)
+    manifest = read_manifest(path)
     training = (SPLIT_ALIASES.get(split, split) == "train") if training is None else training
     deterministic = (not training) if deterministic is None else deterministic
     size = image_size or manifest["image_size"][0]
@@ -195,17 +248,11 @@ def load(
     # pixels (the zoom crop does the resize) instead of zooming into a downscaled copy.
     crop_size = size if augment is not None and augment.zoom and stored > size else None
     decode_size = stored if crop_size else size
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    index = input_context.input_pipeline_id if input_context else 0
     needed = batches_per_epoch * batch_size if training and batches_per_epoch else None
-    policy = shard_policy(counts, pipelines, needed)
-    if policy == "file":
-        files, counts = files[index::pipelines], counts[index::pipelines]
-        count = sum(counts)
-    else:
-        count = len(range(index, sum(counts), pipelines))
-        # Every pipeline must see the records in the same order to keep disjoint parts.
-        deterministic = deterministic or policy == "data"
+    plan = input_plan(path, split, input_context=input_context, needed=needed)
+    files, count, pipelines = plan.files, plan.records, plan.pipelines
+    # Every pipeline must see the records in the same order to keep disjoint parts.
+    deterministic = deterministic or plan.policy == "data"
 
     def decode(serialized):
         example = parse_example(serialized, IMAGE_AND_CLASS)
@@ -221,11 +268,11 @@ def load(
             ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=False)
         # Read several shards at once; order-agnostic unless asked, so a slow file never
         # stalls the others.
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(_after_latency(f)),
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(_after_latency(f, open_latency)),
                            cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
                            deterministic=deterministic)
-        if policy == "data":
-            ds = ds.shard(pipelines, index)  # before decoding: skipped records cost little
+        if plan.policy == "data":
+            ds = ds.shard(pipelines, plan.index)  # before decoding: skipped records cost little
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if pipelines > 1:
             # Left unknown on purpose: the parts may differ by a batch, and a worker that
@@ -257,6 +304,7 @@ def load_files(
     drop_remainder: bool | None = None,
     seed: int | None = None,
     start_epoch: int = 0,
+    open_latency: float = 0.0,
 ) -> tf.data.Dataset:
     """The per-file path (the codelab's "slow" way): read and decode each image file.
 
@@ -265,7 +313,7 @@ def load_files(
     """
 
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(_after_latency(path)), channels=3,
+        image = tf.io.decode_image(tf.io.read_file(_after_latency(path, open_latency)), channels=3,
                                    expand_animations=False)
         return resize_to_square(image, image_size), tf.cast(label, tf.int32)
 

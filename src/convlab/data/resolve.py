@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from convlab.data.ingest import MANIFEST, join, prepare
-from convlab.data.sources import cache_dir, is_remote
+from convlab.data.sources import is_remote
+from convlab.files import cache_dir
 
 
 def resolve_data(spec: str | os.PathLike, image_size: int, *,

@@ -14,10 +14,12 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlab.errors import ConvlabError
+from convlab.files import cache_dir
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 # From TensorFlow Datasets' url_checksums/tf_flowers.txt.
@@ -31,11 +33,6 @@ NOT_PHOTO_SUFFIXES = frozenset(
     ".txt .csv .tsv .md .rst .json .jsonl .xml .yaml .yml .html .htm .pdf .doc .docx .py .ipynb"
     " .ini .log .db .sqlite .zip .tar .gz .tgz .7z .rar .mp4 .mov .avi .mp3 .wav .xmp .aae".split()
 )
-
-
-def cache_dir() -> Path:
-    """convlab's cache: $CONVLAB_CACHE, else ~/.cache/convlab."""
-    return Path(os.environ.get("CONVLAB_CACHE", Path.home() / ".cache" / "convlab"))
 
 
 @dataclass(frozen=True)
@@ -71,14 +68,32 @@ def clearly_not_photo(name: str) -> bool:
     )
 
 
-def _add_file(scan: Scan, path: str, label: str) -> None:
-    name = os.path.basename(path)
-    if clearly_not_photo(name):
+def file_kind(path: str) -> str | None:
+    """None for a local file to try as an image, "ignored" for one that is clearly not a
+    photo (`.txt`, `.DS_Store`, ...), "broken link" for a link to nothing."""
+    if clearly_not_photo(os.path.basename(path)):
+        return "ignored"
+    if os.path.islink(path) and not os.path.exists(path):
+        return "broken link"
+    return None
+
+
+def walk_files(folder: str | os.PathLike) -> Iterator[tuple[str, str | None]]:
+    """(path, `file_kind`) of every file under `folder`: sorted, hidden folders skipped,
+    links not followed. Ingest and predict walk folders through this."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            yield path, file_kind(path)
+
+
+def _add_file(scan: Scan, path: str, label: str, kind: str | None) -> None:
+    if kind == "ignored":
         scan.ignored.append(path)
-    elif os.path.islink(path) and not os.path.exists(path):
-        scan.skipped.append(
-            {"path": path, "class": label, "reason": "broken link", "detail": os.readlink(path)}
-        )
+    elif kind == "broken link":
+        scan.skipped.append({"path": path, "class": label, "reason": kind,
+                             "detail": os.readlink(path)})
     else:
         scan.candidates.append(Candidate(path, label))
 
@@ -116,10 +131,8 @@ def scan_folder(root: str | os.PathLike) -> Scan:
         )
     for class_dir in class_dirs:
         before = len(scan.candidates)
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                _add_file(scan, os.path.join(dirpath, name), class_dir.name)
+        for path, kind in walk_files(class_dir):
+            _add_file(scan, path, class_dir.name, kind)
         if len(scan.candidates) == before:
             scan.empty_classes.append(class_dir.name)
     return scan
@@ -143,12 +156,8 @@ def scan_pattern(pattern: str) -> Scan:
         if isdir(path):
             continue
         label = os.path.basename(os.path.dirname(path.rstrip("/")))
-        if not is_remote(path):
-            _add_file(scan, path, label)
-        elif clearly_not_photo(os.path.basename(path)):
-            scan.ignored.append(path)
-        else:
-            scan.candidates.append(Candidate(path, label))
+        remote = "ignored" if clearly_not_photo(os.path.basename(path)) else None
+        _add_file(scan, path, label, remote if is_remote(path) else file_kind(path))
     if not scan.candidates and not scan.skipped:
         raise ConvlabError(f"no files match '{pattern}'; check the pattern")
     return scan

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.runs import check_tta, load_run_model, predict_batch, read_run
+from convlab.runs import RunFolder, check_tta, load_run_model, predict_batch, read_run
 
-METRICS = "metrics.json"
-PREDICTIONS = "predictions.npz"
 GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
 
@@ -167,10 +165,10 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=everyone).tolist(),
         "confusion_matrix_normalized": skm.confusion_matrix(
             y, pred, labels=everyone, normalize="true").round(4).tolist(),
-        "predictions": PREDICTIONS,
+        "predictions": RunFolder(run).predictions.name,
     }
     _save_predictions(run, y, probs, datasets)
-    (run / METRICS).write_text(json.dumps(metrics, indent=1))
+    RunFolder(run).metrics.write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -189,13 +187,13 @@ def _save_predictions(run: Path, y: np.ndarray, probs: np.ndarray, datasets: lis
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:GALLERY_IMAGES]
     grid = np.arange(min(GRID_IMAGES, len(y)))
     shown = np.union1d(grid, wrong)
-    np.savez_compressed(run / PREDICTIONS, labels=y, probabilities=probs, grid=grid,
+    np.savez_compressed(RunFolder(run).predictions, labels=y, probabilities=probs, grid=grid,
                         mistakes=wrong, image_index=shown, images=_gather(datasets, shown))
 
 
 def load_metrics(run: str | os.PathLike) -> dict | None:
     """The run's metrics.json, or None if it was never evaluated."""
-    path = Path(run) / METRICS
+    path = RunFolder(run).metrics
     return json.loads(path.read_text()) if path.exists() else None
 
 

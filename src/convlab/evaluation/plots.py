@@ -10,43 +10,33 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.evaluation.metrics import METRICS, PREDICTIONS
-from convlab.runs import read_run
+from convlab.files import figure
+from convlab.runs import RunFolder, read_run
 
 RIGHT, WRONG = "#1b5e20", "#c62828"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
     return path
 
 
 def _history(run: Path) -> list[dict]:
-    path = run / "history.json"
+    path = RunFolder(run).history_json
     if not path.exists():
-        raise ConvlabError(f"run '{run}' has no history.json; did its training finish?")
+        raise ConvlabError(f"run '{run}' has no {path.name}; did its training finish?")
     return json.loads(path.read_text())
 
 
 def training_curves(run: str | os.PathLike) -> Path:
     """Accuracy and loss per epoch (train vs validation) and the learning rate per epoch."""
-    plt = _pyplot()
     run, saved = read_run(run)
     history = _history(run)
     epochs = [h["epoch"] + 1 for h in history]
     lrs = saved["derived"].get("lr_per_epoch") or []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=False):
         ax.plot(epochs, [h[metric] for h in history], "o-", label="train")
         if any(f"val_{metric}" in h for h in history):
@@ -66,20 +56,20 @@ def training_curves(run: str | os.PathLike) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(run.name)
     fig.tight_layout()
-    return _save(fig, run / "plots" / "training_curves.png")
+    return _save(fig, RunFolder(run).plot("training_curves"))
 
 
 def confusion_matrix(run: str | os.PathLike, metrics: dict | None = None) -> Path:
     """Heat map of the row-normalised confusion matrix, each cell labelled count and %."""
-    plt = _pyplot()
     run = Path(run)
-    metrics = metrics or json.loads((run / METRICS).read_text())
+    metrics = metrics or json.loads(RunFolder(run).metrics.read_text())
     counts = np.array(metrics["confusion_matrix"])
     norm = np.array(metrics["confusion_matrix_normalized"])
     classes = metrics["classes"]
     n = len(classes)
     side = min(max(4.5, 0.7 * n + 2.5), 24)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig = figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else
@@ -96,24 +86,23 @@ def confusion_matrix(run: str | os.PathLike, metrics: dict | None = None) -> Pat
     ax.set_title(f"confusion matrix: {metrics['images']} {metrics['split']} images, "
                  f"accuracy {metrics['accuracy']:.1%}")
     fig.tight_layout()
-    return _save(fig, run / "plots" / "confusion_matrix.png")
+    return _save(fig, RunFolder(run).plot("confusion_matrix"))
 
 
 def _predictions(run: Path) -> dict:
-    path = run / PREDICTIONS
+    path = RunFolder(run).predictions
     if not path.exists():
-        raise ConvlabError(f"run '{run}' has no {PREDICTIONS}; run `convlab evaluate {run}`")
+        raise ConvlabError(f"run '{run}' has no {path.name}; run `convlab evaluate {run}`")
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
 
 
 def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
-    plt = _pyplot()
     where = {int(i): k for k, i in enumerate(pred["image_index"])}
     cols = min(max(len(indices), 1), 5)
     rows = max(1, -(-len(indices) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.5),
-                             squeeze=False)
+    fig = figure(figsize=(2.6 * cols, 2.9 * rows + 0.5))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, indices, strict=False):
@@ -142,7 +131,7 @@ def predictions(run: str | os.PathLike) -> Path:
                 .sum())
     fig = _gallery(pred["grid"], pred, saved["derived"]["classes"],
                    f"predictions ({wrong} of {len(pred['grid'])} wrong, in red)", False)
-    return _save(fig, run / "plots" / "predictions.png")
+    return _save(fig, RunFolder(run).plot("predictions"))
 
 
 def mistakes(run: str | os.PathLike) -> Path:
@@ -152,7 +141,7 @@ def mistakes(run: str | os.PathLike) -> Path:
     total = int((pred["probabilities"].argmax(1) != pred["labels"]).sum())
     fig = _gallery(pred["mistakes"], pred, saved["derived"]["classes"],
                    f"most confident mistakes ({len(pred['mistakes'])} of {total})", True)
-    return _save(fig, run / "plots" / "mistakes.png")
+    return _save(fig, RunFolder(run).plot("mistakes"))
 
 
 def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
@@ -161,7 +150,6 @@ def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
     from convlab.data.ingest import MANIFEST, read_manifest
     from convlab.data.pipeline import load
 
-    plt = _pyplot()
     run, saved = read_run(run)
     config = TrainConfig.from_dict(saved["config"])
     prepared = Path(saved["derived"]["prepared_data"])
@@ -174,7 +162,8 @@ def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
               "training": True, "seed": config.seed, "cache": False, "deterministic": True}
     plain, labels = next(iter(load(prepared, "train", augment=None, **common)))
     augmented, _ = next(iter(load(prepared, "train", augment=config.augment, **common)))
-    fig, axes = plt.subplots(2, count, figsize=(1.9 * count, 4.6), squeeze=False)
+    fig = figure(figsize=(1.9 * count, 4.6))
+    axes = fig.subplots(2, count, squeeze=False)
     for k in range(count):
         for row, images in enumerate((plain, augmented)):
             axes[row, k].imshow(images[k].numpy(), interpolation="nearest")
@@ -186,7 +175,7 @@ def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
     what = _describe(config.augment)
     fig.suptitle(f"training augmentation: {what}", fontsize=12)
     fig.tight_layout()
-    return _save(fig, run / "plots" / "augmentation.png")
+    return _save(fig, RunFolder(run).plot("augmentation"))
 
 
 def _describe(augment) -> str:

@@ -13,9 +13,9 @@ import time
 from html import escape
 from pathlib import Path
 
-from convlab.evaluation.metrics import PREDICTIONS, evaluate, load_metrics, summary_line
+from convlab.evaluation.metrics import evaluate, load_metrics, summary_line
 from convlab.evaluation.plots import make_plots
-from convlab.runs import load_run_model, read_run
+from convlab.runs import RunFolder, load_run_model, read_run
 
 CSS = """
 *{box-sizing:border-box}
@@ -148,7 +148,7 @@ def _figures(plots: Path) -> str:
 
 
 def _model_summary(run: Path, metrics: dict) -> str:
-    model, _ = load_run_model(run, "final" if metrics["model_file"] == "model.keras" else "best")
+    model, _ = load_run_model(run, "final" if metrics["model_file"] == RunFolder(run).final.name else "best")
     lines: list[str] = []
     # Keras renders the summary with rich, whose console is 80 columns wide unless COLUMNS
     # says otherwise: the table's right edge would be cut off.
@@ -179,14 +179,14 @@ def report(run: str | os.PathLike) -> Path:
     Raises:
         ConvlabError: not a run folder, or its model or data are missing.
     """
-    from convlab import __version__
+    from convlab.version import __version__
 
     run, saved = read_run(run)
     metrics = load_metrics(run)
-    if metrics is None or not (run / PREDICTIONS).exists():
+    if metrics is None or not RunFolder(run).predictions.exists():
         metrics = evaluate(run)
     make_plots(run)
-    summary_path = run / "summary.json"
+    summary_path = RunFolder(run).summary_json
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     config = json.dumps(saved, indent=2)
     subtitle = (f"{saved['config']['model']} on {summary.get('data', saved['config']['data'])}"
@@ -202,12 +202,12 @@ def report(run: str | os.PathLike) -> Path:
 <section><h2>Run</h2>{_run_table(run, saved, summary)}</section>
 <section><h2>Training: final and best epoch</h2>{_epochs_table(summary)}</section>
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
-<section><h2>Plots</h2>{_figures(run / "plots")}</section>
+<section><h2>Plots</h2>{_figures(RunFolder(run).plots)}</section>
 <section><h2>Model</h2><pre>{escape(_model_summary(run, metrics))}</pre></section>
 <section><h2>Resolved config</h2><pre>{escape(config)}</pre></section>
 <footer>convlab {escape(__version__)} · {escape(time.strftime("%Y-%m-%d %H:%M:%S"))}</footer>
 </main></body></html>
 """
-    out = run / "report.html"
+    out = RunFolder(run).report
     out.write_text(page, encoding="utf-8")
     return out

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from convlab.errors import ConvlabError
-
-# Families are imported on first use so that `convlab models` does not pay for all of them.
-_FAMILY_MODULES = ("dense", "convnet", "squeezenet", "applications", "efficientnet_lite")
 
 
 @dataclass(frozen=True)
@@ -49,13 +47,10 @@ def register_model(name: str, *, image_size: int, description: str, pretrained: 
 
 
 def _load_families() -> None:
-    for module in _FAMILY_MODULES:
-        try:
-            importlib.import_module(f"convlab.models.{module}")
-        except ModuleNotFoundError as err:
-            # A family not written yet is simply absent; any other missing import is a bug.
-            if err.name != f"convlab.models.{module}":
-                raise
+    """Import every module of this package once: each family registers its models when
+    imported, so a new family is one new file here."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def list_models() -> list[ModelInfo]:

@@ -9,14 +9,12 @@ and a fine-tuning phase.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import keras
 
 from convlab.errors import ConvlabError
 from convlab.models import register_model
-from convlab.models.backbone import set_backbone_trainable
+from convlab.models.backbone import resolve_weights, set_backbone_trainable
+from convlab.models.layers import check_dropout, check_min_size, classifier_head
 
 __all__ = ["mobilenetv2", "set_backbone_trainable", "xception"]
 
@@ -24,19 +22,6 @@ _WAY_OUT = (
     "use weights=None (CLI: --weights none) to train from scratch, "
     "or weights='path/to/weights_notop.h5' (a local weights file)"
 )
-
-
-def _resolve_weights(weights) -> str | None:
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
-        return None
-    if weights == "imagenet":
-        return "imagenet"
-    if isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
-        return str(weights)
-    raise ConvlabError(
-        f"weights must be 'imagenet', None/'none' or the path of an existing weights file. "
-        f"Received: weights={weights!r}"
-    )
 
 
 def _backbone(application, image_size: int, weights: str | None) -> keras.Model:
@@ -63,15 +48,6 @@ def _backbone(application, image_size: int, weights: str | None) -> keras.Model:
         raise
 
 
-def _check_options(name: str, image_size: int, min_size: int, dropout: float) -> None:
-    if image_size < min_size:
-        raise ConvlabError(
-            f"{name} needs at least {min_size} px. Received: image_size={image_size}"
-        )
-    if not 0 <= dropout < 1:
-        raise ConvlabError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
-
-
 def _classifier(
     backbone, num_classes, image_size, *, pretrained, trainable_backbone, dropout, name
 ):
@@ -79,12 +55,7 @@ def _classifier(
     x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
     # As in the Keras fine-tuning guide; `set_backbone_trainable` holds BN in inference mode.
     x = backbone(x, training=False) if pretrained else backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
-    model = keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, classifier_head(x, num_classes, dropout=dropout), name=name)
     # Updating pretrained BN statistics from small fine-tuning batches would wreck them, so they
     # stay in inference mode; a backbone trained from scratch must learn its statistics.
     set_backbone_trainable(model, trainable_backbone, train_batch_norm=not pretrained)
@@ -94,8 +65,9 @@ def _classifier(
 def _application_model(application, name: str, min_size: int, num_classes: int,
                        image_size: int, weights, trainable_backbone: bool,
                        dropout: float) -> keras.Model:
-    weights = _resolve_weights(weights)
-    _check_options(name, image_size, min_size, dropout)
+    weights = resolve_weights(weights, _WAY_OUT)
+    check_min_size(name, image_size, min_size)
+    check_dropout(dropout)
     backbone = _backbone(application, image_size, weights)
     return _classifier(backbone, num_classes, image_size, pretrained=weights is not None,
                        trainable_backbone=trainable_backbone, dropout=dropout, name=name)

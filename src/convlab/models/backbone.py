@@ -6,6 +6,9 @@ sub-model named "backbone" between the input rescaling and the classification he
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 
 from convlab.errors import ConvlabError
@@ -44,3 +47,18 @@ def set_backbone_trainable(
         # call override `training=False` on the backbone (keras-team/keras#20285).
         is_frozen_bn = not train_batch_norm and isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = bool(trainable) and not is_frozen_bn
+
+
+def resolve_weights(weights, way_out: str, suffixes: tuple[str, ...] = ()) -> str | None:
+    """The `weights` option of a pretrained family, normalised: None (random init, also
+    for "none"), "imagenet", or the path of an existing file (ending in one of `suffixes`,
+    when given). Anything else: a one-line error naming the value and `way_out`."""
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if (isinstance(weights, (str, os.PathLike)) and Path(weights).is_file()
+            and (not suffixes or str(weights).endswith(suffixes))):
+        return str(weights)
+    raise ConvlabError(f"weights must be 'imagenet', None/'none' or an existing weights file "
+                       f"({way_out}), received: weights={str(weights)!r}")

@@ -13,6 +13,7 @@ import keras
 
 from convlab.errors import ConvlabError
 from convlab.models import register_model
+from convlab.models.layers import classifier_head
 
 # (kernel size, filters) for a conv + relu, or "pool" for a 2x2 max pool.
 LAYOUT = (
@@ -65,11 +66,7 @@ def convnet(num_classes: int, image_size: int, *, head: str = "gap") -> keras.Mo
             )(x)
     # Averaging each final feature map keeps the head tiny and independent of the image size:
     # 41 weights per class here, against 5,761 per class for "flatten" at 192 px.
-    if head == "gap":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    else:
+    if head == "flatten":
         x = keras.layers.Flatten(name="flatten")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    outputs = classifier_head(x, num_classes, pool=head == "gap")
     return keras.Model(inputs, outputs, name="convnet")

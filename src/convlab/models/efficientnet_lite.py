@@ -10,7 +10,7 @@ The variants scale EfficientNet-B0's stages in width and depth as the Lite famil
 (32) and head (1280) stay fixed, and so do the first and last stages' repeats.
 
 Model layout: image [0, 1] -> "backbone" (a sub-model: rescaling, stem, MBConv blocks, 1x1
-head conv; a 1280-channel feature map) -> "avg_pool" -> "head_dropout" -> "predictions".
+head conv; a 1280-channel feature map) -> "avg_pool" -> "dropout" -> "predictions".
 Unfreeze the backbone for fine-tuning with `set_backbone_trainable(model, True)` (from
 `convlab.models.backbone`, re-exported here), then recompile.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,8 +27,10 @@ import keras
 import numpy as np
 
 from convlab.errors import ConvlabError
+from convlab.files import atomic_path, cache_dir
 from convlab.models import register_model
-from convlab.models.backbone import set_backbone_trainable
+from convlab.models.backbone import resolve_weights, set_backbone_trainable
+from convlab.models.layers import check_dropout, check_min_size, classifier_head
 from convlab.models.torch_weights import read_state_dict
 
 __all__ = ["VARIANTS", "build_backbone", "set_backbone_trainable"]
@@ -190,8 +191,7 @@ def _assign_state_dict(model, state: dict[str, np.ndarray], head: bool, source) 
 
 
 def _cache_file(variant: str) -> Path:
-    root = Path(os.environ.get("CONVLAB_CACHE") or Path.home() / ".cache" / "convlab")
-    return root.expanduser() / "weights" / f"efficientnet_{variant}_imagenet.weights.h5"
+    return cache_dir("weights", f"efficientnet_{variant}_imagenet.weights.h5")
 
 
 def packaged_pth(variant: str = "lite0") -> Path:
@@ -217,12 +217,8 @@ def _imagenet_weights_file(variant: str) -> Path:
         _assign_state_dict(reference, read_state_dict(pth), head=True, source=pth)
         cache.parent.mkdir(parents=True, exist_ok=True)
         # Written aside then renamed, so a concurrent or interrupted run never sees half a file.
-        tmp = cache.with_name(f"{cache.name.split('.')[0]}.tmp{os.getpid()}.weights.h5")
-        try:
+        with atomic_path(cache) as tmp:
             reference.save_weights(tmp)
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
     return cache
 
 
@@ -233,12 +229,8 @@ def _build(variant: str, num_classes: int, image_size: int, dropout: float,
     # Pretrained statistics stay in inference mode. training=False states that intent, but an
     # outer training=True overrides it in Keras 3: the non-trainable BN layers enforce it.
     x = backbone(inputs, training=False) if pretrained else backbone(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
-    return keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
+    return keras.Model(inputs, classifier_head(x, num_classes, dropout=dropout),
+                       name=f"efficientnet_{variant}")
 
 
 def _efficientnet_lite(
@@ -269,19 +261,10 @@ def _efficientnet_lite(
     """
     name = f"efficientnet_{variant}"
     dropout = VARIANTS[variant].dropout if dropout is None else dropout
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
-    if weights not in (None, "imagenet"):
-        path = Path(weights)
-        if not (path.name.endswith((".pth", ".weights.h5")) and path.is_file()):
-            raise ConvlabError(
-                f"weights must be 'imagenet', None, or an existing .pth or .weights.h5 file, "
-                f"received: weights={str(weights)!r}"
-            )
-    if image_size < 32:
-        raise ConvlabError(f"{name} needs image_size >= 32, received: {image_size}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConvlabError(f"dropout must be in [0, 1), received: dropout={dropout!r}")
+    weights = resolve_weights(weights, "a .pth state dict or a .weights.h5 of this model",
+                              suffixes=(".pth", ".weights.h5"))
+    check_min_size(name, image_size, 32)
+    check_dropout(dropout)
     if imagenet_head and (num_classes != 1000 or weights is None):
         raise ConvlabError(
             "imagenet_head=True needs num_classes=1000 and pretrained weights, received: "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from convlab.errors import ConvlabError
+
 
 @keras.saving.register_keras_serializable(package="convlab")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
@@ -58,3 +60,29 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         self.moving_mean.assign(self.moving_mean * m + mean * (1 - m))
         self.moving_variance.assign(self.moving_variance * m + variance * (1 - m))
         return y
+
+
+def classifier_head(x, num_classes: int, *, dropout: float = 0.0, pool: bool = True):
+    """The head every convlab model ends with: global average pooling ("avg_pool"), dropout
+    when asked ("dropout"), and a softmax ("predictions") computed in float32, so the
+    probabilities stay exact under mixed precision. Cached-feature training
+    (`convlab.training.features`) splits models at "avg_pool"."""
+    if pool:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                              name="predictions")(x)
+
+
+def check_dropout(dropout) -> None:
+    """A one-line error unless 0 <= dropout < 1."""
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ConvlabError(f"dropout must be in [0, 1), received: dropout={dropout!r}")
+
+
+def check_min_size(name: str, image_size: int, min_size: int, why: str = "") -> None:
+    """A one-line error for images too small for a model."""
+    if image_size < min_size:
+        raise ConvlabError(f"{name} needs image_size >= {min_size}{why}, received: "
+                           f"image_size={image_size}")

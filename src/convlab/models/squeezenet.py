@@ -19,7 +19,7 @@ import keras
 
 from convlab.errors import ConvlabError
 from convlab.models import register_model
-from convlab.models.layers import FusedBatchNormalization
+from convlab.models.layers import FusedBatchNormalization, check_dropout, classifier_head
 
 # Entries: (squeeze, expand) for a fire module, an int s for fire(s, 2 * s), "pool" for 2x2 max pool.
 DEFAULT_LAYOUT = ((24, 48), "pool", (48, 96), "pool", (64, 128), "pool", (48, 96), "pool", (24, 48))
@@ -88,8 +88,7 @@ def squeezenet(
     blocks = _parse_layout(layout)
     if not width > 0:
         raise ConvlabError(f"squeezenet width multiplier must be > 0. Received: width={width!r}")
-    if not 0 <= dropout < 1:
-        raise ConvlabError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    check_dropout(dropout)
     num_pools = blocks.count("pool")
     if image_size < 2**num_pools:
         raise ConvlabError(
@@ -113,10 +112,5 @@ def squeezenet(
             squeeze, expand = block
             x = _fire(x, scaled(squeeze), max(2, scaled(expand)), f"fire{fires}",
                       fused_batch_norm)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    outputs = classifier_head(x, num_classes, dropout=dropout)
     return keras.Model(inputs, outputs, name="squeezenet")

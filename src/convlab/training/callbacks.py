@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import keras
+
+from convlab.files import atomic_path, write_text_atomic
+from convlab.runs import RunFolder
 
 
 class Throughput(keras.callbacks.Callback):
@@ -60,25 +62,22 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, run: Path, monitor: str = "val_accuracy", model: keras.Model | None = None):
         super().__init__()
-        self.run, self.monitor, self.saved_model = Path(run), monitor, model
-        (self.run / "checkpoints").mkdir(exist_ok=True)
-        state = self.run / "state.json"
+        self.run, self.monitor, self.saved_model = RunFolder(run), monitor, model
+        self.run.checkpoints.mkdir(exist_ok=True)
+        state = self.run.state
         self.best = json.loads(state.read_text()).get("best", -math.inf) if state.exists() \
             else -math.inf
 
     def _save(self, path: Path) -> None:
-        tmp = path.with_name(path.stem + ".tmp.keras")
-        (self.saved_model or self.model).save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            (self.saved_model or self.model).save(tmp)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self._save(self.run / "checkpoints" / f"epoch-{epoch + 1:03d}.keras")
+        self._save(self.run.checkpoint(epoch + 1))
         value = logs.get(self.monitor, logs.get("accuracy"))
         if value is not None and value > self.best:
             self.best = float(value)
-            self._save(self.run / "best.keras")
+            self._save(self.run.best)
         state = {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor}
-        tmp = self.run / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.run / "state.json")
+        write_text_atomic(self.run.state, json.dumps(state))

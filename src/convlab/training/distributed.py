@@ -2,7 +2,7 @@
 
 - Who writes: only the chief writes the run folder; other workers write to a temporary folder
   that is removed at the end (all workers still run the same steps, collectives included).
-- How the input is split: `shard_policy` chooses by-file or by-record sharding so that across
+- How the input is split: `convlab.data.pipeline.input_plan` chooses by-file or by-record sharding so that across
   workers each training example is seen once per epoch; `ExampleCount` measures it.
 - Where TPUs may read: only from cloud storage (`check_tpu_data`).
 - Keras 3 `fit` under MultiWorkerMirroredStrategy: two upstream bugs and their narrow fixes
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from convlab.errors import ConvlabError
+from convlab.files import write_text_atomic
 
 REPORT_ENV = "CONVLAB_WORKER_REPORT"
 
@@ -42,18 +43,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
         strategy.extended._num_workers > 1)
-
-
-def shard_policy(shard_counts: list[int], pipelines: int, needed: int | None) -> str:
-    """"file" when every input pipeline gets whole shard files holding at least `needed`
-    records (the records one epoch takes from it), else "data" (every pipeline reads all
-    files and keeps every `pipelines`-th record). With one pipeline: "off"."""
-    if pipelines <= 1:
-        return "off"
-    if len(shard_counts) < pipelines:
-        return "data"
-    per_pipeline = [sum(shard_counts[i::pipelines]) for i in range(pipelines)]
-    return "file" if needed is None or min(per_pipeline) >= needed else "data"
 
 
 @keras.saving.register_keras_serializable(package="convlab")
@@ -207,10 +196,7 @@ def write_worker_report(strategy, run, model: keras.Model | None = None,
         report["weights_sha256"] = weights_digest(model, digests)
         report["variables"] = {path: d[:12] for path, d in digests.items()}
         report["examples_per_epoch"] = [row.get("examples") for row in history or []]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report))
 
 
 _FIXED = False
@@ -234,13 +220,20 @@ def install_keras_fixes() -> None:
     if _FIXED:
         return
     from keras import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+
+        keras_reduce = tf_trainer.reduce_per_replica
+        keras_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    except (ImportError, AttributeError) as err:
+        raise ConvlabError(
+            f"multi-worker training patches two private Keras functions that Keras "
+            f"{keras.__version__} does not have ({err}); install the Keras version in "
+            f"pyproject.toml, or train on one machine") from None
 
     def first_local(strategy, values):
         return tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], values)
-
-    keras_reduce = tf_trainer.reduce_per_replica
-    keras_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction == "auto" and is_multi_worker(strategy):

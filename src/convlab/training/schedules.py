@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from convlab.config import SCHEDULES, ScheduleConfig
+from convlab.files import figure
 
 __all__ = ["SCHEDULES", "ScheduleConfig", "build_schedule", "lr_per_epoch", "plot_schedule"]
 
@@ -89,11 +90,6 @@ def plot_schedule(phases, steps_per_epoch: int, path, title: str = "") -> None:
     `phases`: (schedule, epochs) pairs, one after the other (e.g. head, then fine-tune);
     each schedule counts its steps from the start of its own phase.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     xs, rates, offset = [], [], 0
     for schedule, epochs in phases:
         total = steps_per_epoch * epochs
@@ -101,7 +97,8 @@ def plot_schedule(phases, steps_per_epoch: int, path, title: str = "") -> None:
             xs.append((offset + s) / steps_per_epoch)
             rates.append(float(schedule(s)) if callable(schedule) else float(schedule))
         offset += total
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     ax.plot(xs, rates)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
@@ -109,4 +106,3 @@ def plot_schedule(phases, steps_per_epoch: int, path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

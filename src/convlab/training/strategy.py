@@ -7,6 +7,7 @@ never waits on a cloud metadata server, and no NameError when there is none) -> 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -135,6 +136,20 @@ def resolve_precision(precision: str, info: StrategyInfo | None = None,
         if get_model_info(model).cpu_bfloat16:
             return "mixed_bfloat16"
     return "float32"
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str):
+    """Keras' global dtype policy is `precision` inside the block and what it was before after
+    it, also when the block raises (a notebook that hits an error keeps its own policy)."""
+    import keras
+
+    saved = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(saved)
 
 
 def cpu_has_bfloat16() -> bool:

@@ -7,7 +7,6 @@ run folder. `resume` reloads a run's config and last checkpoint and continues it
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -15,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from convlab.config import TrainConfig, recipe_config
 from convlab.errors import ConvlabError
-from convlab.runs import read_run
+from convlab.runs import RunFolder, history_rows, last_checkpoint, read_run
 from convlab.training.callbacks import EpochCheckpoint, Throughput
 from convlab.training.distributed import (
     ExampleCount,
@@ -31,7 +31,6 @@ from convlab.training.distributed import (
     check_tpu_data,
     is_chief,
     is_multi_worker,
-    shard_policy,
     synchronize_batch_norm,
     task_of,
     write_worker_report,
@@ -44,6 +43,7 @@ from convlab.training.schedules import (
 from convlab.training.strategy import (
     StrategyInfo,
     hardware,
+    precision_policy,
     resolve_precision,
     select_strategy,
 )
@@ -70,7 +70,7 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     `distribute_datasets_from_function`); elsewhere one pipeline feeds all local replicas.
     """
     from convlab.data.ingest import read_manifest
-    from convlab.data.pipeline import load
+    from convlab.data.pipeline import input_plan, load
     from convlab.data.resolve import resolve_data
 
     prepared = resolve_data(config.data, image_size, progress=progress)
@@ -98,7 +98,8 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
         if context is not None:
             batch = context.get_per_replica_batch_size(global_batch)
             local = context.num_replicas_in_sync // context.num_input_pipelines
-            _log_sharding(manifest, split, context, steps * local * batch if training else None)
+            print(input_plan(prepared, split, input_context=context,
+                             needed=steps * local * batch if training else None).describe())
         common = {"batch_size": batch, "image_size": image_size, "deterministic": True,
                   "input_context": context}
         if training:
@@ -125,17 +126,6 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     else:
         train, val = make("train"), (make("validation") if has_val else None)
     return prepared, manifest, train, val
-
-
-def _log_sharding(manifest: dict, split: str, context, needed: int | None) -> None:
-    counts = [s["count"] for s in manifest["shards"] if s["split"] == split]
-    pipelines, index = context.num_input_pipelines, context.input_pipeline_id
-    policy = shard_policy(counts, pipelines, needed)
-    how = {"off": "all of it (one input pipeline)",
-           "file": f"shard files {index}, {index + pipelines}, ... of {len(counts)}",
-           "data": f"one record in {pipelines}, starting at record {index} "
-                   f"({len(counts)} shard files are too few or too uneven to split)"}[policy]
-    print(f"input ({split}): pipeline {index + 1} of {pipelines} reads {how}")
 
 
 def _class_weights(config: TrainConfig, manifest: dict) -> dict | None:
@@ -167,23 +157,6 @@ def _set_backbone(model, trainable: bool) -> None:
     from convlab.models.backbone import set_backbone_trainable
 
     set_backbone_trainable(model, trainable)
-
-
-def _last_checkpoint(run: Path) -> tuple[int, Path] | None:
-    state = run / "state.json"
-    if not state.exists():
-        return None
-    epoch = json.loads(state.read_text())["epoch"]
-    return epoch, run / "checkpoints" / f"epoch-{epoch:03d}.keras"
-
-
-def _history_rows(run: Path) -> list[dict]:
-    path = run / "history.csv"
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
 
 
 def train(config: TrainConfig | str | None = None, *, progress: bool = True,
@@ -221,7 +194,7 @@ def resume(run: str | os.PathLike, *, progress: bool = True) -> Path | None:
     """
     run, saved = read_run(run)
     config = TrainConfig.from_dict(saved["config"])
-    done = _last_checkpoint(run)
+    done = last_checkpoint(run)
     if done is not None and done[0] >= config.total_epochs:
         raise ConvlabError(f"run '{run}' already finished all {config.total_epochs} epochs")
     return _fit(config, run=run, progress=progress)
@@ -251,80 +224,84 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         raise ConvlabError(f"the global batch {global_batch} does not split evenly over "
                            f"{replicas} replicas; use a multiple of {replicas}")
     precision = resolve_precision(config.precision, strategy_info, config.model)
-    keras.mixed_precision.set_global_policy(precision)
-    keras.utils.set_random_seed(config.seed)
-    multi_worker = is_multi_worker(strategy)
-    chief = is_chief(strategy)
-    if config.feature_views and (multi_worker or strategy_info.tpu):
-        print("cached features: not under a multi-worker or TPU strategy; the head trains "
-              "through the whole model instead")
-        config = config.override(feature_views=0)
+    with precision_policy(precision):  # restored however training ends
+        keras.utils.set_random_seed(config.seed)
+        multi_worker = is_multi_worker(strategy)
+        chief = is_chief(strategy)
+        if config.feature_views and (multi_worker or strategy_info.tpu):
+            print("cached features: not under a multi-worker or TPU strategy; the head trains "
+                  "through the whole model instead")
+            config = config.override(feature_views=0)
 
-    resumed = _last_checkpoint(run) if run is not None else None
-    start_epoch = resumed[0] if resumed else 0
-    # Cached features are always the views of epochs 0..N-1, also when resuming mid-way.
-    data_start = 0 if config.feature_views and start_epoch < config.epochs else start_epoch
-    prepared, manifest, train_ds, val_ds = build_datasets(
-        config, image_size, global_batch, start_epoch=data_start, progress=progress,
-        strategy_info=strategy_info)
-    n_train = manifest["counts"]["per_split"]["train"]
-    steps = n_train // global_batch
-    # TPUs run best with many steps per call; elsewhere the user's setting.
-    per_call = (min(steps, 32) if strategy_info.tpu and config.steps_per_execution == 1
-                else config.steps_per_execution)
-    schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
-                              replicas=replicas)
-    phases = [(schedule, config.epochs)]
-    if config.fine_tune_epochs:
-        phases.append((_fine_tune_schedule(config, steps, replicas), config.fine_tune_epochs))
-    print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
-          f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
+        resumed = last_checkpoint(run) if run is not None else None
+        start_epoch = resumed[0] if resumed else 0
+        # Cached features are always the views of epochs 0..N-1, also when resuming mid-way.
+        data_start = 0 if config.feature_views and start_epoch < config.epochs else start_epoch
+        prepared, manifest, train_ds, val_ds = build_datasets(
+            config, image_size, global_batch, start_epoch=data_start, progress=progress,
+            strategy_info=strategy_info)
+        n_train = manifest["counts"]["per_split"]["train"]
+        steps = n_train // global_batch
+        # TPUs run best with many steps per call; elsewhere the user's setting.
+        per_call = (min(steps, 32) if strategy_info.tpu and config.steps_per_execution == 1
+                    else config.steps_per_execution)
+        schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
+                                  replicas=replicas)
+        phases = [(schedule, config.epochs)]
+        if config.fine_tune_epochs:
+            phases.append((_fine_tune_schedule(config, steps, replicas), config.fine_tune_epochs))
+        print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
+              f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
 
-    with strategy.scope():
-        if resumed:
-            model = keras.models.load_model(resumed[1])
-            print(f"resuming {run} after epoch {start_epoch} from {resumed[1].name}")
-        else:
-            options = dict(config.model_options)
-            model = create_model(config.model, manifest["num_classes"], image_size, **options)
-            _compile(model, config, schedule, count_examples=multi_worker,
-                     steps_per_execution=per_call)
-        if multi_worker and (synced := synchronize_batch_norm(model)):
-            print(f"batch norm: {synced} layer(s) use the global batch's statistics "
-                  "(synchronized across workers)")
+        with strategy.scope():
+            if resumed:
+                model = keras.models.load_model(resumed[1])
+                print(f"resuming {run} after epoch {start_epoch} from {resumed[1].name}")
+            else:
+                options = dict(config.model_options)
+                model = create_model(config.model, manifest["num_classes"], image_size, **options)
+                _compile(model, config, schedule, count_examples=multi_worker,
+                         steps_per_execution=per_call)
+            if multi_worker and (synced := synchronize_batch_norm(model)):
+                print(f"batch norm: {synced} layer(s) use the global batch's statistics "
+                      "(synchronized across workers)")
 
-    # Only the chief writes the run folder. The other workers run exactly the same steps
-    # (saving touches every variable on every worker) but into a temporary folder.
-    if chief and run is None:
-        run = _run_dir(config)
-        derived = {"image_size": image_size, "global_batch": global_batch,
-                   "per_replica_batch": global_batch // replicas, "replicas": replicas,
-                   "steps_per_epoch": steps, "steps_per_execution": per_call,
-                   "precision": precision, "strategy": strategy_info.kind,
-                   "workers": strategy_info.workers, "prepared_data": str(prepared),
-                   "classes": manifest["classes"],
-                   "lr_per_epoch": [lr for phase, n in phases
-                                    for lr in lr_per_epoch(phase, steps, n)]}
-        (run / "config.json").write_text(json.dumps(
-            {"config": config.to_dict(), "derived": derived}, indent=1))
-        (run / "plots").mkdir()
-        names = " + fine-tune ".join(c.name for c in (config.schedule, config.fine_tune_schedule)
-                                     [:len(phases)])
-        plot_schedule(phases, steps, run / "plots" / "lr_schedule.png",
-                      title=f"{names} schedule, {config.name or config.model}")
-    write_worker_report(strategy, run)
-    kind, index = task_of(strategy)
-    workdir = run if chief else Path(tempfile.mkdtemp(prefix=f"convlab-{kind}{index}-"))
-    if not chief:
-        print(f"{kind} {index} of {strategy_info.workers}: not the chief; its files go to "
-              f"{workdir} (removed at the end)")
-    try:
-        return _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps,
-                              start_epoch, workdir, chief, manifest, precision, global_batch,
-                              progress, run)
-    finally:
+        # Only the chief writes the run folder. The other workers run exactly the same steps
+        # (saving touches every variable on every worker) but into a temporary folder.
+        if chief and run is None:
+            run = _run_dir(config)
+            derived = {"image_size": image_size, "global_batch": global_batch,
+                       "per_replica_batch": global_batch // replicas, "replicas": replicas,
+                       "steps_per_epoch": steps, "steps_per_execution": per_call,
+                       "precision": precision, "strategy": strategy_info.kind,
+                       "workers": strategy_info.workers, "prepared_data": str(prepared),
+                       "classes": manifest["classes"],
+                       # what predict and export need, also once the prepared data has moved
+                       "stored_size": int(manifest["image_size"][0]),
+                       "jpeg_quality": int(manifest.get("options", {}).get("quality", 90)),
+                       "lr_per_epoch": [lr for phase, n in phases
+                                        for lr in lr_per_epoch(phase, steps, n)]}
+            folder = RunFolder(run)
+            folder.config.write_text(json.dumps(
+                {"config": config.to_dict(), "derived": derived}, indent=1))
+            folder.plots.mkdir()
+            names = " + fine-tune ".join(c.name for c in (config.schedule, config.fine_tune_schedule)
+                                         [:len(phases)])
+            plot_schedule(phases, steps, folder.plot("lr_schedule"),
+                          title=f"{names} schedule, {config.name or config.model}")
+        write_worker_report(strategy, run)
+        kind, index = task_of(strategy)
+        workdir = run if chief else Path(tempfile.mkdtemp(prefix=f"convlab-{kind}{index}-"))
         if not chief:
-            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"{kind} {index} of {strategy_info.workers}: not the chief; its files go to "
+                  f"{workdir} (removed at the end)")
+        try:
+            plan = _Plan(config, strategy_info, precision, global_batch, steps, start_epoch,
+                         manifest, run, workdir, chief, progress)
+            return _fit_and_write(plan, model, train_ds, val_ds)
+        finally:
+            if not chief:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _fine_tune_schedule(config: TrainConfig, steps: int, replicas: int):
@@ -332,8 +309,27 @@ def _fine_tune_schedule(config: TrainConfig, steps: int, replicas: int):
                           epochs=config.fine_tune_epochs, replicas=replicas)
 
 
-def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_epoch, workdir,
-                   chief, manifest, precision, global_batch, progress, run) -> Path | None:
+@dataclass(frozen=True)
+class _Plan:
+    """What one training process runs with, decided once by `_fit`."""
+
+    config: TrainConfig
+    strategy_info: StrategyInfo
+    precision: str
+    global_batch: int
+    steps: int  # per epoch
+    start_epoch: int
+    manifest: dict
+    run: Path | None  # the run folder (the chief's; None on other workers before it exists)
+    workdir: Path  # where this process writes: the run folder, or a temporary one
+    chief: bool
+    progress: bool
+
+
+def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
+    config, strategy_info, steps, start_epoch = (plan.config, plan.strategy_info, plan.steps,
+                                                 plan.start_epoch)
+    run, workdir, progress, global_batch = plan.run, plan.workdir, plan.progress, plan.global_batch
     strategy = strategy_info.strategy
     throughput = Throughput(global_batch, steps)
     # The same callbacks on every worker: some read distributed variables, which under a
@@ -346,8 +342,9 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
         validation = None
     else:
         callbacks = []
-    logging = [keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
-               keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False)]
+    files = RunFolder(workdir)
+    logging = [keras.callbacks.CSVLogger(str(files.history_csv), append=True),
+               keras.callbacks.TensorBoard(str(files.logs), write_graph=False)]
     # Saves `model` also while only its head is being fit (cached features).
     checkpoint = EpochCheckpoint(workdir, model=model)
     callbacks += [throughput, checkpoint, *logging]
@@ -373,14 +370,14 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
             model.fit(train_ds, epochs=config.total_epochs,
                       initial_epoch=max(start_epoch, config.epochs), **fit_args)
     except KeyboardInterrupt:
-        done = _last_checkpoint(run) if run is not None else None
+        done = last_checkpoint(run) if run is not None else None
         print(f"\ninterrupted after {done[0] if done else 0} completed epoch(s); continue with: "
               f"convlab train --resume {run}")
         raise
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError) as err:
         # A peer died or stopped answering: collectives abort instead of waiting forever.
-        done = _last_checkpoint(run) if run is not None else None
+        done = last_checkpoint(run) if run is not None else None
         peer = re.search(r"reported from (/job:\w+/task:\d+)", str(err))
         where = f"; reported from {peer.group(1)}" if peer else ""
         folder = run if run is not None else "RUN (the chief's run folder)"
@@ -388,17 +385,15 @@ def _fit_and_write(config, model, strategy_info, train_ds, val_ds, steps, start_
             f"lost contact with another worker ({type(err).__name__}{where}); the chief's "
             f"last checkpoint is epoch {done[0] if done else 0}: restart every worker with "
             f"`convlab train --resume {folder}`") from None
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     wall = time.time() - started
-    model.save(workdir / "model.keras")
+    model.save(RunFolder(workdir).final)
     if is_multi_worker(strategy):
         barrier(strategy)
-    write_worker_report(strategy, run, model, _history_rows(workdir))
-    if not chief:
+    write_worker_report(strategy, run, model, history_rows(workdir))
+    if not plan.chief:
         return None
-    _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput,
-                   feature_seconds)
+    _write_summary(run, config, model, plan.manifest, strategy_info, plan.precision, wall,
+                   throughput, feature_seconds)
     if config.report:
         from convlab.evaluation.report import report
 
@@ -428,12 +423,13 @@ def _fit_head_on_features(config, model, train_ds, val_ds, steps, start_epoch, g
 
 def _write_summary(run, config, model, manifest, strategy_info, precision, wall, throughput,
                    feature_seconds=None):
-    history = _history_rows(run)
-    (run / "history.json").write_text(json.dumps(history, indent=1))
+    folder = RunFolder(run)
+    history = history_rows(run)
+    folder.history_json.write_text(json.dumps(history, indent=1))
     best = max(history, key=lambda h: h.get("val_accuracy", h.get("accuracy", 0)),
                default={})
-    previous = json.loads((run / "summary.json").read_text()) if (
-        run / "summary.json").exists() else {}
+    previous = json.loads(folder.summary_json.read_text()) if folder.summary_json.exists() \
+        else {}
     summary = {
         "run": str(run), "recipe": config.recipe, "model": config.model,
         "parameters": int(model.count_params()),
@@ -448,10 +444,10 @@ def _write_summary(run, config, model, manifest, strategy_info, precision, wall,
         **({"feature_cache_seconds": round(feature_seconds, 1)} if feature_seconds else {}),
         "final": history[-1] if history else {}, "best": best,
     }
-    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    folder.summary_json.write_text(json.dumps(summary, indent=1))
     lines = [f"{k}: {v}" for k, v in summary.items() if k not in ("final", "best")]
     for label in ("final", "best"):
         row = summary[label]
         lines.append(f"{label}: epoch {row.get('epoch', -1) + 1}, " + ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if "accuracy" in k or "loss" in k))
-    (run / "summary.txt").write_text("\n".join(lines) + "\n")
+    folder.summary_txt.write_text("\n".join(lines) + "\n")

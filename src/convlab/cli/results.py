@@ -1,4 +1,4 @@
-"""`convlab predict` and `convlab export`: thin subcommands over convlab.predict / convlab.export."""
+"""`convlab evaluate | report | predict | export`: what a trained run is worth and how to use it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,26 @@ import csv
 import json
 import sys
 
-from convlab.runs import TTA_MODES
+from convlab.cli.console import add_run_args, console
+from convlab.export import FORMATS, QUANTIZE
+from convlab.runs import TTA_MODES, RunFolder
+
+
+def cmd_evaluate(args) -> int:
+    from convlab.evaluation.metrics import evaluate, format_metrics
+
+    metrics = evaluate(args.run, data=args.data, split=args.split, model=args.model,
+                       top_k=args.top_k, tta=args.tta)
+    print(format_metrics(metrics, width=120), end="")
+    print(f"metrics: {RunFolder(args.run).metrics}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from convlab.evaluation.report import report
+
+    print(report(args.run))
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -28,15 +47,13 @@ def cmd_predict(args) -> int:
     else:
         from rich.table import Table
 
-        from convlab.cli import _console
-
         table = Table(title=f"{len(rows)} images, run {args.run} ({args.model} model)")
         table.add_column("path", overflow="fold")
         table.add_column(f"top {args.top_k}")
         for r in rows:
             table.add_row(r["path"], ", ".join(f"{p['class']} {p['probability']:.1%}"
                                                for p in r["predictions"]))
-        _console().print(table)
+        console().print(table)
     # Machine-readable stdout stays clean: skipped files go to stderr.
     for s in skipped:
         print(f"skipped {s['path']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""),
@@ -60,33 +77,54 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _add_tta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="test-time augmentation: flip averages each image and its mirror")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `predict` and `export` subcommands to the `convlab` parser."""
+    """Add the subcommands that use a run folder to the `convlab` parser."""
+    ev = subparsers.add_parser(
+        "evaluate", help="metrics of a run's model: accuracy, per class, confusion matrix",
+        description="Evaluate RUN's model on its validation split, or on --data (a prepared "
+                    "folder or a folder of class subfolders, matched to the model's classes "
+                    "by name). Prints a table and writes RUN/metrics.json.")
+    add_run_args(ev)
+    ev.add_argument("--data", help="prepared folder or photo folder (default: the run's data)")
+    ev.add_argument("--split", choices=("train", "validation", "test", "all"),
+                    help="default: validation; all the photos of a photo folder")
+    ev.add_argument("--top-k", type=int, help="k of the top-k accuracy (min(3, classes-1))")
+    _add_tta(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    rep = subparsers.add_parser(
+        "report", help="write RUN/report.html: metrics, plots, model and config, offline",
+        description="Write one self-contained HTML report for RUN (evaluating it first if "
+                    "needed) and print its path.")
+    add_run_args(rep, model=False)
+    rep.set_defaults(func=cmd_report)
+
     pr = subparsers.add_parser(
         "predict", help="classify image files and folders with a trained run",
         description="Classify images (any format `data prepare` accepts; folders are walked "
                     "recursively) with RUN's model. Unreadable files are reported on stderr.")
-    pr.add_argument("run", help="run folder written by `convlab train`")
+    add_run_args(pr)
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
     pr.add_argument("--top-k", type=int, default=3, help="classes per image (3)")
     pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    pr.add_argument("--model", choices=("best", "final"), default="best",
-                    help="best validation accuracy, or the last epoch (best)")
     pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--tta", choices=TTA_MODES, default="none",
-                    help="test-time augmentation: flip averages each image and its mirror")
+    _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
 
     ex = subparsers.add_parser(
         "export", help="export a run for serving (keras, savedmodel, tflite), verified",
         description="Write RUN's model as a file that takes raw [0, 255] images (uint8 for "
                     "tflite), with labels.txt and export.json (the verification numbers).")
-    ex.add_argument("run", help="run folder written by `convlab train`")
-    ex.add_argument("--format", choices=("keras", "savedmodel", "tflite"), required=True)
-    ex.add_argument("--quantize", choices=("float16", "int8", "dynamic"), default=None,
+    add_run_args(ex)
+    ex.add_argument("--format", choices=FORMATS, required=True)
+    ex.add_argument("--quantize", choices=QUANTIZE, default=None,
                     help="tflite only: float16 weights, int8 weights and activations, or "
                          "dynamic-range (int8 weights)")
     ex.add_argument("--out", default=None, help="folder (default RUN/export/FORMAT[-QUANTIZE])")
-    ex.add_argument("--model", choices=("best", "final"), default="best")
     ex.add_argument("--data", default=None, help="the run's prepared data, if it has moved")
     ex.set_defaults(func=cmd_export)

@@ -1,0 +1,25 @@
+"""What every subcommand shares: the rich console and the arguments naming a run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+MODEL_CHOICES = ("best", "final")
+
+
+def console():
+    """A rich Console; piped or captured output gets 120 columns (tables need more than the
+    80 rich assumes)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def add_run_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """RUN and `--model best|final`, the same for every command that reads a run folder."""
+    parser.add_argument("run", help="run folder written by `convlab train` (runs/<time>-<name>)")
+    if model:
+        parser.add_argument("--model", choices=MODEL_CHOICES, default="best",
+                            help="best.keras (best validation accuracy, the default) or "
+                                 "model.keras (the last epoch)")

@@ -1,0 +1,151 @@
+"""`convlab data prepare | inspect | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from convlab.cli.console import console
+from convlab.errors import ConvlabError
+
+
+def cmd_data_prepare(args) -> int:
+    from convlab.data import prepare
+
+    manifest = prepare(args.src, args.out, size=args.size, shards=args.shards,
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                       quality=args.quality, seed=args.seed, workers=args.workers,
+                       overwrite=args.overwrite, progress=not args.quiet)
+    print_prepare_summary(manifest, args.out)
+    return 0
+
+
+def print_prepare_summary(manifest: dict, out) -> None:
+    from rich.table import Table
+
+    con = console()
+    if manifest.get("resumed") == "already complete":
+        con.print(f"[bold]{out}[/] already holds this dataset, unchanged; nothing to do.")
+    splits = list(manifest["counts"]["per_split"])
+    table = Table(title=f"{out}: {manifest['counts']['total']} images, "
+                        f"{manifest['image_size'][0]} px, {len(manifest['shards'])} shards")
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    table.add_column("total", justify="right")
+    for label, per_split in manifest["counts"]["per_class"].items():
+        table.add_row(label, *(str(per_split.get(s, 0)) for s in splits),
+                      str(sum(per_split.values())))
+    table.add_row("[bold]all", *(f"[bold]{manifest['counts']['per_split'][s]}" for s in splits),
+                  f"[bold]{manifest['counts']['total']}")
+    con.print(table)
+    counts = manifest["counts"]
+    line = (f"kept {counts['total']} of {counts['candidates']} candidate files; "
+            f"skipped {counts['skipped']}")
+    if manifest["skipped_by_reason"]:
+        line += " (" + ", ".join(f"{n} {r}" for r, n in manifest["skipped_by_reason"].items()) + ")"
+    line += f"; ignored {counts['ignored']} non-image files"
+    con.print(line)
+    for label in manifest["empty_classes"]:
+        con.print(f"[yellow]warning:[/] class folder {label!r} has no usable images; "
+                      "it is not a class of this dataset")
+    if counts["skipped"]:
+        con.print(f"every skipped file and its reason: {Path(out) / 'manifest.json'} "
+                      "(\"skipped\", \"duplicates\")")
+
+
+def cmd_data_inspect(args) -> int:
+    from rich.table import Table
+
+    from convlab.data.inspect import counts, sample_grid
+
+    info = counts(args.path)
+    table = Table(title=f"{args.path}" + ("" if info["prepared"] else " (not prepared)"))
+    table.add_column("class")
+    for split in info["splits"]:
+        table.add_column(split, justify="right")
+    for label in info["classes"]:
+        table.add_row(label, *(str(info["per_class"][label].get(s, 0)) for s in info["splits"]))
+    con = console()
+    con.print(table)
+    con.print(f"skipped: {info['skipped']}, ignored: {info['ignored']}")
+    out = args.out or Path(args.path) / "samples.png"
+    if not args.out and not os.access(args.path, os.W_OK):
+        out = Path(f"samples-{Path(args.path).name}.png")
+    png = sample_grid(args.path, out, split=args.split, count=args.count)
+    con.print(f"sample grid: {png}")
+    return 0
+
+
+def cmd_data_bench(args) -> int:
+    from rich.table import Table
+
+    from convlab.data.bench import bench
+
+    if args.latency_ms < 0:
+        raise ConvlabError(f"--latency-ms must be >= 0, received: {args.latency_ms}")
+    rows, info = bench(args.path, split=args.split, batch_size=args.batch_size,
+                       rounds=args.rounds, size=args.size, latency_ms=args.latency_ms,
+                       progress=not args.quiet)
+    base = {r.augment: r.images_per_s for r in rows if r.path == "per-file"}
+    decode = next(r.images_per_s for r in rows if r.path == "decode only")
+    latency = f", {args.latency_ms:g} ms per file opened" if args.latency_ms else ""
+    table = Table(title=f"input pipeline, {info['images']} {info['split']} images at "
+                        f"{info['size']} px, batch {info['batch_size']}{latency}, median of "
+                        f"{info['rounds']} rounds")
+    numbers = ("images/s", "vs per-file", "vs decode only")
+    for col in ("path", "cache", "augment", *numbers):
+        table.add_column(col, justify="right" if col in numbers else "left")
+    for r in rows:
+        vs_files = f"{r.images_per_s / base[r.augment]:.2f}x" if r.augment in base and \
+            r.path != "decode only" else "-"
+        table.add_row(r.path, r.cache, "yes" if r.augment else "no", f"{r.images_per_s:,.0f}",
+                      vs_files, f"{r.images_per_s / decode:.2f}x")
+    console().print(table)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `data` and its subcommands to the `convlab` parser."""
+    data = sub.add_parser("data", help="prepare, inspect and benchmark image data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    prep = dsub.add_parser(
+        "prepare", help="photos -> validated, deduplicated, sharded TFRecords + manifest.json",
+        description="Validate, deduplicate, resize and shard photos into TFRecords. SRC is a "
+                    "folder of class subfolders, a glob or gs:// pattern (class = parent "
+                    "folder), 'flowers' (the public 5-class set, downloaded once) or "
+                    "'synthetic' (generated shapes, for offline demos).")
+    prep.add_argument("src")
+    prep.add_argument("out")
+    prep.add_argument("--size", type=int, default=192, help="output image size in px (192)")
+    prep.add_argument("--shards", type=int, default=16, help="TFRecord files per split (16)")
+    prep.add_argument("--val-fraction", type=float, default=0.2,
+                      help="validation share, stratified by class (0.2)")
+    prep.add_argument("--test-fraction", type=float, default=0.0, help="test share (0)")
+    prep.add_argument("--quality", type=int, default=90, help="JPEG quality (90)")
+    prep.add_argument("--seed", type=int, default=42, help="split and shuffle seed (42)")
+    prep.add_argument("--workers", type=int, default=None, help="decoding threads (one per core)")
+    prep.add_argument("--overwrite", action="store_true",
+                      help="replace a different dataset already in OUT")
+    prep.add_argument("--quiet", action="store_true", help="no progress bars")
+    prep.set_defaults(func=cmd_data_prepare, tensorflow=False)  # Pillow only
+
+    insp = dsub.add_parser("inspect", help="counts per class/split and a PNG grid of samples")
+    insp.add_argument("path", help="prepared folder or folder of class subfolders")
+    insp.add_argument("--out", default=None, help="PNG path (default PATH/samples.png)")
+    insp.add_argument("--split", default="train")
+    insp.add_argument("--count", type=int, default=25, help="images in the grid (25)")
+    insp.set_defaults(func=cmd_data_inspect)
+
+    bench = dsub.add_parser("bench", help="images/s: per-file JPEG vs TFRecord pipeline")
+    bench.add_argument("path", help="prepared folder (or photo folder, prepared first)")
+    bench.add_argument("--split", default="train")
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    bench.add_argument("--size", type=int, default=128, help="size when preparing a photo folder")
+    bench.add_argument("--latency-ms", type=float, default=0.0,
+                       help="simulate cloud storage: each file opened first waits this long")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=cmd_data_bench)

@@ -1,0 +1,57 @@
+"""The `convlab` command: thin subcommands over the Python API, one module per group."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from convlab.cli import data, results, train
+from convlab.errors import ConvlabError
+from convlab.version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convlab",
+        description="From a folder of photos to a well-tuned convolutional image classifier.")
+    p.add_argument("--version", action="version", version=f"convlab {__version__}")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in (data, train, results):
+        group.register(sub)
+    return p
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr muted: its C++ start-up lines (oneDNN, CUDA probing)
+    ignore TF_CPP_MIN_LOG_LEVEL and would bury convlab's own output."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # probes CUDA, which logs when there is none
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if getattr(args, "tensorflow", True):  # commands that never load it skip the cost
+            _import_tensorflow_quietly()
+    try:
+        return args.func(args)
+    except ConvlabError as err:
+        print(f"convlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convlab: interrupted; re-run the same command to resume (for training: "
+              "convlab train --resume RUN)", file=sys.stderr)
+        return 130

@@ -1,0 +1,194 @@
+"""`convlab models | recipes | train | launch`."""
+
+from __future__ import annotations
+
+import argparse
+
+from convlab.cli.console import console
+from convlab.config import (
+    AUGMENT_PRESETS,
+    CLASS_WEIGHTS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    STRATEGIES,
+)
+from convlab.errors import ConvlabError
+
+
+def cmd_models(args) -> int:
+    from rich.table import Table
+
+    from convlab.models import create_model, get_model_info, list_models
+
+    if args.name:
+        info = get_model_info(args.name)
+        model = create_model(args.name, args.classes, args.image_size, weights=None) if \
+            info.pretrained else create_model(args.name, args.classes, args.image_size)
+        model.summary()
+        return 0
+    table = Table(title=f"convlab models (parameters for {args.classes} classes)")
+    for col in ("name", "input", "parameters", "pretrained"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "parameters" else "left")
+    for info in list_models():
+        opts = {"weights": None} if info.pretrained else {}
+        params = create_model(info.name, args.classes, info.image_size, **opts).count_params()
+        table.add_row(info.name, f"{info.image_size} px", f"{params:,}",
+                      "ImageNet" if info.pretrained else "-")
+    con = console()
+    con.print(table)
+    for info in list_models():
+        con.print(f"[bold]{info.name}[/]: {info.description}", highlight=False)
+    return 0
+
+
+def _train_overrides(args) -> dict:
+    """Only the flags the user gave: they override the recipe (or the defaults)."""
+    out = {}
+    for flag, field in (("data", "data"), ("epochs", "epochs"), ("batch_size", "batch_size"),
+                        ("image_size", "image_size"), ("optimizer", "optimizer"),
+                        ("label_smoothing", "label_smoothing"),
+                        ("class_weights", "class_weights"), ("precision", "precision"),
+                        ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
+                        ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
+                        ("feature_views", "feature_views"),
+                        ("steps_per_execution", "steps_per_execution")):
+        value = getattr(args, flag)
+        if value is not None:
+            out[field] = value
+    if args.batch_size is not None:
+        out["batch_per_replica"] = None
+    if args.no_report:
+        out["report"] = False
+    schedule = {k: v for k, v in (("name", args.schedule), ("learning_rate", args.lr))
+                if v is not None}
+    if schedule:
+        out["schedule"] = schedule
+    if args.fine_tune_lr is not None:
+        out["fine_tune_schedule"] = {"learning_rate": args.fine_tune_lr}
+    if args.augment is not None:
+        out["augment"] = AUGMENT_PRESETS[args.augment]
+    options = {}
+    if args.weights is not None:
+        options["weights"] = None if args.weights == "none" else args.weights
+    if args.unfreeze:
+        options["trainable_backbone"] = True
+    if options:
+        out["model_options"] = options
+    return out
+
+
+def cmd_train(args) -> int:
+    from convlab.config import RECIPES, TrainConfig, recipe_config
+    from convlab.runs import RunFolder
+    from convlab.training.trainer import resume, train
+
+    if args.resume:
+        run = resume(args.resume, progress=not args.quiet)
+    else:
+        if not args.model:
+            raise ConvlabError("name a model or recipe to train (see `convlab models` and "
+                               "`convlab recipes`), or --resume RUN")
+        base = recipe_config(args.model) if args.model in RECIPES else TrainConfig(
+            model=args.model, name=args.model)
+        config = base.override(**_train_overrides(args)).with_settings(args.set or [])
+        run = train(config, progress=not args.quiet)
+    if run is None:  # a multi-worker job's non-chief worker
+        print("this worker is done; the chief wrote the run folder")
+    else:
+        print(f"\nrun folder: {run}\n{RunFolder(run).summary_txt.read_text()}", end="")
+    return 0
+
+
+def cmd_launch(args) -> int:
+    from convlab.launch import launch
+
+    return launch(args.workers, args.command, host=args.host, logs=args.logs)
+
+
+def cmd_recipes(args) -> int:
+    from rich.table import Table
+
+    from convlab.config import RECIPES, recipe_config
+
+    table = Table(title="convlab recipes (convlab train RECIPE --data ...)")
+    for col in ("recipe", "model", "px", "epochs", "batch", "schedule"):
+        table.add_column(col, no_wrap=True)
+    for name in RECIPES:
+        c = recipe_config(name)
+        batch = f"{c.batch_per_replica}/replica" if c.batch_per_replica else str(c.batch_size)
+        epochs = f"{c.epochs}+{c.fine_tune_epochs}" if c.fine_tune_epochs else str(c.epochs)
+        table.add_row(name, c.model, str(c.image_size), epochs, batch, c.schedule.name)
+    con = console()
+    con.print(table)
+    for name, (description, _) in RECIPES.items():
+        con.print(f"[bold]{name}[/]: {description}", highlight=False)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model, recipe and training subcommands to the `convlab` parser."""
+    models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
+    models.add_argument("name", nargs="?")
+    models.add_argument("--classes", type=int, default=5)
+    models.add_argument("--image-size", type=int, default=None)
+    models.set_defaults(func=cmd_models)
+
+    rec = sub.add_parser("recipes", help="list the training recipes")
+    rec.set_defaults(func=cmd_recipes, tensorflow=False)
+
+    tr = sub.add_parser(
+        "train", help="train a model or recipe; writes a run folder",
+        description="Train MODEL (see `convlab models`) or RECIPE (see `convlab recipes`). "
+                    "Flags override the recipe's settings. Writes runs/<time>-<name>/.")
+    tr.add_argument("model", nargs="?", help="model or recipe name")
+    tr.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    tr.add_argument("--data", help="prepared folder, folder of class subfolders, 'flowers' "
+                                   "(download) or 'synthetic' (default: flowers)")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
+    tr.add_argument("--image-size", type=int, help="default: the model's own")
+    tr.add_argument("--lr", type=float, help="learning rate (peak rate for schedules)")
+    tr.add_argument("--schedule", choices=SCHEDULES)
+    tr.add_argument("--optimizer", choices=OPTIMIZERS)
+    tr.add_argument("--label-smoothing", type=float)
+    tr.add_argument("--class-weights", choices=CLASS_WEIGHTS)
+    tr.add_argument("--augment", choices=tuple(AUGMENT_PRESETS),
+                    help="codelab: flip + saturation; strong: + zoom, brightness, contrast")
+    tr.add_argument("--weights", help="pretrained models: imagenet, none, or a weights file")
+    tr.add_argument("--unfreeze", action="store_true",
+                    help="train the pretrained backbone too (batch norm stays frozen)")
+    tr.add_argument("--fine-tune-epochs", type=int,
+                    help="after --epochs on the head, this many with the backbone unfrozen")
+    tr.add_argument("--fine-tune-lr", type=float, help="learning rate of that second phase")
+    tr.add_argument("--feature-views", type=int, metavar="N",
+                    help="frozen pretrained backbones: train the head on features cached from N "
+                    "augmented passes over the training split (0: through the whole model)")
+    tr.add_argument("--precision", choices=PRECISIONS)
+    tr.add_argument("--strategy", choices=STRATEGIES)
+    tr.add_argument("--steps-per-execution", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="set any config field, repeatable: e.g. --set weight_decay=0.05 "
+                    "--set schedule.min_lr=1e-6 --set model_options.dropout=0.3 (the fields: "
+                    "config.json of a run)")
+    tr.add_argument("--name", help="run name (default: recipe or model)")
+    tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")
+    tr.add_argument("--no-report", action="store_true",
+                    help="skip evaluating the run and writing report.html at the end")
+    tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
+    tr.set_defaults(func=cmd_train)
+
+    la = sub.add_parser(
+        "launch", help="run `convlab train` as a multi-worker job on this machine",
+        description="Start N worker processes on loopback ports, each with its own TF_CONFIG, "
+                    "and train one model across them with MultiWorkerMirroredStrategy. Worker "
+                    "0 (the chief) writes the run folder. Example: convlab launch --workers 2 "
+                    "-- train squeezenet --data DIR --epochs 2")
+    la.add_argument("--workers", type=int, required=True, help="worker processes")
+    la.add_argument("--host", default="127.0.0.1", help="address the workers listen on")
+    la.add_argument("--logs", help="keep the workers' logs here (default: a temporary folder, "
+                                   "removed after a successful job)")
+    la.add_argument("command", nargs=argparse.REMAINDER,
+                    help="-- train ... (the convlab train command every worker runs)")
+    la.set_defaults(func=cmd_launch)

@@ -1,0 +1,55 @@
+"""Small helpers every layer shares: convlab's cache folder, atomic file writes, figures.
+
+A leaf module: it imports nothing from convlab, so any module may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def cache_dir(*parts: str) -> Path:
+    """convlab's cache (downloads, converted weights): $CONVLAB_CACHE, else ~/.cache/convlab."""
+    root = os.environ.get("CONVLAB_CACHE") or Path.home() / ".cache" / "convlab"
+    return Path(root).expanduser().joinpath(*parts)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends
+    without an error, removed otherwise. Readers never see half a file, and an interrupted
+    write leaves the old file (if any) in place and no temporary file behind.
+
+    The temporary name keeps every suffix (`best.tmp123.keras`, `x.tmp123.weights.h5`): Keras
+    picks its file format from them.
+    """
+    path = Path(path)
+    stem, _, suffixes = path.name.partition(".")
+    tmp = path.with_name(f"{stem}.tmp{os.getpid()}" + (f".{suffixes}" if suffixes else ""))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def figure(**kwargs):
+    """A matplotlib Figure that draws off-screen, without pyplot: the caller's backend (e.g.
+    a notebook's) is left alone and nothing global is kept. Save it with `fig.savefig`."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)

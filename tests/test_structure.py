@@ -1,0 +1,93 @@
+"""The package's layering, read from the source with `ast`: who may import whom."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "convlab"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """The convlab modules `path` imports (all of them, or only at module level)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "convlab"}
+        elif (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+              and node.module.split(".")[0] == "convlab"):
+            # `from convlab.models import layers` may name a submodule
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            found |= {s for s in subs if s in MODULES} or {node.module}
+    return found
+
+
+MODULES = {_module_name(p): p for p in SRC.rglob("*.py")}
+
+
+@pytest.mark.parametrize("layer", ["convlab.data", "convlab.models"])
+def test_data_and_models_never_import_training_the_cli_or_the_package_api(layer):
+    bad = {}
+    for name, path in MODULES.items():
+        if name == layer or name.startswith(layer + "."):
+            wrong = {m for m in _imports(path, top_level_only=False)
+                     if m == "convlab" or m.startswith(("convlab.training", "convlab.cli"))
+                     or m in ("convlab.serving_cli", "convlab.evaluation.cli")}
+            if wrong:
+                bad[name] = sorted(wrong)
+    assert not bad
+
+
+def test_config_imports_no_tensorflow_or_keras():
+    tree = ast.parse(MODULES["convlab.config"].read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"tensorflow", "keras"}
+    assert _imports(MODULES["convlab.config"], top_level_only=False) <= {"convlab.errors"}
+
+
+def test_no_import_cycle_at_module_level():
+    graph = {name: {m for m in _imports(path, top_level_only=True) if m in MODULES} - {name}
+             for name, path in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                # a package importing its own submodule is how packages work, not a cycle
+                if not all(b.startswith(a + ".") or a.startswith(b + ".")
+                           for a, b in zip(cycle, cycle[1:], strict=False)):
+                    raise AssertionError(" -> ".join(cycle))
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_run_folder_file_names_are_spelled_only_in_runs_py():
+    names = ("config.json", "state.json", "history.csv", "history.json", "summary.json",
+             "summary.txt", "best.keras", "metrics.json", "predictions.npz", "report.html")
+    spelled = {}
+    for name, path in MODULES.items():
+        if name == "convlab.runs":
+            continue
+        constants = {n.value for n in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        hits = [f for f in names if f in constants]  # as a value, not in prose
+        if hits:
+            spelled[name] = hits
+    assert not spelled
