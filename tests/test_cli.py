@@ -123,7 +123,15 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
     assert summary["train_images_per_second"] > 0 and summary["epochs"] == 2
     assert (run / "model.keras").stat().st_size > 0
     assert (run / "report.html").exists() and (run / "metrics.json").exists()
-    assert f"run folder: {run}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"run folder: {run}" in out
+    assert "training squeezenet at 24 px from 24 px images: 2 epoch(s), adam at 0.001" in out
+    assert "enlarged" not in out
+    # trained larger than stored: said at the start
+    assert main(["train", "squeezenet", "--data", str(prepared), "--epochs", "1", "--batch-size",
+                 "8", "--image-size", "32", "--runs-dir", str(runs), "--quiet",
+                 "--no-report"]) == 0
+    assert "the prepared images are 24 px and are enlarged to 32 px" in capsys.readouterr().out
 
 
 def test_train_rejects_bad_values(prepared, capsys):
@@ -166,3 +174,24 @@ def test_listing_recipes_and_help_do_not_load_tensorflow():
                          check=True)
     assert "efficientnet-lite0-transfer" in out.stdout
     assert out.stderr.strip().splitlines()[-1] == "False False"
+
+
+def test_one_recipe_in_full_and_bare_convlab_prints_help(capsys):
+    assert main(["recipes", "efficientnet-lite0-transfer"]) == 0
+    out = capsys.readouterr().out
+    assert "image_size = 300" in out and "schedule.learning_rate = 0.002" in out
+    assert "measured: 93.9% final validation accuracy" in out
+    assert main(["recipes", "nosuch"]) == 2
+    assert "unknown recipe 'nosuch'" in capsys.readouterr().err
+    bare = run_cli()
+    assert bare.returncode == 0 and "usage: convlab" in bare.stdout and "recipes" in bare.stdout
+
+
+def test_prepare_counts_and_says_which_photos_it_enlarged(photos, tmp_path, capsys):
+    assert main(["data", "prepare", str(photos), str(tmp_path / "big"), "--size", "48",
+                 "--quiet"]) == 0  # the photos are 40 px
+    out = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "big" / "manifest.json").read_text())
+    total = manifest["counts"]["total"]
+    assert manifest["counts"]["enlarged"] == total == 72
+    assert f"{total} of {total} photos are smaller than 48 px" in " ".join(out.split())

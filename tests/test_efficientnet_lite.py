@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -153,6 +154,59 @@ def test_mixed_precision_keeps_float32_output():
 def test_bad_options_raise_one_line_errors(options, quoted):
     with pytest.raises(ConvlabError, match=quoted) as err:
         create_model("efficientnet_lite0", 5, image_size=32, **options)
+    assert "\n" not in str(err.value)
+
+
+def _zip_pth(path: Path, values: np.ndarray, size: tuple, stride: tuple) -> Path:
+    """A torch-format zip .pth holding one float32 tensor `weight` (size, stride) over the
+    storage `values`, written without torch: stand-in modules give the pickle its names."""
+    import sys
+    import types
+
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+    storage_cls = type("FloatStorage", (), {"__module__": "torch"})
+    torch.FloatStorage = storage_cls
+
+    def _rebuild_tensor_v2(*args):  # never called here: only its name is pickled
+        raise AssertionError
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            return _rebuild_tensor_v2, (storage, 0, size, stride, False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", storage_cls, "0", "cpu", values.size) if obj is storage else None
+
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules.update({"torch": torch, "torch._utils": utils})
+    try:
+        buffer = io.BytesIO()
+        Pickler(buffer, protocol=2).dump(collections.OrderedDict(weight=Tensor()))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/data/0", values.astype("<f4").tobytes())
+    return path
+
+
+def test_reader_respects_strides_and_refuses_tensors_larger_than_their_storage(tmp_path):
+    values = np.arange(6, dtype=np.float32)
+    ok = read_state_dict(_zip_pth(tmp_path / "ok.pth", values, (3, 2), (1, 3)))
+    np.testing.assert_array_equal(ok["weight"], values.reshape(2, 3).T)  # a transposed view
+    # 4 bytes of storage posing as 200000 x 200000 floats (149 GiB): refused, nothing allocated
+    bomb = _zip_pth(tmp_path / "bomb.pth", values[:1], (200000, 200000), (0, 0))
+    with pytest.raises(ConvlabError, match=r"shape \(200000, 200000\) claims more") as err:
+        read_state_dict(bomb)
     assert "\n" not in str(err.value)
 
 

@@ -174,8 +174,19 @@ def test_same_plan_is_found_complete_and_a_different_one_refused(tmp_path):
         prepare(str(src), out, size=20, shards=2, progress=False)
     replaced = prepare(str(src), out, size=20, shards=2, overwrite=True, progress=False)
     assert replaced["image_size"] == [20, 20]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json"] + [s["file"] for s in replaced["shards"]])
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # and the lock file prepare holds
+        [".convlab.lock", "manifest.json"] + [s["file"] for s in replaced["shards"]])
+
+
+def test_the_same_photos_give_byte_identical_shards_in_every_process(tmp_path):
+    src = make_folder(tmp_path / "src", num_classes=3, per_class=12, size=24)
+    sums = []
+    for name in ("a", "b"):  # two processes: protobuf map order and thread order differ
+        subprocess.run([sys.executable, "-m", "convlab", "data", "prepare", str(src),
+                        str(tmp_path / name), "--size", "16", "--shards", "2", "--quiet"],
+                       check=True, capture_output=True, timeout=300)
+        sums.append({s["file"]: s["sha256"] for s in read_manifest(tmp_path / name)["shards"]})
+    assert sums[0] == sums[1] and len(sums[0]) == 4
 
 
 def test_killed_run_leaves_no_whole_looking_shard_and_resumes(tmp_path):

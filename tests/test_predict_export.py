@@ -19,8 +19,8 @@ from convlab.config import TrainConfig
 from convlab.data.decode import decode_and_resize
 from convlab.errors import ConvlabError
 from convlab.export import TOLERANCES, Tolerance, export
-from convlab.predict import predict, run_info
-from convlab.runs import load_run_model
+from convlab.predict import predict
+from convlab.runs import load_run_model, run_info
 from convlab.training.trainer import train
 
 TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "epochs": 1,
@@ -184,3 +184,13 @@ def test_flip_tta_averages_each_image_with_its_mirror(run, photos):
                                strict=True))
     with pytest.raises(ConvlabError, match="--tta must be one of none, flip, received: 'rot'"):
         predict(run, [photos], tta="rot")
+
+
+def test_run_info_is_read_from_the_run_folder_even_when_the_data_has_moved(run, tmp_path):
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["derived"]["stored_size"], saved["derived"]["jpeg_quality"]) == (16, 90)
+    moved = shutil.copytree(run, tmp_path / "run")
+    saved["derived"].update(prepared_data=str(tmp_path / "gone"), jpeg_quality=75)
+    (moved / "config.json").write_text(json.dumps(saved))
+    info = run_info(moved)  # no manifest to read: what training recorded is enough
+    assert (info.prepared, info.stored_size, info.quality) == (None, 16, 75)

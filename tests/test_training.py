@@ -242,7 +242,11 @@ def test_cached_feature_run_resumed_mid_way_ends_with_the_same_weights(tiny_data
                  # resume (measured: epochs 1-2 equal, 3-4 not), so this checks the rest.
                  "model_options": {"dropout": 0.0}}
     whole = train(TrainConfig(), runs_dir=str(tmp_path / "whole"), progress=False, **overrides)
-    cut = train(TrainConfig(), runs_dir=str(tmp_path / "cut"), progress=False, **overrides)
+    # By default only the two newest epoch checkpoints are kept (best.keras besides them).
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == [
+        "epoch-003.keras", "epoch-004.keras"]
+    cut = train(TrainConfig(), runs_dir=str(tmp_path / "cut"), progress=False, keep_checkpoints=0,
+                **overrides)
     # What a crash after epoch 2 leaves: checkpoints and history up to it, no final model.
     (cut / "model.keras").unlink()
     for late in ("epoch-003.keras", "epoch-004.keras"):

@@ -6,3 +6,9 @@ class ConvlabError(Exception):
 
     The message is one line that names the bad value and what to do about it.
     """
+
+
+def check_at_least(flag: str, value, minimum) -> None:
+    """A one-line error unless `value` (of the option --`flag`) is at least `minimum`."""
+    if value is None or value < minimum:
+        raise ConvlabError(f"--{flag} must be at least {minimum}, received: {value}")

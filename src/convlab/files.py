@@ -1,6 +1,6 @@
 """Small helpers every layer shares: convlab's cache folder, atomic file writes, figures.
 
-A leaf module: it imports nothing from convlab, so any module may use it.
+A leaf module: it imports nothing from convlab but its error type, so any module may use it.
 """
 
 from __future__ import annotations
@@ -41,6 +41,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+LOCK = ".convlab.lock"  # the lock file a folder being written holds
+
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (an flock on its `.convlab.lock`, released by the
+    kernel however the process ends); if another process holds it, a one-line error: `busy`.
+    """
+    import fcntl
+
+    from convlab.errors import ConvlabError
+
+    handle = open(Path(folder) / LOCK, "a")  # noqa: SIM115  (closed below)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConvlabError(busy) from None
+        yield
+    finally:
+        handle.close()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through `atomic_path`."""
     with atomic_path(path) as tmp:
@@ -53,3 +76,9 @@ def figure(**kwargs):
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
+
+
+def literal(text) -> str:
+    """User text (class names, run names) for a matplotlib label, drawn as typed: `$` is
+    escaped, so `$\\frac$` is not parsed as mathtext (which fails on it)."""
+    return str(text).replace("$", r"\$")

@@ -79,7 +79,7 @@ def _exit_reason(code: int) -> str:
 
 
 def launch(workers: int, command: list[str], *, host: str = "127.0.0.1",
-           logs: str | os.PathLike | None = None) -> int:
+           logs: str | os.PathLike | None = None, force: bool = False) -> int:
     """Run `convlab <command>` as a `workers`-process multi-worker job; returns its exit code.
 
     Raises:
@@ -88,6 +88,11 @@ def launch(workers: int, command: list[str], *, host: str = "127.0.0.1",
     """
     if workers < 1:
         raise ConvlabError(f"--workers must be at least 1, received: {workers}")
+    cores = os.cpu_count() or 1
+    if workers > max(2, cores) and not force:
+        raise ConvlabError(f"--workers {workers} on a machine with {cores} CPU core(s) would "
+                           f"start {workers} TensorFlow processes that fight over them; use at "
+                           f"most {max(2, cores)}, or add --force")
     if command[:1] == ["--"]:
         command = command[1:]
     if command[:1] != ["train"]:

@@ -33,12 +33,15 @@ def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
     for item in map(str, inputs):
         if os.path.isdir(item):
             for path, kind in walk_files(item):
-                if kind == "broken link":
-                    skipped.append({"path": path, "reason": kind, "detail": os.readlink(path)})
-                elif kind is None:
+                if kind is None:
                     paths.append(path)
+                elif kind != "ignored":
+                    detail = os.readlink(path) if kind == "broken link" else ""
+                    skipped.append({"path": path, "reason": kind, "detail": detail})
         elif os.path.isfile(item):
             paths.append(item)
+        elif os.path.exists(item):  # a FIFO or device named explicitly: never opened
+            skipped.append({"path": item, "reason": "not a regular file", "detail": ""})
         else:
             raise ConvlabError(f"image or folder not found: '{item}'; check the path")
     return list(dict.fromkeys(paths)), skipped

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from convlab.config import TrainConfig
 from convlab.errors import ConvlabError
 
 MODEL_FILES = {"best": "best.keras", "final": "model.keras"}
@@ -63,16 +64,83 @@ def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
     if not folder.config.is_file():
         raise ConvlabError(f"'{folder.path}' is not a convlab run folder (no config.json); "
                            "give the folder `convlab train` printed")
-    return folder.path, json.loads(folder.config.read_text())
+    try:
+        return folder.path, json.loads(folder.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConvlabError(f"'{folder.config}' is damaged ({getattr(err, 'msg', err)}); the "
+                           "run's settings are lost: train it again") from None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run folder's config.json, typed: the resolved config and what training derived
+    from it (written once by the trainer; evaluate, report, plots, predict and export read it
+    here instead of picking keys out of the JSON)."""
+
+    path: Path
+    config: TrainConfig
+    image_size: int
+    classes: list[str]
+    prepared_data: str | None  # the prepared folder trained on (a path or gs:// URL)
+    stored_size: int | None  # its images' size; None for runs made before it was recorded
+    jpeg_quality: int | None
+    global_batch: int | None
+    steps_per_epoch: int | None
+    precision: str | None
+    strategy: str | None
+    lr_per_epoch: list[float]
+    derived: dict  # everything the trainer recorded, as written
+
+
+def read_record(run: str | os.PathLike) -> RunRecord:
+    """The typed record of a run folder (see `RunRecord`).
+
+    Raises:
+        ConvlabError: not a run folder, or a damaged config.json.
+    """
+    path, saved = read_run(run)
+    d = saved.get("derived", {})
+    try:
+        return RunRecord(path, TrainConfig.from_dict(saved["config"]), int(d["image_size"]),
+                         list(d["classes"]), d.get("prepared_data"), d.get("stored_size"),
+                         d.get("jpeg_quality"), d.get("global_batch"), d.get("steps_per_epoch"),
+                         d.get("precision"), d.get("strategy"), list(d.get("lr_per_epoch") or []),
+                         d)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConvlabError(f"'{RunFolder(path).config}' is damaged (missing or bad {err}); "
+                           "the run's settings are lost: train it again") from None
+
+
+def read_state(run: str | os.PathLike) -> dict | None:
+    """state.json ({"epoch": finished epochs, "best": ...}); None if absent or damaged."""
+    try:
+        state = json.loads(RunFolder(run).state.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("epoch"), int) else None
+
+
+def checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(epoch, file) of the run's epoch checkpoints, oldest first; none newer than state.json
+    says were finished (a file written after it is from an epoch that did not end)."""
+    folder = RunFolder(run)
+    found = []
+    for path in folder.checkpoints.glob("epoch-*.keras") if folder.checkpoints.is_dir() else ():
+        stem = path.name[len("epoch-"):-len(".keras")]
+        if stem.isdigit() and path == folder.checkpoint(int(stem)):
+            found.append((int(stem), path))
+    state = read_state(run)
+    return sorted(c for c in found if state is None or c[0] <= state["epoch"])
 
 
 def last_checkpoint(run: str | os.PathLike) -> tuple[int, Path] | None:
-    """(epochs finished, their checkpoint) of a run folder; None before its first epoch."""
-    folder = RunFolder(run)
-    if not folder.state.exists():
-        return None
-    epoch = json.loads(folder.state.read_text())["epoch"]
-    return epoch, folder.checkpoint(epoch)
+    """(epochs finished, their checkpoint) of a run folder; None before its first epoch.
+    From state.json, or the newest checkpoint file when state.json is damaged."""
+    state = read_state(run)
+    if state is not None:
+        return state["epoch"], RunFolder(run).checkpoint(state["epoch"])
+    found = checkpoints(run)
+    return found[-1] if found else None
 
 
 def history_rows(run: str | os.PathLike) -> list[dict]:
@@ -107,18 +175,17 @@ def run_info(run: str | os.PathLike) -> RunInfo:
     Raises:
         ConvlabError: not a run folder.
     """
-    run, saved = read_run(run)
-    derived = saved["derived"]
-    size = int(derived["image_size"])
-    prepared = Path(derived["prepared_data"]) if derived.get("prepared_data") else None
+    record = read_record(run)
+    size = record.image_size
+    prepared = Path(record.prepared_data) if record.prepared_data else None
     if prepared is not None and not (prepared / "manifest.json").is_file():
         prepared = None
-    stored, quality = derived.get("stored_size"), derived.get("jpeg_quality")
+    stored, quality = record.stored_size, record.jpeg_quality
     if (stored is None or quality is None) and prepared is not None:
         manifest = json.loads((prepared / "manifest.json").read_text())
         stored = stored or int(manifest["image_size"][0])
         quality = quality or int(manifest.get("options", {}).get("quality", DEFAULT_QUALITY))
-    return RunInfo(run, size, list(derived["classes"]), prepared, int(stored or size),
+    return RunInfo(record.path, size, record.classes, prepared, int(stored or size),
                    int(quality or DEFAULT_QUALITY))
 
 
@@ -141,7 +208,12 @@ def load_run_model(run: str | os.PathLike, which: str = "best"):
 
     import convlab.models.layers  # noqa: F401  (registers convlab's custom layers for loading)
 
-    return keras.models.load_model(path, compile=False), path
+    try:
+        return keras.models.load_model(path, compile=False), path
+    except Exception as err:  # a truncated or overwritten file: zip, h5 or config errors
+        other = " (or try --model final)" if which == "best" else ""
+        raise ConvlabError(f"cannot load '{path}': the file is damaged ({type(err).__name__}); "
+                           f"train the run again{other}") from None
 
 
 TTA_MODES = ("none", "flip")

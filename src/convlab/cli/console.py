@@ -16,6 +16,14 @@ def console():
     return Console(width=None if sys.stdout.isatty() else 120)
 
 
+def plain(text) -> str:
+    """User text (paths, class names) made safe to print through rich: `[bold]x` stays
+    literally `[bold]x` instead of being read as markup (or crashing on `x[/b]`)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def add_run_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
     """RUN and `--model best|final`, the same for every command that reads a run folder."""
     parser.add_argument("run", help="run folder written by `convlab train` (runs/<time>-<name>)")

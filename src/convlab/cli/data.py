@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from convlab.cli.console import console
+from convlab.cli.console import console, plain
 from convlab.errors import ConvlabError
 
 
@@ -26,16 +26,16 @@ def print_prepare_summary(manifest: dict, out) -> None:
 
     con = console()
     if manifest.get("resumed") == "already complete":
-        con.print(f"[bold]{out}[/] already holds this dataset, unchanged; nothing to do.")
+        con.print(f"[bold]{plain(out)}[/] already holds this dataset, unchanged; nothing to do.")
     splits = list(manifest["counts"]["per_split"])
-    table = Table(title=f"{out}: {manifest['counts']['total']} images, "
+    table = Table(title=f"{plain(out)}: {manifest['counts']['total']} images, "
                         f"{manifest['image_size'][0]} px, {len(manifest['shards'])} shards")
     table.add_column("class")
     for split in splits:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
     for label, per_split in manifest["counts"]["per_class"].items():
-        table.add_row(label, *(str(per_split.get(s, 0)) for s in splits),
+        table.add_row(plain(label), *(str(per_split.get(s, 0)) for s in splits),
                       str(sum(per_split.values())))
     table.add_row("[bold]all", *(f"[bold]{manifest['counts']['per_split'][s]}" for s in splits),
                   f"[bold]{manifest['counts']['total']}")
@@ -47,11 +47,15 @@ def print_prepare_summary(manifest: dict, out) -> None:
         line += " (" + ", ".join(f"{n} {r}" for r, n in manifest["skipped_by_reason"].items()) + ")"
     line += f"; ignored {counts['ignored']} non-image files"
     con.print(line)
+    if counts.get("enlarged"):
+        con.print(f"[yellow]note:[/] {counts['enlarged']} of {counts['total']} photos are "
+                  f"smaller than {manifest['image_size'][0]} px on their short side and were "
+                  "enlarged (upsampled: no more detail than the original)")
     for label in manifest["empty_classes"]:
-        con.print(f"[yellow]warning:[/] class folder {label!r} has no usable images; "
+        con.print(f"[yellow]warning:[/] class folder {plain(repr(label))} has no usable images; "
                       "it is not a class of this dataset")
     if counts["skipped"]:
-        con.print(f"every skipped file and its reason: {Path(out) / 'manifest.json'} "
+        con.print(f"every skipped file and its reason: {plain(Path(out) / 'manifest.json')} "
                       "(\"skipped\", \"duplicates\")")
 
 
@@ -61,12 +65,13 @@ def cmd_data_inspect(args) -> int:
     from convlab.data.inspect import counts, sample_grid
 
     info = counts(args.path)
-    table = Table(title=f"{args.path}" + ("" if info["prepared"] else " (not prepared)"))
+    table = Table(title=plain(args.path) + ("" if info["prepared"] else " (not prepared)"))
     table.add_column("class")
     for split in info["splits"]:
         table.add_column(split, justify="right")
     for label in info["classes"]:
-        table.add_row(label, *(str(info["per_class"][label].get(s, 0)) for s in info["splits"]))
+        table.add_row(plain(label), *(str(info["per_class"][label].get(s, 0))
+                                      for s in info["splits"]))
     con = console()
     con.print(table)
     con.print(f"skipped: {info['skipped']}, ignored: {info['ignored']}")
@@ -74,7 +79,7 @@ def cmd_data_inspect(args) -> int:
     if not args.out and not os.access(args.path, os.W_OK):
         out = Path(f"samples-{Path(args.path).name}.png")
     png = sample_grid(args.path, out, split=args.split, count=args.count)
-    con.print(f"sample grid: {png}")
+    con.print(f"sample grid: {plain(png)}")
     return 0
 
 
@@ -130,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--overwrite", action="store_true",
                       help="replace a different dataset already in OUT")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
-    prep.set_defaults(func=cmd_data_prepare, tensorflow=False)  # Pillow only
+    prep.set_defaults(func=cmd_data_prepare)
 
     insp = dsub.add_parser("inspect", help="counts per class/split and a PNG grid of samples")
     insp.add_argument("path", help="prepared folder or folder of class subfolders")

@@ -40,6 +40,10 @@ def _import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # bare `convlab`: what it can do
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if not args.verbose:

@@ -7,7 +7,8 @@ import csv
 import json
 import sys
 
-from convlab.cli.console import add_run_args, console
+from convlab.cli.console import add_run_args, console, plain
+from convlab.errors import ConvlabError
 from convlab.export import FORMATS, QUANTIZE
 from convlab.runs import TTA_MODES, RunFolder
 
@@ -47,17 +48,20 @@ def cmd_predict(args) -> int:
     else:
         from rich.table import Table
 
-        table = Table(title=f"{len(rows)} images, run {args.run} ({args.model} model)")
+        table = Table(title=f"{len(rows)} images, run {plain(args.run)} ({args.model} model)")
         table.add_column("path", overflow="fold")
         table.add_column(f"top {args.top_k}")
         for r in rows:
-            table.add_row(r["path"], ", ".join(f"{p['class']} {p['probability']:.1%}"
-                                               for p in r["predictions"]))
+            table.add_row(plain(r["path"]), ", ".join(
+                f"{plain(p['class'])} {p['probability']:.1%}" for p in r["predictions"]))
         console().print(table)
     # Machine-readable stdout stays clean: skipped files go to stderr.
     for s in skipped:
         print(f"skipped {s['path']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""),
               file=sys.stderr)
+    if not rows:
+        raise ConvlabError(f"none of the {len(skipped)} input file(s) could be classified "
+                           "(reasons above); give image files or folders of them")
     return 0
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from convlab.cli.console import console
+from convlab.cli.console import console, plain
 from convlab.config import (
     AUGMENT_PRESETS,
     CLASS_WEIGHTS,
@@ -103,14 +104,23 @@ def cmd_train(args) -> int:
 def cmd_launch(args) -> int:
     from convlab.launch import launch
 
-    return launch(args.workers, args.command, host=args.host, logs=args.logs)
+    return launch(args.workers, args.command, host=args.host, logs=args.logs, force=args.force)
 
 
 def cmd_recipes(args) -> int:
     from rich.table import Table
 
-    from convlab.config import RECIPES, recipe_config
+    from convlab.config import MEASURED, RECIPES, recipe_config
 
+    if args.name:  # one recipe: every resolved setting, and what it measured
+        config = recipe_config(args.name)
+        con = console()
+        con.print(f"[bold]{args.name}[/]: {RECIPES[args.name][0]}", highlight=False)
+        for key, value in _flatten(config.to_dict()):
+            con.print(f"  {key} = {plain(json.dumps(value))}", highlight=False)
+        con.print(f"measured: {MEASURED.get(args.name, 'not measured on flower_photos yet')}",
+                  highlight=False)
+        return 0
     table = Table(title="convlab recipes (convlab train RECIPE --data ...)")
     for col in ("recipe", "model", "px", "epochs", "batch", "schedule"):
         table.add_column(col, no_wrap=True)
@@ -126,6 +136,15 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def _flatten(values: dict, prefix: str = ""):
+    """(dotted key, value) pairs of a nested config: the keys `--set` takes."""
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "model_options" and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model, recipe and training subcommands to the `convlab` parser."""
     models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
@@ -134,7 +153,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--image-size", type=int, default=None)
     models.set_defaults(func=cmd_models)
 
-    rec = sub.add_parser("recipes", help="list the training recipes")
+    rec = sub.add_parser("recipes", help="list the training recipes, or show one in full",
+                         description="List the recipes, or with NAME print every setting it "
+                                     "resolves to (as `--set` keys) and what it measured.")
+    rec.add_argument("name", nargs="?", help="a recipe to show in full")
     rec.set_defaults(func=cmd_recipes, tensorflow=False)
 
     tr = sub.add_parser(
@@ -187,6 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "-- train squeezenet --data DIR --epochs 2")
     la.add_argument("--workers", type=int, required=True, help="worker processes")
     la.add_argument("--host", default="127.0.0.1", help="address the workers listen on")
+    la.add_argument("--force", action="store_true",
+                    help="start more workers than this machine has CPU cores")
     la.add_argument("--logs", help="keep the workers' logs here (default: a temporary folder, "
                                    "removed after a successful job)")
     la.add_argument("command", nargs=argparse.REMAINDER,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convlab.data.ingest import MANIFEST, read_manifest
+from convlab.errors import check_at_least
 
 
 @dataclass
@@ -58,6 +59,9 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
     Returns:
         (rows, info): one row per variant and what was measured (images, size, split).
     """
+    check_at_least("batch-size", batch_size, 1)
+    check_at_least("rounds", rounds, 1)
+    check_at_least("size", size, 1)
     import tensorflow as tf
 
     from convlab.data.pipeline import load, load_files, shard_files

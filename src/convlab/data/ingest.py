@@ -8,6 +8,7 @@ complete, with a small record of it beside; a re-run with the same plan resumes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from convlab.data.sources import (
     scan_source,
 )
 from convlab.errors import ConvlabError
-from convlab.files import cache_dir, write_text_atomic
+from convlab.files import LOCK, cache_dir, locked, write_text_atomic
 
 MANIFEST = "manifest.json"
 STATE = ".convlab-prepare.json"
@@ -158,6 +159,22 @@ def _fingerprint(opts: PrepareOptions, classes: list[str], plan: dict) -> str:
 # ---- the output folder: new, resumable, up to date, or refused ----
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on OUT while preparing into it: a second `prepare` into the
+    same folder stops at once with a clear error instead of mixing its shards in."""
+    if out.exists() and not out.is_dir():
+        raise ConvlabError(f"output '{out}' is a file; give a folder (it will be created)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / LOCK).touch()
+    except OSError as err:
+        raise ConvlabError(f"cannot write to output folder '{out}': {err.strerror}") from None
+    with locked(out, f"another `convlab data prepare` is writing '{out}' right now; wait for "
+                     "it to finish, or prepare into another folder"):
+        yield
+
+
 def _convlab_files(out: Path) -> list[Path]:
     return [p for p in out.iterdir()
             if p.name in (MANIFEST, STATE, PARTS) or p.name.endswith((".tfrec", ".tfrec.tmp"))]
@@ -171,11 +188,23 @@ def _claim_output(out: Path, fingerprint: str, source: str, overwrite: bool) -> 
         previous = None
         for name in (MANIFEST, STATE):
             if (out / name).exists():
-                previous = json.loads((out / name).read_text())
+                try:
+                    previous = _load_json(out / name, (out / name).read_text())
+                except ConvlabError:
+                    if not overwrite:
+                        raise
+                    previous = {"damaged": name}  # --overwrite repairs it
                 break
         same_plan = previous is not None and previous.get("fingerprint") == fingerprint
         if same_plan and (out / MANIFEST).exists():
-            return previous  # done already
+            damaged = verify_shards(out, previous, checksums=True)
+            if not damaged:
+                return previous  # done already, and every shard proved intact
+            if not overwrite:
+                raise ConvlabError(f"'{out}' holds this dataset but {damaged[0]} "
+                                   f"({len(damaged)} damaged shard(s)); pass --overwrite to "
+                                   "make it again")
+            same_plan = False
         if not same_plan:  # same plan without a manifest: an interrupted run, resume it
             if overwrite:
                 for p in _convlab_files(out):
@@ -186,7 +215,7 @@ def _claim_output(out: Path, fingerprint: str, source: str, overwrite: bool) -> 
                     f"{previous.get('source')}, size {previous.get('options', {}).get('size')});"
                     " choose another output folder or pass --overwrite"
                 )
-            others = [p.name for p in out.iterdir()]
+            others = [p.name for p in out.iterdir() if p.name != LOCK]
             if others:
                 raise ConvlabError(
                     f"output folder '{out}' is not empty and is not a convlab dataset "
@@ -301,23 +330,28 @@ def prepare(
                  for p in kept]
         plan = _split(items, opts)
         fingerprint = _fingerprint(opts, classes, plan)
-        done = _claim_output(out, fingerprint, scan.source, overwrite)
-        if done is not None:
-            done["resumed"] = "already complete"
-            return done
-        _write_json(out / STATE, {"fingerprint": fingerprint, "source": scan.source,
-                                  "options": asdict(opts), "started": started})
-        shard_records = _write_shards(out, plan, classes, opts, pool, progress)
+        with _exclusive(out):
+            done = _claim_output(out, fingerprint, scan.source, overwrite)
+            if done is not None:
+                done["resumed"] = "already complete"
+                return done
+            try:
+                _write_json(out / STATE, {"fingerprint": fingerprint, "source": scan.source,
+                                          "options": asdict(opts), "started": started})
+                shard_records = _write_shards(out, plan, classes, opts, pool, progress)
+                manifest = _manifest(out, scan, opts, classes, empty, plan, shard_records,
+                                     skipped, dup_groups, fingerprint, started)
+                _write_json(out / MANIFEST, manifest)
+            except OSError as err:  # e.g. the disk filled up (temporary files are removed)
+                raise ConvlabError(f"cannot write {err.filename or out}: {err.strerror}; free "
+                                   "some space and run the same command again: finished "
+                                   "shards are kept") from None
+            (out / STATE).unlink(missing_ok=True)
+            shutil.rmtree(out / PARTS, ignore_errors=True)
+            return manifest
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-
-    manifest = _manifest(out, scan, opts, classes, empty, plan, shard_records, skipped,
-                         dup_groups, fingerprint, started)
-    _write_json(out / MANIFEST, manifest)
-    (out / STATE).unlink(missing_ok=True)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
-    return manifest
 
 
 def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
@@ -343,26 +377,36 @@ def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
         task = bar.add_task("writing shards", total=total)
         for split, index, members in todo:
             tmp = out / f"{split}{index:02d}.tfrec.tmp"
-            per_class, failures, count = Counter(), [], 0
+            per_class, failures, count, enlarged = Counter(), [], 0, 0
             args = [(m["path"], opts.size, opts.quality) for m in members]
             by_path = {m["path"]: m for m in members}
-            with tf.io.TFRecordWriter(str(tmp)) as writer:
-                for path, result in _map(pool, _decode, args):
-                    bar.advance(task)
-                    member = by_path[path]
-                    if isinstance(result, dict):
-                        failures.append({"path": path, "class": member["class"], **result})
-                        continue
-                    writer.write(encode_example(result.jpeg, class_index[member["class"]],
-                                                member["class"], opts.size, len(classes)))
-                    per_class[member["class"]] += 1
-                    count += 1
-                    member["format"] = result.source_format
+            try:
+                with tf.io.TFRecordWriter(str(tmp)) as writer:
+                    for path, result in _map(pool, _decode, args):
+                        bar.advance(task)
+                        member = by_path[path]
+                        if isinstance(result, dict):
+                            failures.append({"path": path, "class": member["class"], **result})
+                            continue
+                        writer.write(encode_example(result.jpeg, class_index[member["class"]],
+                                                    member["class"], opts.size, len(classes)))
+                        per_class[member["class"]] += 1
+                        count += 1
+                        member["format"] = result.source_format
+                        # short side below the output size: upsampled, no detail added
+                        enlarged += min(result.source_size) < opts.size
+            except (OSError, tf.errors.OpError) as err:  # e.g. the disk is full
+                tmp.unlink(missing_ok=True)
+                why = getattr(err, "strerror", None) or getattr(err, "message", None) or err
+                raise ConvlabError(f"cannot write shard '{tmp}': {why}; free some space and "
+                                   "run the same command again: finished shards are kept") \
+                    from None
             failed = {f["path"] for f in failures}
             name = shard_name(split, index, count)
             record = {"file": name, "split": split, "count": count,
                       "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
                       "per_class": dict(sorted(per_class.items())), "failures": failures,
+                      "enlarged": enlarged,
                       "members": [{"path": m["path"], "class": m["class"],
                                    "sha256": m["sha256"]} for m in members
                                   if m["path"] not in failed]}
@@ -403,6 +447,8 @@ def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup
             "candidates": len(scan.candidates),
             "skipped": len(skipped),
             "ignored": len(scan.ignored),
+            # photos whose short side was below the size: enlarged, so no sharper than before
+            "enlarged": sum(r.get("enlarged", 0) for r in records),
         },
         "shards": [{k: r[k] for k in ("file", "split", "count", "bytes", "sha256", "per_class")}
                    for r in records],
@@ -472,11 +518,47 @@ def read_manifest(path: str | os.PathLike) -> dict:
         hint = " (an interrupted `convlab data prepare`? run it again to resume)" if exists(
             join(path, STATE)) else ""
         raise ConvlabError(f"'{path}' is not a prepared dataset: no {MANIFEST}{hint}")
-    manifest = json.loads(read(file))
+    manifest = _load_json(file, read(file))
     missing = [s["file"] for s in manifest["shards"] if not exists(join(path, s["file"]))]
     if missing:
         raise ConvlabError(
             f"prepared dataset '{path}' is missing shard {missing[0]} "
             f"({len(missing)} missing); prepare it again with --overwrite"
         )
+    if not is_remote(str(path)):
+        damaged = verify_shards(path, manifest, checksums=False)
+        if damaged:
+            raise ConvlabError(f"prepared dataset '{path}': {damaged[0]} ({len(damaged)} "
+                               f"damaged shard(s)); prepare it again with --overwrite")
     return manifest
+
+
+def _load_json(file, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConvlabError(f"'{file}' is damaged (not valid JSON: {err.msg} at line "
+                           f"{err.lineno}); prepare the dataset again with --overwrite, "
+                           "which replaces it") from None
+    if not isinstance(value, dict) or "shards" not in value and "fingerprint" not in value:
+        raise ConvlabError(f"'{file}' is damaged (not a convlab manifest); prepare the "
+                           "dataset again with --overwrite, which replaces it")
+    return value
+
+
+def verify_shards(path: str | os.PathLike, manifest: dict, *, checksums: bool) -> list[str]:
+    """What is wrong with the shard files of a local prepared folder, one line per damaged
+    shard: a size other than the manifest's (always checked: one stat per file), or with
+    `checksums`, a sha256 other than the manifest's (reads every byte)."""
+    damaged = []
+    for shard in manifest["shards"]:
+        file = Path(path) / shard["file"]
+        size = file.stat().st_size if file.is_file() else None
+        if size is None:
+            damaged.append(f"shard {shard['file']} is missing")
+        elif "bytes" in shard and size != shard["bytes"]:
+            damaged.append(f"shard {shard['file']} has {size:,} bytes, the manifest says "
+                           f"{shard['bytes']:,} (truncated or overwritten)")
+        elif checksums and "sha256" in shard and file_sha256(file) != shard["sha256"]:
+            damaged.append(f"shard {shard['file']} does not match its sha256 in the manifest")
+    return damaged

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from convlab.data.ingest import MANIFEST, read_manifest
-from convlab.errors import ConvlabError
-from convlab.files import figure
+from convlab.errors import ConvlabError, check_at_least
+from convlab.files import figure, literal
 
 
 def counts(path: str | os.PathLike) -> dict:
@@ -68,6 +68,7 @@ def _samples(path: Path, split: str, n: int, size: int | None):
 def sample_grid(path: str | os.PathLike, out_png: str | os.PathLike, *, split: str = "train",
                 count: int = 25, image_size: int | None = None) -> Path:
     """Write a grid of sample images with their class names to `out_png`."""
+    check_at_least("count", count, 1)
     samples = _samples(Path(path), split, count, image_size)
     if not samples:
         raise ConvlabError(f"no decodable images found in '{path}'")
@@ -79,7 +80,7 @@ def sample_grid(path: str | os.PathLike, out_png: str | os.PathLike, *, split: s
         ax.axis("off")
     for ax, (image, label) in zip(axes.flat, samples, strict=False):
         ax.imshow(image)
-        ax.set_title(label, fontsize=10)
+        ax.set_title(literal(label), fontsize=10)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

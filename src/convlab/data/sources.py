@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import os
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -70,19 +71,30 @@ def clearly_not_photo(name: str) -> bool:
 
 def file_kind(path: str) -> str | None:
     """None for a local file to try as an image, "ignored" for one that is clearly not a
-    photo (`.txt`, `.DS_Store`, ...), "broken link" for a link to nothing."""
+    photo (`.txt`, `.DS_Store`, ...), "broken link" for a link to nothing, "not a regular
+    file" for a FIFO, socket or device (reading one could block forever)."""
     if clearly_not_photo(os.path.basename(path)):
         return "ignored"
-    if os.path.islink(path) and not os.path.exists(path):
-        return "broken link"
-    return None
+    try:
+        mode = os.stat(path).st_mode  # follows links; never opens the file
+    except OSError:
+        return "broken link" if os.path.islink(path) else "unreadable"
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def walk_files(folder: str | os.PathLike) -> Iterator[tuple[str, str | None]]:
-    """(path, `file_kind`) of every file under `folder`: sorted, hidden folders skipped,
-    links not followed. Ingest and predict walk folders through this."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    """(path, `file_kind`) of every file under `folder`: sorted, hidden folders skipped.
+    Linked folders are followed, each real folder once (a link loop ends there). Ingest and
+    predict walk folders through this."""
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             yield path, file_kind(path)
@@ -91,9 +103,9 @@ def walk_files(folder: str | os.PathLike) -> Iterator[tuple[str, str | None]]:
 def _add_file(scan: Scan, path: str, label: str, kind: str | None) -> None:
     if kind == "ignored":
         scan.ignored.append(path)
-    elif kind == "broken link":
-        scan.skipped.append({"path": path, "class": label, "reason": kind,
-                             "detail": os.readlink(path)})
+    elif kind is not None:
+        detail = os.readlink(path) if kind == "broken link" else ""
+        scan.skipped.append({"path": path, "class": label, "reason": kind, "detail": detail})
     else:
         scan.candidates.append(Candidate(path, label))
 
@@ -116,7 +128,7 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     for entry in sorted(root.iterdir()):
         if entry.is_dir() and not entry.name.startswith("."):
             class_dirs.append(entry)
-        elif entry.is_file() or entry.is_symlink():
+        elif not entry.is_dir():
             if clearly_not_photo(entry.name):
                 scan.ignored.append(str(entry))
             else:

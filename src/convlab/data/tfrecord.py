@@ -38,7 +38,10 @@ def encode_example(jpeg: bytes, class_index: int, label: str, size: int, num_cla
         "size": tf.train.Feature(int64_list=tf.train.Int64List(value=[size, size])),
         "one_hot_class": tf.train.Feature(float_list=tf.train.FloatList(value=one_hot)),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: the feature map in a fixed order, so the same photos give the same
+    # bytes (and shard checksums) in every process
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized: tf.Tensor, features: dict = FEATURES) -> dict[str, tf.Tensor]:

@@ -14,27 +14,34 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.runs import RunFolder, check_tta, load_run_model, predict_batch, read_run
+from convlab.runs import (
+    RunFolder,
+    RunRecord,
+    check_tta,
+    load_run_model,
+    predict_batch,
+    read_record,
+)
 
 GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
 
 
-def _resolve(data, derived: dict, split: str | None) -> tuple[Path, str]:
+def _resolve(data, record: RunRecord, split: str | None) -> tuple[Path, str]:
     """The prepared folder and split to evaluate."""
     from convlab.data.ingest import MANIFEST
     from convlab.data.resolve import resolve_data
     from convlab.data.sources import is_remote
 
     if data is None:
-        prepared = derived["prepared_data"]
+        prepared = record.prepared_data or ""
         if is_remote(prepared):  # a TPU run's gs:// data
             return prepared, split or "validation"
         prepared = Path(prepared)
         if not (prepared / MANIFEST).exists():
             raise ConvlabError(f"the run's prepared data '{prepared}' is gone; pass --data")
         return prepared, split or "validation"
-    prepared = resolve_data(data, derived["image_size"], progress=False)
+    prepared = resolve_data(data, record.image_size, progress=False)
     prepared_already = isinstance(prepared, str) or (Path(data) / MANIFEST).exists()
     # A photo folder is prepared into the cache with a train/validation split that means
     # nothing here: every one of its images is test data for this model.
@@ -125,20 +132,19 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     from convlab.data.ingest import read_manifest
     from convlab.data.pipeline import SPLIT_ALIASES
 
-    run, saved = read_run(run)
-    derived = saved["derived"]
-    classes = list(derived["classes"])
+    record = read_record(run)
+    run, classes = record.path, record.classes
     n = len(classes)
     k = top_k if top_k is not None else max(1, min(3, n - 1))
     if not 1 <= k <= max(1, n - 1):
         raise ConvlabError(f"--top-k must be between 1 and {max(1, n - 1)} for {n} classes, "
                            f"received: {k}")
     tta = check_tta(tta)
-    prepared, split = _resolve(data, derived, split)
+    prepared, split = _resolve(data, record, split)
     split = SPLIT_ALIASES.get(split, split)
     mapping = _class_map(read_manifest(prepared), classes, data or prepared)
     keras_model, model_path = load_run_model(run, model)
-    datasets = _datasets(prepared, split, derived["image_size"], batch_size)
+    datasets = _datasets(prepared, split, record.image_size, batch_size)
     labels, probs = _predict(keras_model, datasets, tta)
     y = mapping[labels]
     pred = probs.argmax(axis=1)
@@ -214,8 +220,10 @@ def metrics_table(metrics: dict):
     table.add_column("class")
     for col in ("precision", "recall", "f1", "support"):
         table.add_column(col, justify="right")
+    from rich.markup import escape
+
     for name, row in metrics["per_class"].items():
-        table.add_row(name, *(f"{row[c]:.3f}" for c in ("precision", "recall", "f1")),
+        table.add_row(escape(name), *(f"{row[c]:.3f}" for c in ("precision", "recall", "f1")),
                       str(row["support"]))
     table.add_section()
     for avg in ("macro", "weighted"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.files import figure
-from convlab.runs import RunFolder, read_run
+from convlab.files import figure, literal
+from convlab.runs import RunFolder, read_record
 
 RIGHT, WRONG = "#1b5e20", "#c62828"
 
@@ -31,10 +31,11 @@ def _history(run: Path) -> list[dict]:
 
 def training_curves(run: str | os.PathLike) -> Path:
     """Accuracy and loss per epoch (train vs validation) and the learning rate per epoch."""
-    run, saved = read_run(run)
+    record = read_record(run)
+    run = record.path
     history = _history(run)
     epochs = [h["epoch"] + 1 for h in history]
-    lrs = saved["derived"].get("lr_per_epoch") or []
+    lrs = record.lr_per_epoch
     fig = figure(figsize=(15, 4.2))
     axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=False):
@@ -54,7 +55,7 @@ def training_curves(run: str | os.PathLike) -> Path:
     axes[2].grid(alpha=0.3)
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(run.name)
+    fig.suptitle(literal(run.name))
     fig.tight_layout()
     return _save(fig, RunFolder(run).plot("training_curves"))
 
@@ -72,9 +73,9 @@ def confusion_matrix(run: str | os.PathLike, metrics: dict | None = None) -> Pat
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else
+    ax.set_xticks(range(n), [literal(c) for c in classes], rotation=45 if n > 4 else 0, ha="right" if n > 4 else
                   "center")
-    ax.set_yticks(range(n), classes)
+    ax.set_yticks(range(n), [literal(c) for c in classes])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if n <= 25:  # beyond that the numbers are unreadable; the colours still tell
@@ -114,7 +115,7 @@ def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
             label += f"\ntrue: {classes[truth]}"
             if show_p:
                 label += f" (p={probs[truth]:.2f})"
-        ax.set_title(label, fontsize=10, color=RIGHT if guess == truth else WRONG)
+        ax.set_title(literal(label), fontsize=10, color=RIGHT if guess == truth else WRONG)
     if not len(indices):
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=12)
@@ -125,40 +126,41 @@ def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
 def predictions(run: str | os.PathLike) -> Path:
     """The codelab's prediction grid: predicted class over each image, red with the true
     class when wrong."""
-    run, saved = read_run(run)
+    record = read_record(run)
+    run = record.path
     pred = _predictions(run)
     wrong = int((pred["probabilities"][pred["grid"]].argmax(1) != pred["labels"][pred["grid"]])
                 .sum())
-    fig = _gallery(pred["grid"], pred, saved["derived"]["classes"],
+    fig = _gallery(pred["grid"], pred, record.classes,
                    f"predictions ({wrong} of {len(pred['grid'])} wrong, in red)", False)
     return _save(fig, RunFolder(run).plot("predictions"))
 
 
 def mistakes(run: str | os.PathLike) -> Path:
     """The most confident mistakes, with the predicted and true class and their p."""
-    run, saved = read_run(run)
+    record = read_record(run)
+    run = record.path
     pred = _predictions(run)
     total = int((pred["probabilities"].argmax(1) != pred["labels"]).sum())
-    fig = _gallery(pred["mistakes"], pred, saved["derived"]["classes"],
+    fig = _gallery(pred["mistakes"], pred, record.classes,
                    f"most confident mistakes ({len(pred['mistakes'])} of {total})", True)
     return _save(fig, RunFolder(run).plot("mistakes"))
 
 
 def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
     """Training images as the run saw them: each one before and after its augmentation."""
-    from convlab.config import TrainConfig
     from convlab.data.ingest import MANIFEST, read_manifest
     from convlab.data.pipeline import load
 
-    run, saved = read_run(run)
-    config = TrainConfig.from_dict(saved["config"])
-    prepared = Path(saved["derived"]["prepared_data"])
+    record = read_record(run)
+    run, config = record.path, record.config
+    prepared = Path(record.prepared_data)
     if not (prepared / MANIFEST).exists():
         raise ConvlabError(f"the run's prepared data '{prepared}' is gone")
     manifest = read_manifest(prepared)
     count = min(count, manifest["counts"]["per_split"].get("train", 0))
     # Same seed, so both pipelines shuffle identically: column k is one image, twice.
-    common = {"batch_size": count, "image_size": saved["derived"]["image_size"],
+    common = {"batch_size": count, "image_size": record.image_size,
               "training": True, "seed": config.seed, "cache": False, "deterministic": True}
     plain, labels = next(iter(load(prepared, "train", augment=None, **common)))
     augmented, _ = next(iter(load(prepared, "train", augment=config.augment, **common)))
@@ -169,7 +171,7 @@ def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
             axes[row, k].imshow(images[k].numpy(), interpolation="nearest")
             axes[row, k].set_xticks([])
             axes[row, k].set_yticks([])
-        axes[0, k].set_title(manifest["classes"][int(labels[k])], fontsize=10)
+        axes[0, k].set_title(literal(manifest["classes"][int(labels[k])]), fontsize=10)
     axes[0, 0].set_ylabel("original")
     axes[1, 0].set_ylabel("augmented")
     what = _describe(config.augment)
@@ -203,9 +205,10 @@ def make_plots(run: str | os.PathLike) -> dict[str, Path]:
     """
     from convlab.data.ingest import MANIFEST
 
-    run, saved = read_run(run)
+    record = read_record(run)
+    run = record.path
     made = {p.name: p for p in (training_curves(run), confusion_matrix(run), predictions(run),
                                 mistakes(run))}
-    if (Path(saved["derived"]["prepared_data"]) / MANIFEST).exists():
+    if record.prepared_data and (Path(record.prepared_data) / MANIFEST).exists():
         made["augmentation.png"] = augmentation(run)
     return made

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from convlab.evaluation.metrics import evaluate, load_metrics, summary_line
 from convlab.evaluation.plots import make_plots
-from convlab.runs import RunFolder, load_run_model, read_run
+from convlab.runs import RunFolder, RunRecord, load_run_model, read_record
 
 CSS = """
 *{box-sizing:border-box}
@@ -81,25 +81,25 @@ def _cards(metrics: dict, summary: dict) -> str:
                    f'<div class="k">{escape(k)}</div></div>' for v, k in cards)
 
 
-def _run_table(run: Path, saved: dict, summary: dict) -> str:
-    config, derived = saved["config"], saved["derived"]
+def _run_table(record: RunRecord, summary: dict) -> str:
+    run, config = record.path, record.config
     images = summary.get("images", {})
     pairs = [
         ("run folder", run.resolve()),
-        ("recipe", config.get("recipe") or "-"),
-        ("model", config["model"]),
+        ("recipe", config.recipe or "-"),
+        ("model", config.model),
         ("parameters", f"{summary['parameters']:,} ({summary['trainable_parameters']:,} "
                        f"trainable)" if "parameters" in summary else "-"),
-        ("data", summary.get("data", config["data"])),
-        ("prepared data", derived.get("prepared_data")),
-        ("classes", ", ".join(derived["classes"])),
+        ("data", summary.get("data", config.data)),
+        ("prepared data", record.prepared_data),
+        ("classes", ", ".join(record.classes)),
         ("images", ", ".join(f"{k} {v:,}" for k, v in images.items()) or "-"),
-        ("image size", f"{derived['image_size']} px"),
+        ("image size", f"{record.image_size} px"),
         ("hardware", summary.get("hardware", "-")),
-        ("strategy", summary.get("strategy", derived.get("strategy"))),
-        ("precision", derived.get("precision")),
-        ("global batch", derived.get("global_batch")),
-        ("epochs", summary.get("epochs", config["epochs"])),
+        ("strategy", summary.get("strategy", record.strategy)),
+        ("precision", record.precision),
+        ("global batch", record.global_batch),
+        ("epochs", summary.get("epochs", config.epochs)),
         ("wall time", f"{summary['wall_seconds']:,.1f} s" if "wall_seconds" in summary else "-"),
         ("training images/s", f"{summary['train_images_per_second']:,.1f}"
          if "train_images_per_second" in summary else "-"),
@@ -181,7 +181,8 @@ def report(run: str | os.PathLike) -> Path:
     """
     from convlab.version import __version__
 
-    run, saved = read_run(run)
+    record = read_record(run)
+    run, saved = record.path, {"config": record.config.to_dict(), "derived": record.derived}
     metrics = load_metrics(run)
     if metrics is None or not RunFolder(run).predictions.exists():
         metrics = evaluate(run)
@@ -189,9 +190,8 @@ def report(run: str | os.PathLike) -> Path:
     summary_path = RunFolder(run).summary_json
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     config = json.dumps(saved, indent=2)
-    subtitle = (f"{saved['config']['model']} on {summary.get('data', saved['config']['data'])}"
-                f" · {len(saved['derived']['classes'])} classes · "
-                f"{saved['derived']['image_size']} px")
+    subtitle = (f"{record.config.model} on {summary.get('data', record.config.data)}"
+                f" · {len(record.classes)} classes · {record.image_size} px")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -199,7 +199,7 @@ def report(run: str | os.PathLike) -> Path:
 <body><main>
 <h1>{escape(run.name)}</h1><p class="sub">{escape(subtitle)}</p>
 <section class="cards">{_cards(metrics, summary)}</section>
-<section><h2>Run</h2>{_run_table(run, saved, summary)}</section>
+<section><h2>Run</h2>{_run_table(record, summary)}</section>
 <section><h2>Training: final and best epoch</h2>{_epochs_table(summary)}</section>
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
 <section><h2>Plots</h2>{_figures(RunFolder(run).plots)}</section>

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -107,6 +108,12 @@ def _materialize(ref: _TensorRef, source: Path) -> np.ndarray:
     # as_strided does no bounds checks: a corrupt file must not read past the buffer.
     if ref.offset < 0 or min(stride, default=0) < 0 or last >= flat.size:
         raise ConvlabError(f"cannot read {source}: a tensor lies outside its storage (corrupt?)")
+    # Zero strides would let a few bytes stand for any number of elements (and the copy
+    # below would allocate them all): a saved weight holds each of its elements once.
+    if any(s == 0 and n > 1 for n, s in zip(size, stride, strict=True)) or \
+            math.prod(size) > flat.size:
+        raise ConvlabError(f"cannot read {source}: a tensor of shape {size} claims more "
+                           f"elements than its storage holds ({flat.size}); corrupt file?")
     strides = [s * flat.itemsize for s in stride]
     view = np.lib.stride_tricks.as_strided(flat[ref.offset :], shape=size, strides=strides)
     return np.array(view, order="C")  # a contiguous copy, detached from the file's buffer

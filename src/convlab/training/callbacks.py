@@ -9,8 +9,9 @@ from pathlib import Path
 
 import keras
 
+from convlab.errors import ConvlabError
 from convlab.files import atomic_path, write_text_atomic
-from convlab.runs import RunFolder
+from convlab.runs import RunFolder, checkpoints, read_state
 
 
 class Throughput(keras.callbacks.Callback):
@@ -58,19 +59,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
     so a run killed mid-save never leaves a checkpoint that looks whole.
 
     `model`: what to save, when it is not the model being fit (the full model while its head
-    trains on cached features)."""
+    trains on cached features). `keep`: how many epoch checkpoints to keep, newest first (0:
+    all); two by default, so a damaged newest one still leaves one to resume from."""
 
-    def __init__(self, run: Path, monitor: str = "val_accuracy", model: keras.Model | None = None):
+    def __init__(self, run: Path, monitor: str = "val_accuracy", model: keras.Model | None = None,
+                 keep: int = 2):
         super().__init__()
         self.run, self.monitor, self.saved_model = RunFolder(run), monitor, model
+        self.keep = keep
         self.run.checkpoints.mkdir(exist_ok=True)
-        state = self.run.state
-        self.best = json.loads(state.read_text()).get("best", -math.inf) if state.exists() \
-            else -math.inf
+        state = read_state(self.run.path) or {}
+        self.best = state.get("best", -math.inf)
 
     def _save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            (self.saved_model or self.model).save(tmp)
+        try:
+            with atomic_path(path) as tmp:
+                (self.saved_model or self.model).save(tmp)
+        except OSError as err:  # e.g. no space left: the temporary file is gone already
+            raise ConvlabError(
+                f"cannot write '{path}': {err.strerror or err}; free some space, then continue "
+                f"with `convlab train --resume {self.run.path}` (finished epochs are kept)"
+            ) from None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -80,4 +89,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.best = float(value)
             self._save(self.run.best)
         state = {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor}
-        write_text_atomic(self.run.state, json.dumps(state))
+        try:
+            write_text_atomic(self.run.state, json.dumps(state))
+        except OSError as err:
+            raise ConvlabError(
+                f"cannot write '{self.run.state}': {err.strerror or err}; free some space, then "
+                f"continue with `convlab train --resume {self.run.path}`") from None
+        if self.keep:  # only once the new one is committed
+            for _, old in checkpoints(self.run.path)[:-self.keep]:
+                old.unlink(missing_ok=True)

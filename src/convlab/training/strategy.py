@@ -83,10 +83,7 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
             raise ConvlabError("--strategy tpu but no TPU found; set TPU_NAME (or run on a "
                                "Cloud TPU VM / Colab TPU runtime), or use --strategy auto")
     if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
-        try:
-            json.loads(os.environ.get("TF_CONFIG") or "{}")
-        except json.JSONDecodeError:
-            raise ConvlabError("TF_CONFIG is not valid JSON; see docs/scaling.md") from None
+        check_tf_config(os.environ.get("TF_CONFIG") or "")
         from convlab.training.distributed import install_keras_fixes
 
         install_keras_fixes()
@@ -136,6 +133,35 @@ def resolve_precision(precision: str, info: StrategyInfo | None = None,
         if get_model_info(model).cpu_bfloat16:
             return "mixed_bfloat16"
     return "float32"
+
+
+def check_tf_config(text: str) -> dict:
+    """TF_CONFIG, parsed and checked: {"cluster": {"worker": [host:port, ...], ...},
+    "task": {"type": "worker", "index": i}} with i naming one of its tasks.
+
+    Raises:
+        ConvlabError: anything else, in one line naming what is wrong (TensorFlow itself
+            would run a one-worker job or fail with a traceback).
+    """
+    see = "see docs/scaling.md (or let `convlab launch` write it)"
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConvlabError(f"TF_CONFIG is not valid JSON ({text[:60]!r}); {see}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not (isinstance(cluster, dict) and cluster and all(
+            isinstance(v, list) and v and all(isinstance(a, str) for a in v)
+            for v in cluster.values())):
+        raise ConvlabError(f"TF_CONFIG needs a \"cluster\" of job name -> list of "
+                           f"\"host:port\" strings, received: {text[:80]!r}; {see}")
+    if not (isinstance(task, dict) and task.get("type") in cluster
+            and isinstance(task.get("index"), int) and not isinstance(task.get("index"), bool)
+            and 0 <= task["index"] < len(cluster[task["type"]])):
+        raise ConvlabError(f"TF_CONFIG's \"task\" must name a job of its cluster "
+                           f"({', '.join(cluster)}) and an index in it, received: "
+                           f"{json.dumps(task)[:80]}; {see}")
+    return config
 
 
 @contextlib.contextmanager

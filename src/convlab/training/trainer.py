@@ -7,6 +7,8 @@ run folder. `resume` reloads a run's config and last checkpoint and continues it
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -22,7 +24,8 @@ import tensorflow as tf
 
 from convlab.config import TrainConfig, recipe_config
 from convlab.errors import ConvlabError
-from convlab.runs import RunFolder, history_rows, last_checkpoint, read_run
+from convlab.files import locked, write_text_atomic
+from convlab.runs import RunFolder, checkpoints, history_rows, last_checkpoint, read_record
 from convlab.training.callbacks import EpochCheckpoint, Throughput
 from convlab.training.distributed import (
     ExampleCount,
@@ -50,14 +53,26 @@ from convlab.training.strategy import (
 
 
 def _run_dir(config: TrainConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(config.runs_dir) / f"{stamp}-{config.name or config.model}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
+    """A new run folder, created atomically: two runs started in the same second get
+    NAME and NAME-2, never the same folder."""
+    runs = Path(config.runs_dir)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConvlabError(f"cannot use --runs-dir '{runs}' for run folders: "
+                           f"{err.strerror or err}; give a folder path") from None
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.name or config.model}"
+    for n in range(1, 1000):
+        path = runs / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ConvlabError(f"cannot create the run folder '{path}': "
+                               f"{err.strerror or err}") from None
+    raise ConvlabError(f"999 run folders named '{base}' already exist in '{runs}'")
 
 
 def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
@@ -186,14 +201,68 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
     return _fit(config, run=None, progress=progress)
 
 
+def _resume_point(run: Path, strategy) -> tuple[int, Path, keras.Model] | None:
+    """(epoch, checkpoint, model) to resume from: the newest checkpoint that loads. A damaged
+    one (a disk that filled up, a killed copy) costs its epoch, which is trained again."""
+    newest = last_checkpoint(run)
+    if newest is None:
+        return None
+    candidates = [c for c in checkpoints(run) if c[0] <= newest[0]]
+    for epoch, path in reversed(candidates):
+        try:
+            with strategy.scope():
+                model = keras.models.load_model(path)
+        except Exception as err:  # truncated zip, bad h5, missing file
+            print(f"checkpoint {path.name} cannot be loaded ({type(err).__name__}); trying "
+                  "the one before it")
+            continue
+        if epoch < newest[0]:
+            print(f"resuming after epoch {epoch}: epoch(s) {epoch + 1}-{newest[0]} are "
+                  "trained again")
+        _trim_history(run, epoch)
+        return epoch, path, model
+    raise ConvlabError(f"no checkpoint of '{run}' can be loaded (checked {len(candidates)}); "
+                       "train the run again")
+
+
+def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
+    """What this run will do, in one line."""
+    s, ft = config.schedule, config.fine_tune_schedule
+    what = (f"training {config.model}" + (f" (recipe {config.recipe})" if config.recipe else "")
+            + f" at {image_size} px from {manifest['image_size'][0]} px images: "
+            f"{config.epochs} epoch(s), {config.optimizer} at {s.learning_rate:g} ({s.name})")
+    if config.feature_views:
+        what += f", the head on cached features of {config.feature_views} augmented views"
+    if config.fine_tune_epochs:
+        what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
+                 f"({ft.name})")
+    return what
+
+
+def _locked_run(run: Path):
+    return locked(run, f"run '{run}' is being trained by another process right now; wait for "
+                       "it to end (or stop it) before resuming it")
+
+
+def _trim_history(run: Path, epochs: int) -> None:
+    """Keep history.csv's header and first `epochs` rows: anything after them (an epoch
+    trained again, a row cut short by a full disk) goes."""
+    path = RunFolder(run).history_csv
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines[:1 + epochs] if line.endswith("\n")]
+        if kept != lines:
+            write_text_atomic(path, "".join(kept))
+
+
 def resume(run: str | os.PathLike, *, progress: bool = True) -> Path | None:
     """Continue an interrupted run from its last completed epoch, in the same folder.
 
     Raises:
         ConvlabError: not a run folder, or nothing to resume.
     """
-    run, saved = read_run(run)
-    config = TrainConfig.from_dict(saved["config"])
+    record = read_record(run)
+    run, config = record.path, record.config
     done = last_checkpoint(run)
     if done is not None and done[0] >= config.total_epochs:
         raise ConvlabError(f"run '{run}' already finished all {config.total_epochs} epochs")
@@ -224,16 +293,19 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         raise ConvlabError(f"the global batch {global_batch} does not split evenly over "
                            f"{replicas} replicas; use a multiple of {replicas}")
     precision = resolve_precision(config.precision, strategy_info, config.model)
-    with precision_policy(precision):  # restored however training ends
+    # The policy is restored however training ends; the run folder is locked while it trains.
+    with precision_policy(precision), contextlib.ExitStack() as held:
         keras.utils.set_random_seed(config.seed)
         multi_worker = is_multi_worker(strategy)
         chief = is_chief(strategy)
+        if run is not None and chief:
+            held.enter_context(_locked_run(run))
         if config.feature_views and (multi_worker or strategy_info.tpu):
             print("cached features: not under a multi-worker or TPU strategy; the head trains "
                   "through the whole model instead")
             config = config.override(feature_views=0)
 
-        resumed = last_checkpoint(run) if run is not None else None
+        resumed = _resume_point(run, strategy) if run is not None else None
         start_epoch = resumed[0] if resumed else 0
         # Cached features are always the views of epochs 0..N-1, also when resuming mid-way.
         data_start = 0 if config.feature_views and start_epoch < config.epochs else start_epoch
@@ -252,11 +324,17 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
             phases.append((_fine_tune_schedule(config, steps, replicas), config.fine_tune_epochs))
         print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
               f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
+        print(_start_line(config, image_size, manifest))
+        stored = manifest["image_size"][0]
+        if image_size > stored:
+            print(f"warning: the prepared images are {stored} px and are enlarged to "
+                  f"{image_size} px for training (no detail is added); prepare the photos at "
+                  f"{image_size} px or more for their full detail")
 
         with strategy.scope():
             if resumed:
-                model = keras.models.load_model(resumed[1])
-                print(f"resuming {run} after epoch {start_epoch} from {resumed[1].name}")
+                start_epoch, path, model = resumed
+                print(f"resuming {run} after epoch {start_epoch} from {path.name}")
             else:
                 options = dict(config.model_options)
                 model = create_model(config.model, manifest["num_classes"], image_size, **options)
@@ -270,6 +348,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         # (saving touches every variable on every worker) but into a temporary folder.
         if chief and run is None:
             run = _run_dir(config)
+            held.enter_context(_locked_run(run))
             derived = {"image_size": image_size, "global_batch": global_batch,
                        "per_replica_batch": global_batch // replicas, "replicas": replicas,
                        "steps_per_epoch": steps, "steps_per_execution": per_call,
@@ -345,35 +424,52 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
     files = RunFolder(workdir)
     logging = [keras.callbacks.CSVLogger(str(files.history_csv), append=True),
                keras.callbacks.TensorBoard(str(files.logs), write_graph=False)]
-    # Saves `model` also while only its head is being fit (cached features).
-    checkpoint = EpochCheckpoint(workdir, model=model)
-    callbacks += [throughput, checkpoint, *logging]
+    # Saves `model` also while only its head is being fit (cached features). Last: its
+    # state.json is the commit point of an epoch, written after the epoch's logs.
+    checkpoint = EpochCheckpoint(workdir, model=model, keep=config.keep_checkpoints)
+    callbacks += [throughput, *logging, checkpoint]
     fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
                 "callbacks": callbacks, "verbose": 1 if progress else 2}
     started, feature_seconds = time.time(), None
-    try:
-        if start_epoch < config.epochs and config.feature_views:
+
+    def head(first: int) -> None:
+        nonlocal feature_seconds
+        if config.feature_views:
             feature_seconds = _fit_head_on_features(
-                config, model, train_ds, val_ds, steps, start_epoch, global_batch, progress,
-                [throughput, checkpoint, *logging])
-        elif start_epoch < config.epochs:
-            model.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch, **fit_args)
-        if config.fine_tune_epochs:
-            if start_epoch <= config.epochs:
-                # Phase two: the whole network, at a lower rate, with a new optimizer.
-                with strategy.scope():
-                    _set_backbone(model, True)
-                    _compile(model, config,
-                             _fine_tune_schedule(config, steps, strategy_info.replicas),
-                             count_examples=is_multi_worker(strategy),
-                        steps_per_execution=model.steps_per_execution)
-            model.fit(train_ds, epochs=config.total_epochs,
-                      initial_epoch=max(start_epoch, config.epochs), **fit_args)
+                config, model, train_ds, val_ds, steps, first, global_batch, progress,
+                [throughput, *logging, checkpoint])
+        else:
+            model.fit(train_ds, epochs=config.epochs, initial_epoch=first, **fit_args)
+
+    def fine_tune(first: int) -> None:
+        if first == config.epochs:  # a fresh start of the phase (a resumed one is compiled)
+            # The whole network, at a lower rate, with a new optimizer.
+            with strategy.scope():
+                _set_backbone(model, True)
+                _compile(model, config, _fine_tune_schedule(config, steps,
+                                                            strategy_info.replicas),
+                         count_examples=is_multi_worker(strategy),
+                         steps_per_execution=model.steps_per_execution)
+        model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
+
+    # The phases, each (first epoch, end epoch, run from a given epoch): a resumed run skips
+    # the finished ones and enters the current one where it stopped.
+    phases = [(0, config.epochs, head), (config.epochs, config.total_epochs, fine_tune)]
+    try:
+        for begin, end, run_phase in phases:
+            if begin < end and start_epoch < end:
+                run_phase(max(start_epoch, begin))
     except KeyboardInterrupt:
         done = last_checkpoint(run) if run is not None else None
         print(f"\ninterrupted after {done[0] if done else 0} completed epoch(s); continue with: "
               f"convlab train --resume {run}")
         raise
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise ConvlabError(f"cannot write {err.filename or 'to ' + str(workdir)}: {err.strerror}; "
+                           f"free some space, then continue with `convlab train --resume "
+                           f"{run}`") from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError) as err:
         # A peer died or stopped answering: collectives abort instead of waiting forever.

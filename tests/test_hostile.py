@@ -1,0 +1,300 @@
+"""A hostile user's inputs (issue 13): each is refused with one line, or handled, never a
+traceback. User errors run as real `convlab` processes; odd files are real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from convlab.cli import main
+from convlab.data import prepare, read_manifest
+from convlab.data.synthetic import make_folder
+from convlab.errors import ConvlabError
+
+TINY = ["--image-size", "16", "--batch-size", "8", "--epochs", "1", "--precision", "float32",
+        "--no-report", "--quiet"]
+# A layout small enough for 16 px images.
+LAYOUT = ["--set", 'model_options.layout=[[8, 16], "pool", [8, 16]]']
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """Photos whose class names are rich markup and matplotlib mathtext, prepared, plus one
+    tiny run trained on them."""
+    root = tmp_path_factory.mktemp("hostile")
+    photos = make_folder(root / "photos", num_classes=3, per_class=16, size=24)
+    for old, new in zip(sorted(p.name for p in photos.iterdir()), ["[bold]x", "$\\frac$",
+                                                                    "plain"], strict=True):
+        (photos / old).rename(photos / new)
+    prepare(str(photos), root / "data", size=16, shards=2, progress=False)
+    runs = root / "runs"
+    assert main(["train", "squeezenet", "--data", str(root / "data"), "--runs-dir", str(runs),
+                 *TINY, *LAYOUT]) == 0
+    (run,) = runs.iterdir()
+    return {"root": root, "photos": photos, "data": root / "data", "run": run}
+
+
+def convlab(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "convlab", *map(str, args)], text=True,
+                          capture_output=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def user_errors(h) -> list[tuple[list, dict | None, str]]:
+    """(arguments, extra environment, what the one line must say) of each user error."""
+    data, run, root = h["data"], h["run"], h["root"]
+    train = ["train", "squeezenet", "--data", data, *TINY, *LAYOUT,
+             "--runs-dir", root / "unused"]
+    (root / "a-file").write_text("x")
+    cluster = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}
+    return [
+        ([*train, "--image-size", "0"], None, "--image-size must be between 1 and 4096"),
+        ([*train, "--image-size", "-5"], None, "received: -5"),
+        ([*train, "--image-size", "10000"], None, "received: 10000"),
+        (["train", "convnet", "--data", data, "--weights", "imagenet", *TINY], None,
+         "'convnet' has no option 'weights'"),
+        ([*train[:-2], "--runs-dir", root / "a-file"], None, "cannot use --runs-dir"),
+        ([*train, "--name", "../../../x"], None, "--name must be one plain folder name"),
+        ([*train, "--name", "a/b"], None, "received: 'a/b'"),
+        ([*train, "--set", "epochs=ten"], None, "epochs must be int, received: 'ten'"),
+        (["data", "inspect", data, "--count", "0"], None, "--count must be at least 1"),
+        (["data", "inspect", data, "--count", "-5"], None, "received: -5"),
+        (["data", "bench", data, "--batch-size", "0"], None, "--batch-size must be at least 1"),
+        (["data", "bench", data, "--rounds", "0"], None, "--rounds must be at least 1"),
+        (train, {"TF_CONFIG": "[1,2,3]"}, 'TF_CONFIG needs a "cluster"'),
+        (train, {"TF_CONFIG": '{"cluster": [1], "task": {}}'}, "received: '{\"cluster\": [1]"),
+        (train, {"TF_CONFIG": json.dumps(cluster)}, '"index": 3'),
+        (train, {"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid JSON"),
+        (["launch", "--workers", "100", "--", *train], None, "--workers 100 on a machine"),
+        (["predict", run, root / "a-file"], None, "none of the 1 input file(s)"),
+    ]
+
+
+def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile):
+    cases = user_errors(hostile)
+    with ThreadPoolExecutor(2) as pool:  # two processes at a time: one per core
+        results = list(pool.map(lambda case: convlab(*case[0], env=case[1]), cases))
+    for (args, _, message), result in zip(cases, results, strict=True):
+        errors = [line for line in result.stderr.splitlines() if line.startswith("convlab:")]
+        assert result.returncode != 0, (args, result.stdout[-500:])
+        assert "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+        assert len(errors) == 1 and message in errors[0], (args, result.stderr[-1000:])
+    assert not (hostile["root"] / "unused").exists() or not any(
+        (hostile["root"] / "unused").iterdir())  # no half-made run folder anywhere
+    assert len(cases) == 18
+
+
+def test_markup_and_mathtext_in_class_and_file_names_are_shown_literally(hostile, capsys,
+                                                                         tmp_path, monkeypatch):
+    from PIL import Image
+
+    # prepare and inspect print the class names as they are
+    assert main(["data", "prepare", str(hostile["photos"]), str(tmp_path / "p"), "--size",
+                 "16", "--quiet"]) == 0
+    assert "[bold]x" in capsys.readouterr().out
+    # predict a file whose path closes a markup tag it never opened: x[/bold]y.jpg
+    odd = tmp_path / "x[" / "bold]y.jpg"
+    odd.parent.mkdir()
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(odd)
+    monkeypatch.chdir(tmp_path)  # a short relative path: the table prints it on one line
+    assert main(["predict", str(hostile["run"]), "x[/bold]y.jpg"]) == 0
+    assert "x[/bold]y.jpg" in capsys.readouterr().out
+    # the report's plots draw "$\frac$" as text (mathtext would fail on it)
+    assert main(["report", str(hostile["run"])]) == 0
+    assert (hostile["run"] / "plots" / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_fifos_are_skipped_with_a_reason_and_linked_folders_followed(tmp_path):
+    photos = make_folder(tmp_path / "photos", num_classes=2, per_class=6, size=24)
+    label = sorted(p.name for p in photos.iterdir())[0]
+    os.mkfifo(photos / label / "pipe.jpg")  # reading it would block forever
+    extra = make_folder(tmp_path / "elsewhere", num_classes=2, per_class=3, size=24, seed=7)
+    (photos / label / "linked").symlink_to(extra / label, target_is_directory=True)
+    (photos / label / "loop").symlink_to(photos / label, target_is_directory=True)
+    manifest = prepare(str(photos), tmp_path / "out", size=16, progress=False)
+    assert manifest["skipped_by_reason"].get("not a regular file") == 1
+    kept = {Path(i["path"]).parent.name for i in read_manifest(tmp_path / "out")["inputs"]}
+    assert "linked" in kept  # the linked folder's 3 photos are in, each once
+    assert manifest["counts"]["per_class"][label]["train"] + manifest["counts"]["per_class"][
+        label].get("validation", 0) == 6 + 3
+
+    from convlab.predict import collect
+
+    paths, skipped = collect([photos / label])
+    assert [s["reason"] for s in skipped] == ["not a regular file"]
+    assert len(paths) == 9
+
+
+def test_run_folders_started_in_the_same_second_never_collide(tmp_path):
+    from convlab.config import TrainConfig
+    from convlab.training.trainer import _run_dir
+
+    config = TrainConfig(runs_dir=str(tmp_path), name="same")
+    folders = [_run_dir(config) for _ in range(5)]
+    assert len(set(folders)) == 5 and all(f.is_dir() for f in folders)
+
+
+def test_a_prepare_into_a_folder_another_prepare_is_writing_stops_at_once(tmp_path):
+    from convlab.data.ingest import _exclusive, verify_shards
+
+    src = make_folder(tmp_path / "src", num_classes=2, per_class=20, size=24)
+    out = tmp_path / "out"
+    with _exclusive(out):  # what a running `prepare` holds (a real flock on OUT)
+        second = convlab("data", "prepare", src, out, "--size", "16", "--quiet")
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "another `convlab data prepare` is writing" in second.stderr
+        assert not (out / "manifest.json").exists()
+    # once it is done, the same command prepares the folder, and every shard verifies
+    assert convlab("data", "prepare", src, out, "--size", "16", "--quiet").returncode == 0
+    assert verify_shards(out, read_manifest(out), checksums=True) == []
+
+
+def test_damaged_shards_and_manifests_are_named_and_overwrite_repairs_them(tmp_path):
+    from convlab.data.ingest import verify_shards
+
+    src = make_folder(tmp_path / "src", num_classes=2, per_class=20, size=24)
+    out = tmp_path / "out"
+    manifest = prepare(str(src), out, size=16, shards=2, progress=False)
+    shard = out / manifest["shards"][0]["file"]
+    size = shard.stat().st_size
+    os.truncate(shard, size // 2)
+    # training stops before it starts, naming the shard and the fix
+    result = convlab("train", "squeezenet", "--data", out, *TINY, "--runs-dir", tmp_path / "r")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"shard {shard.name} has {size // 2:,} bytes" in result.stderr
+    assert "--overwrite" in result.stderr and not (tmp_path / "r").exists()
+    # a re-run of prepare does not call it "unchanged"
+    with pytest.raises(ConvlabError, match=f"{shard.name} has .* pass --overwrite"):
+        prepare(str(src), out, size=16, shards=2, progress=False)
+    # same size, other bytes: only the checksum sees it
+    repaired = prepare(str(src), out, size=16, shards=2, overwrite=True, progress=False)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert "does not match its sha256" in verify_shards(out, repaired, checksums=True)[0]
+    prepare(str(src), out, size=16, shards=2, overwrite=True, progress=False)
+
+    (out / "manifest.json").write_text('{"shards": [')  # cut short
+    for args in (["train", "squeezenet", "--data", out, *TINY], ["data", "prepare", src, out,
+                                                                "--size", "16", "--shards", "2"]):
+        result = convlab(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "manifest.json' is damaged (not valid JSON" in result.stderr
+    fixed = convlab("data", "prepare", src, out, "--size", "16", "--shards", "2", "--overwrite",
+                    "--quiet")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert verify_shards(out, read_manifest(out), checksums=True) == []
+
+
+@pytest.fixture(scope="module")
+def three_epochs(hostile):
+    runs = hostile["root"] / "three"
+    assert main(["train", "squeezenet", "--data", str(hostile["data"]), "--runs-dir",
+                 str(runs), *TINY, *LAYOUT, "--epochs", "3"]) == 0
+    (run,) = runs.iterdir()
+    return run
+
+
+@pytest.fixture
+def interrupted(three_epochs, tmp_path):
+    """A 4-epoch run as it is left when killed after its 3rd epoch: a copy of a 3-epoch run,
+    its config then set to 4 and the files only a finished run has removed."""
+    run = Path(shutil.copytree(three_epochs, tmp_path / three_epochs.name))
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["epochs"] = 4
+    (run / "config.json").write_text(json.dumps(saved))
+    for name in ("model.keras", "summary.json", "summary.txt", "history.json"):
+        (run / name).unlink()
+    return run
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(interrupted):
+    run = interrupted
+    (run / "state.json").write_text('{"epoch": 3, "be')  # cut short
+    newest = run / "checkpoints" / "epoch-003.keras"
+    os.truncate(newest, newest.stat().st_size // 3)
+    result = convlab("train", "--resume", run, "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "epoch-003.keras cannot be loaded" in result.stdout
+    assert "resuming after epoch 2: epoch(s) 3-3 are trained again" in result.stdout
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]  # epoch 3 once, from the retrain
+
+
+def test_damaged_config_and_model_files_are_one_line_errors(interrupted):
+    run = interrupted
+    best = run / "best.keras"
+    os.truncate(best, 100)
+    result = convlab("evaluate", run)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "best.keras': the file is damaged" in result.stderr and "--model final" in (
+        result.stderr)
+    (run / "config.json").write_text("{")
+    for args in (["train", "--resume", run], ["evaluate", run], ["predict", run, run]):
+        result = convlab(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "config.json' is damaged" in result.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 2 MiB filesystem (tmpfs; needs root), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:80]})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` up to `leave` free bytes with one file; returns it (delete it to free)."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_a_full_disk_stops_prepare_and_train_cleanly_and_both_resume(hostile, tiny_disk):
+    # prepare: the shards do not fit
+    filler = _fill(tiny_disk, 12_000)
+    out = tiny_disk / "data"
+    result = convlab("data", "prepare", hostile["photos"], out, "--size", "16", "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "cannot write" in result.stderr and "run the same command again" in result.stderr
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.tfrec.tmp"))
+    filler.unlink()
+    assert convlab("data", "prepare", hostile["photos"], out, "--size", "16",
+                   "--quiet").returncode == 0
+    # train: the run folder fills the disk after its first epochs
+    runs = tiny_disk / "runs"
+    filler = _fill(tiny_disk, 400_000)
+    result = convlab("train", "squeezenet", "--data", out, *TINY, *LAYOUT, "--epochs", "20",
+                     "--runs-dir", runs)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "No space left on device" in result.stderr and "--resume" in result.stderr
+    (run,) = runs.iterdir()
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written files
+    filler.unlink()
+    result = convlab("train", "--resume", run, "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(json.loads((run / "history.json").read_text())) == 20
+
+
+def test_resuming_a_run_that_is_being_trained_is_refused(interrupted):
+    from convlab.files import locked
+
+    with locked(interrupted, "held by the test"):  # what the training process holds
+        result = convlab("train", "--resume", interrupted, "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is being trained by another process right now" in result.stderr
