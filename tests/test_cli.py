@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -121,6 +122,10 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
                                                                         "epoch-002.keras"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_images_per_second"] > 0 and summary["epochs"] == 2
+    text = (run / "summary.txt").read_text()  # read by people: no private names or reprs
+    assert "strategy: the default strategy (1 replica(s) on CPU)" in text
+    assert re.search(r"^images: train \d+, validation \d+$", text, re.M) and "recipe: -" in text
+    assert not any(bad in text for bad in ("_Default", "{", "None"))
     assert (run / "model.keras").stat().st_size > 0
     assert (run / "report.html").exists() and (run / "metrics.json").exists()
     out = capsys.readouterr().out

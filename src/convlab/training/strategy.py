@@ -29,7 +29,10 @@ class StrategyInfo:
     workers: int = 1  # processes in the job (TPU: 1; the TPU hosts are TF's business)
 
     def describe(self) -> str:
-        return f"{type(self.strategy).__name__} ({self.replicas} replica(s) on {self.devices})"
+        name = {"default": "the default strategy", "onedevice": "OneDeviceStrategy",
+                "mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy",
+                "tpu": "TPUStrategy"}.get(self.kind, self.kind)
+        return f"{name} ({self.replicas} replica(s) on {self.devices})"
 
 
 def tpu_signalled(environ=os.environ) -> bool:

@@ -239,6 +239,15 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
     return what
 
 
+def _plain(value) -> str:
+    """A summary value as a person reads it: no Python reprs."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
 def _locked_run(run: Path):
     return locked(run, f"run '{run}' is being trained by another process right now; wait for "
                        "it to end (or stop it) before resuming it")
@@ -541,7 +550,7 @@ def _write_summary(run, config, model, manifest, strategy_info, precision, wall,
         "final": history[-1] if history else {}, "best": best,
     }
     folder.summary_json.write_text(json.dumps(summary, indent=1))
-    lines = [f"{k}: {v}" for k, v in summary.items() if k not in ("final", "best")]
+    lines = [f"{k}: {_plain(v)}" for k, v in summary.items() if k not in ("final", "best")]
     for label in ("final", "best"):
         row = summary[label]
         lines.append(f"{label}: epoch {row.get('epoch', -1) + 1}, " + ", ".join(
