@@ -310,9 +310,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
         "ours: SqueezeNet from scratch, improved: 16-aligned widths, 128 px random-resized "
         "crops (prepare the photos at 224 px), strong augmentation, label smoothing, AdamW + "
         "warm-up/cosine, 60 epochs",
-        # flower_photos prepared at 224 px: 86.4% final / 86.9% best in 28 min (one seed,
-        # BENCHMARKS.md) against 81.1% for 20 epochs; the codelab's 192 px recipe takes
-        # ~39 min here for 35 epochs.
+        # flower_photos prepared at 224 px: 86.4% / 84.3% final (seeds 42 / 1) in 27-28 min
+        # (BENCHMARKS.md) against 81.1% for 20 epochs; the codelab's 192 px recipe takes
+        # ~37 min here for 35 epochs.
         {"model": "squeezenet", "image_size": 128, "epochs": 60, "batch_size": 64,
          "model_options": {"layout": SQUEEZENET_PLUS_LAYOUT},
          "augment": STRONG_AUGMENT, "label_smoothing": 0.1, "optimizer": "adamw",
@@ -362,7 +362,7 @@ MEASURED = {
                                    "min, photos prepared at 300 px, 2-core CPU",
     "efficientnet-lite0-finetune": "96.1% final validation accuracy (mean of 2 seeds), 21.5 "
                                    "min, photos prepared at 300 px, 2-core CPU",
-    "squeezenet-plus": "86.4% final validation accuracy (one seed), 28.3 min, photos "
+    "squeezenet-plus": "85.4% final validation accuracy (mean of 2 seeds), 27-28 min, photos "
                        "prepared at 224 px, 2-core CPU",
     "convnet-plus": "83.5% final validation accuracy (mean of 2 seeds), 12.5 min, photos "
                     "prepared at 224 px, 2-core CPU",
