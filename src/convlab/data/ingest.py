@@ -181,9 +181,8 @@ def _convlab_files(out: Path) -> list[Path]:
 
 
 def _claim_output(out: Path, fingerprint: str, source: str, overwrite: bool) -> dict | None:
-    """Make OUT ready for this plan. Returns the existing manifest if it is already done."""
-    if out.exists() and not out.is_dir():
-        raise ConvlabError(f"output '{out}' is a file; give a folder (it will be created)")
+    """Make OUT (an existing folder, locked by `_exclusive`) ready for this plan. Returns the
+    existing manifest if it is already done."""
     if out.is_dir():
         previous = None
         for name in (MANIFEST, STATE):

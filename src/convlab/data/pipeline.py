@@ -22,9 +22,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation"}
 
 
-def shard_files(path: str | os.PathLike, split: str) -> tuple[list[str], list[int], dict]:
-    """The shard files of one split, their record counts, and the manifest."""
-    manifest = read_manifest(path)
+def shard_files(path: str | os.PathLike, split: str,
+                manifest: dict | None = None) -> tuple[list[str], list[int], dict]:
+    """The shard files of one split, their record counts, and the manifest (read unless
+    given: reading checks every shard file)."""
+    manifest = manifest or read_manifest(path)
     split = SPLIT_ALIASES.get(split, split)
     shards = [s for s in manifest["shards"] if s["split"] == split]
     if not shards:
@@ -88,15 +90,16 @@ class InputPlan:
 
 def input_plan(path: str | os.PathLike, split: str = "train", *,
                input_context: tf.distribute.InputContext | None = None,
-               needed: int | None = None) -> InputPlan:
+               needed: int | None = None, manifest: dict | None = None) -> InputPlan:
     """The part of `split` one input pipeline reads (`load` reads exactly this).
 
     Args:
         input_context: which pipeline of how many (None: the only one).
         needed: records the pipeline must yield per epoch (training: steps x its batch);
             whole shard files are used only when every pipeline's files hold that many.
+        manifest: the folder's manifest when the caller has read it already.
     """
-    files, counts, _ = shard_files(path, split)
+    files, counts, _ = shard_files(path, split, manifest)
     pipelines = input_context.num_input_pipelines if input_context else 1
     index = input_context.input_pipeline_id if input_context else 0
     policy = shard_policy(counts, pipelines, needed)
@@ -249,7 +252,8 @@ def load(
     crop_size = size if augment is not None and augment.zoom and stored > size else None
     decode_size = stored if crop_size else size
     needed = batches_per_epoch * batch_size if training and batches_per_epoch else None
-    plan = input_plan(path, split, input_context=input_context, needed=needed)
+    plan = input_plan(path, split, input_context=input_context, needed=needed,
+                      manifest=manifest)
     files, count, pipelines = plan.files, plan.records, plan.pipelines
     # Every pipeline must see the records in the same order to keep disjoint parts.
     deterministic = deterministic or plan.policy == "data"

@@ -113,7 +113,7 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
         if context is not None:
             batch = context.get_per_replica_batch_size(global_batch)
             local = context.num_replicas_in_sync // context.num_input_pipelines
-            print(input_plan(prepared, split, input_context=context,
+            print(input_plan(prepared, split, input_context=context, manifest=manifest,
                              needed=steps * local * batch if training else None).describe())
         common = {"batch_size": batch, "image_size": image_size, "deterministic": True,
                   "input_context": context}
