@@ -120,6 +120,36 @@ def test_photo_folder_classes_are_matched_by_name(run, tmp_path, monkeypatch):
     assert sum(metrics["confusion_matrix"][0]) == 0
 
 
+def test_evaluations_on_other_data_go_beside_the_runs_own_and_the_report_labels_them(
+        run, tmp_path, monkeypatch, capsys):
+    from convlab.evaluation.report import report
+
+    monkeypatch.setenv("CONVLAB_CACHE", str(tmp_path / "cache"))
+    own = evaluate(run)
+    photos = make_folder(tmp_path / "phone", num_classes=3, per_class=4, size=24, seed=9)
+    assert cli(["evaluate", str(run), "--data", str(photos)]) == 0
+    other = run / "evaluations" / "phone-all"
+    assert f"metrics: {other / 'metrics.json'}" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text()) == own  # the run's own is kept
+    saved = json.loads((other / "metrics.json").read_text())
+    assert saved["evaluation"] == "phone-all" and saved["images"] == 12
+    with np.load(other / "predictions.npz") as predictions:
+        assert predictions["labels"].shape == (12,)
+    evaluate(run, split="train")
+    assert (run / "evaluations" / f"{trained_name(run)}-train" / "metrics.json").exists()
+    assert json.loads((run / "metrics.json").read_text()) == own
+    page = report(run).read_text()
+    assert "Other evaluations" in page and "phone-all" in page
+    assert f"{saved['accuracy']:.4f}" in page and f"{own['accuracy']:.4f}" in page
+
+
+def trained_name(run):
+    """The folder name of the run's own prepared data."""
+    from convlab.runs import read_record
+
+    return read_record(run).prepared_data.rstrip("/").rsplit("/", 1)[-1]
+
+
 def test_unknown_class_in_photo_folder_is_named(run, tmp_path, monkeypatch):
     monkeypatch.setenv("CONVLAB_CACHE", str(tmp_path / "cache"))
     photos = make_folder(tmp_path / "photos", num_classes=4, per_class=5, size=24)

@@ -281,3 +281,28 @@ def test_unfreeze_on_a_recipe_without_a_backbone_is_a_one_line_error(tiny_data, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no option 'trainable_backbone'" in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_weights_moving_average_is_what_validation_and_the_saved_models_hold(tiny_data,
+                                                                            tmp_path):
+    run = train(TrainConfig(**TINY), data=str(tiny_data), epochs=3, ema_momentum=0.8,
+                keep_checkpoints=0, runs_dir=str(tmp_path), progress=False)
+    history = json.loads((run / "history.json").read_text())
+    scores = [h["val_accuracy"] for h in history]
+    best_epoch = scores.index(max(scores)) + 1
+
+    def averages(epoch):  # the optimizer's moving average in an epoch checkpoint
+        checkpoint = keras.models.load_model(run / "checkpoints" / f"epoch-{epoch:03d}.keras")
+        return checkpoint, [v.numpy() for v in checkpoint.optimizer._model_variables_moving_average]
+
+    def trainable(path):
+        return [v.numpy() for v in keras.models.load_model(path).trainable_variables]
+
+    checkpoint, last = averages(3)
+    trained = [v.numpy() for v in checkpoint.trainable_variables]
+    assert any(not np.allclose(a, b) for a, b in zip(trained, last, strict=True))
+    for saved, average in zip(trainable(run / "model.keras"), last, strict=True):
+        np.testing.assert_allclose(saved, average, rtol=1e-6, atol=1e-6)
+    for saved, average in zip(trainable(run / "best.keras"), averages(best_epoch)[1],
+                              strict=True):
+        np.testing.assert_allclose(saved, average, rtol=1e-6, atol=1e-6)

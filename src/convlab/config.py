@@ -122,6 +122,9 @@ class TrainConfig:
     # >0: the head-only epochs train on backbone features cached from this many augmented
     # passes over the training split (frozen pretrained backbones; see training/features.py)
     feature_views: int = 0
+    # >0: the optimizer keeps an exponential moving average of the weights (this momentum per
+    # step; e.g. 0.995 averages over ~200 steps): validation, best.keras and model.keras use it
+    ema_momentum: float = 0.0
     model_options: dict = field(default_factory=dict)
     seed: int = 42
     # epoch checkpoints kept (newest first; 0: all). best.keras is kept besides them.
@@ -159,6 +162,9 @@ class TrainConfig:
                             ("keep-checkpoints", self.keep_checkpoints)):
             if value < 0:
                 raise ConvlabError(f"--{flag} must be >= 0, received: {value}")
+        if not 0 <= self.ema_momentum < 1:
+            raise ConvlabError(f"ema_momentum must be in [0, 1) (0: no moving average), "
+                               f"received: {self.ema_momentum}")
         self.schedule.validate()
         self.fine_tune_schedule.validate("fine-tune-schedule")
 

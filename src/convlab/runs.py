@@ -38,8 +38,9 @@ class RunFolder:
     final = property(lambda self: self.path / MODEL_FILES["final"])
     logs = property(lambda self: self.path / "logs")  # TensorBoard
     plots = property(lambda self: self.path / "plots")
-    metrics = property(lambda self: self.path / "metrics.json")  # written by evaluate
+    metrics = property(lambda self: self.path / "metrics.json")  # evaluate: its validation
     predictions = property(lambda self: self.path / "predictions.npz")
+    evaluations = property(lambda self: self.path / "evaluations")  # evaluate: other data
     report = property(lambda self: self.path / "report.html")
     export = property(lambda self: self.path / "export")
 
@@ -52,6 +53,11 @@ class RunFolder:
 
     def model(self, which: str) -> Path:
         return self.path / MODEL_FILES[which]
+
+    def evaluation(self, label: str | None) -> RunFolder:
+        """Where an evaluation writes its metrics.json and predictions.npz: the run folder
+        itself for the run's own validation split (label None), else evaluations/LABEL/."""
+        return self if label is None else RunFolder(self.evaluations / label)
 
 
 def read_run(run: str | os.PathLike) -> tuple[Path, dict]:

@@ -10,7 +10,7 @@ import sys
 from convlab.cli.console import add_run_args, console, plain
 from convlab.errors import ConvlabError
 from convlab.export import FORMATS, QUANTIZE
-from convlab.runs import TTA_MODES, RunFolder
+from convlab.runs import TTA_MODES
 
 
 def cmd_evaluate(args) -> int:
@@ -19,7 +19,7 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate(args.run, data=args.data, split=args.split, model=args.model,
                        top_k=args.top_k, tta=args.tta)
     print(format_metrics(metrics, width=120), end="")
-    print(f"metrics: {RunFolder(args.run).metrics}")
+    print(f"metrics: {metrics['metrics_file']}")
     return 0
 
 

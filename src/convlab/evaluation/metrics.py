@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
+from convlab.files import write_text_atomic
 from convlab.runs import (
     RunFolder,
     RunRecord,
@@ -46,6 +47,19 @@ def _resolve(data, record: RunRecord, split: str | None) -> tuple[Path, str]:
     # A photo folder is prepared into the cache with a train/validation split that means
     # nothing here: every one of its images is test data for this model.
     return prepared, split or ("validation" if prepared_already else "all")
+
+
+def _label(record: RunRecord, prepared, data, split: str) -> str | None:
+    """None for the run's own validation split (metrics.json in the run folder: what the
+    report headlines), else the name of the evaluation's folder: DATA-SPLIT."""
+    own = record.prepared_data or ""
+    if split == "validation" and (data is None or str(prepared) == own or (
+            not isinstance(prepared, str) and own and Path(own).exists()
+            and Path(prepared).resolve() == Path(own).resolve())):
+        return None
+    name = Path(str(data if data is not None else prepared).rstrip("/")).name or "data"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "data"
+    return f"{name}-{split}"
 
 
 def _class_map(manifest: dict, known: list[str], data) -> np.ndarray:
@@ -103,7 +117,11 @@ def _splits(prepared: Path) -> list[str]:
 def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
              split: str | None = None, model: str = "best", top_k: int | None = None,
              batch_size: int = 64, tta: str | None = None) -> dict:
-    """Evaluate a run's model and write metrics.json (and predictions.npz) into the run folder.
+    """Evaluate a run's model; write metrics.json and predictions.npz.
+
+    The run's own validation split writes them into the run folder (the report's headline);
+    any other data or split into RUN/evaluations/DATA-SPLIT/ (e.g. `flower_photos-all`),
+    beside it, so an evaluation on other photos never replaces the run's own numbers.
 
     Args:
         run: a run folder written by `convlab.train`.
@@ -119,7 +137,8 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
             mirror image).
 
     Returns:
-        The metrics: accuracy, top_k_accuracy, loss (cross-entropy), per_class
+        The metrics: evaluation (None for the run's own validation split, else the
+        folder name under evaluations/), metrics_file, accuracy, top_k_accuracy, loss (cross-entropy), per_class
         precision/recall/f1/support, macro and weighted averages, confusion_matrix (counts,
         rows = true class) and confusion_matrix_normalized (rows sum to 1).
 
@@ -156,8 +175,11 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=everyone,
                                                             average=avg, zero_division=0)
         averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    label = _label(record, prepared, data, split)
+    where = RunFolder(run).evaluation(label)
     metrics = {
-        "run": str(run), "model_file": model_path.name, "data": str(prepared),
+        "run": str(run), "evaluation": label, "metrics_file": str(where.metrics),
+        "model_file": model_path.name, "data": str(prepared),
         "split": split, "images": int(len(y)), "classes": classes, "tta": tta,
         "accuracy": float(skm.accuracy_score(y, pred)),
         "top_k": k,
@@ -171,10 +193,11 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=everyone).tolist(),
         "confusion_matrix_normalized": skm.confusion_matrix(
             y, pred, labels=everyone, normalize="true").round(4).tolist(),
-        "predictions": RunFolder(run).predictions.name,
+        "predictions": where.predictions.name,
     }
-    _save_predictions(run, y, probs, datasets)
-    RunFolder(run).metrics.write_text(json.dumps(metrics, indent=1))
+    where.path.mkdir(parents=True, exist_ok=True)
+    _save_predictions(where.predictions, y, probs, datasets)
+    write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -184,7 +207,7 @@ def _normalised(probs: np.ndarray) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def _save_predictions(run: Path, y: np.ndarray, probs: np.ndarray, datasets: list) -> None:
+def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list) -> None:
     """Labels and probabilities for all images; pixels only for those the plots show, so
     the plots need neither the data nor the model again."""
     pred = probs.argmax(axis=1)
@@ -193,14 +216,26 @@ def _save_predictions(run: Path, y: np.ndarray, probs: np.ndarray, datasets: lis
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:GALLERY_IMAGES]
     grid = np.arange(min(GRID_IMAGES, len(y)))
     shown = np.union1d(grid, wrong)
-    np.savez_compressed(RunFolder(run).predictions, labels=y, probabilities=probs, grid=grid,
+    np.savez_compressed(path, labels=y, probabilities=probs, grid=grid,
                         mistakes=wrong, image_index=shown, images=_gather(datasets, shown))
 
 
 def load_metrics(run: str | os.PathLike) -> dict | None:
-    """The run's metrics.json, or None if it was never evaluated."""
+    """The run's metrics.json (its own validation split), or None if it was never evaluated."""
     path = RunFolder(run).metrics
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def other_evaluations(run: str | os.PathLike) -> list[dict]:
+    """The metrics of the run's evaluations on other data or splits, by folder name."""
+    folder = RunFolder(run).evaluations
+    found = []
+    for path in sorted(folder.glob("*/")) if folder.is_dir() else []:
+        try:
+            found.append(json.loads(RunFolder(path).metrics.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # an evaluation that never finished writing
+    return found
 
 
 def summary_line(metrics: dict) -> str:

@@ -13,7 +13,7 @@ import time
 from html import escape
 from pathlib import Path
 
-from convlab.evaluation.metrics import evaluate, load_metrics, summary_line
+from convlab.evaluation.metrics import evaluate, load_metrics, other_evaluations, summary_line
 from convlab.evaluation.plots import make_plots
 from convlab.runs import RunFolder, RunRecord, load_run_model, read_record
 
@@ -137,6 +137,28 @@ def _class_table(metrics: dict) -> str:
     return f"<table><tr><th>class</th>{head}</tr>{body}</table>"
 
 
+def _other_evaluations(run: Path) -> str:
+    """One row per `convlab evaluate --data/--split` evaluation kept beside the run's own."""
+    found = other_evaluations(run)
+    if not found:
+        return ""
+    cols = ("evaluation", "data", "split", "model", "images", "accuracy", "top-k accuracy",
+            "loss")
+    numeric = ' class="n"'
+    head = "".join(f"<th{numeric if i > 3 else ''}>{c}</th>" for i, c in enumerate(cols))
+    body = "".join(
+        f"<tr><td>{escape(m['evaluation'])}</td><td>{escape(m['data'])}</td>"
+        f"<td>{escape(m['split'])}</td><td>{escape(m['model_file'])}"
+        f"{' + tta ' + escape(m['tta']) if m.get('tta', 'none') != 'none' else ''}</td>"
+        f'<td class="n">{m["images"]:,}</td><td class="n">{m["accuracy"]:.4f}</td>'
+        f'<td class="n">{m["top_k_accuracy"]:.4f} (top-{m["top_k"]})</td>'
+        f'<td class="n">{m["loss"]:.4f}</td></tr>' for m in found)
+    return ("<section><h2>Other evaluations</h2><p>Evaluations on other data or splits "
+            "(<code>convlab evaluate RUN --data ...</code>), kept in "
+            f"<code>{escape(RunFolder(run).evaluations.name)}/</code>; the numbers above are "
+            f"the run's own validation split.</p><table><tr>{head}</tr>{body}</table></section>")
+
+
 def _figures(plots: Path) -> str:
     out = []
     for name, caption in FIGURES:
@@ -202,6 +224,7 @@ def report(run: str | os.PathLike) -> Path:
 <section><h2>Run</h2>{_run_table(record, summary)}</section>
 <section><h2>Training: final and best epoch</h2>{_epochs_table(summary)}</section>
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
+{_other_evaluations(run)}
 <section><h2>Plots</h2>{_figures(RunFolder(run).plots)}</section>
 <section><h2>Model</h2><pre>{escape(_model_summary(run, metrics))}</pre></section>
 <section><h2>Resolved config</h2><pre>{escape(config)}</pre></section>

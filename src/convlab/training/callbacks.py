@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -53,6 +54,27 @@ class Throughput(keras.callbacks.Callback):
         return sum(rates) / len(rates) if rates else math.nan
 
 
+@contextlib.contextmanager
+def ema_weights(model: keras.Model):
+    """The optimizer's moving average of the weights (`use_ema`) in `model` for the duration,
+    the trained weights back after; nothing changes when the optimizer keeps no average."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+    averages = (getattr(optimizer, "_model_variables_moving_average", None)
+                if getattr(optimizer, "use_ema", False) else None)
+    if not averages:
+        yield
+        return
+    variables = optimizer._trainable_variables  # the pairs keras.callbacks.SwapEMAWeights swaps
+    trained = [v.numpy() for v in variables]
+    for var, average in zip(variables, averages, strict=True):
+        var.assign(average)
+    try:
+        yield
+    finally:
+        for var, value in zip(variables, trained, strict=True):
+            var.assign(value)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch: the full model with optimizer state (for resume) and, when validation
     accuracy improves, best.keras. Each file is written under a temporary name and renamed,
@@ -60,7 +82,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     `model`: what to save, when it is not the model being fit (the full model while its head
     trains on cached features). `keep`: how many epoch checkpoints to keep, newest first (0:
-    all); two by default, so a damaged newest one still leaves one to resume from."""
+    all); two by default, so a damaged newest one still leaves one to resume from. With a
+    moving average of the weights (`ema_momentum`), epoch checkpoints hold the trained weights
+    (and the average in the optimizer state) and best.keras the average, which validation
+    measured."""
 
     def __init__(self, run: Path, monitor: str = "val_accuracy", model: keras.Model | None = None,
                  keep: int = 2):
@@ -87,7 +112,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor, logs.get("accuracy"))
         if value is not None and value > self.best:
             self.best = float(value)
-            self._save(self.run.best)
+            with ema_weights(self.saved_model or self.model):
+                self._save(self.run.best)
         state = {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor}
         try:
             write_text_atomic(self.run.state, json.dumps(state))

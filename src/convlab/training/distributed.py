@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from convlab.errors import ConvlabError
 from convlab.files import write_text_atomic
+from convlab.training.callbacks import ema_weights
 
 REPORT_ENV = "CONVLAB_WORKER_REPORT"
 
@@ -117,8 +118,9 @@ class ShardedValidation(keras.callbacks.Callback):
         if self._step is None:
             self._step = self._make_step()
         totals = tf.zeros(3)
-        for images, labels in self.dataset:
-            totals += self._step(images, labels)
+        with ema_weights(self.model):
+            for images, labels in self.dataset:
+                totals += self._step(images, labels)
         loss_sum, correct, count = sum_over_workers(self.strategy, totals).numpy().tolist()
         if logs is not None and count:
             logs.update(val_loss=loss_sum / count, val_accuracy=correct / count,

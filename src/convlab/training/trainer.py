@@ -152,11 +152,14 @@ def _class_weights(config: TrainConfig, manifest: dict) -> dict | None:
 
 
 def _optimizer(config: TrainConfig, learning_rate):
+    ema = ({"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum
+           else {})
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **ema)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True)
-    return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True,
+                                    **ema)
+    return keras.optimizers.Adam(learning_rate, **ema)
 
 
 def _compile(model, config: TrainConfig, learning_rate, *, count_examples: bool = False,
@@ -430,13 +433,15 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         validation = None
     else:
         callbacks = []
+    # Keras' validation sees the weights' moving average; fit ends with it in the model.
+    ema = [keras.callbacks.SwapEMAWeights()] if config.ema_momentum else []
     files = RunFolder(workdir)
     logging = [keras.callbacks.CSVLogger(str(files.history_csv), append=True),
                keras.callbacks.TensorBoard(str(files.logs), write_graph=False)]
     # Saves `model` also while only its head is being fit (cached features). Last: its
     # state.json is the commit point of an epoch, written after the epoch's logs.
     checkpoint = EpochCheckpoint(workdir, model=model, keep=config.keep_checkpoints)
-    callbacks += [throughput, *logging, checkpoint]
+    callbacks += [*ema, throughput, *logging, checkpoint]
     fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
                 "callbacks": callbacks, "verbose": 1 if progress else 2}
     started, feature_seconds = time.time(), None
@@ -446,7 +451,7 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         if config.feature_views:
             feature_seconds = _fit_head_on_features(
                 config, model, train_ds, val_ds, steps, first, global_batch, progress,
-                [throughput, *logging, checkpoint])
+                [*ema, throughput, *logging, checkpoint])
         else:
             model.fit(train_ds, epochs=config.epochs, initial_epoch=first, **fit_args)
 
