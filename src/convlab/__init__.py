@@ -1,24 +1,80 @@
 """convlab: from a folder of photos to a well-tuned convolutional image classifier.
 
-TensorFlow is imported lazily, so `import convlab` and `convlab --help` stay fast and the
-ingest worker processes (Pillow only) never load it.
+    import convlab
+    convlab.prepare("photos/", "data/photos", size=224)   # validated, sharded TFRecords
+    run = convlab.train("efficientnet-lite0-transfer", data="data/photos")
+    clf = convlab.load(run)                                # the trained model, loaded once
+    clf.predict("rose.jpg", top_k=5)                       # [{"class", "probability"}, ...]
+    clf.evaluate()                                         # metrics on the validation split
+    clf.export("tflite")                                   # verified against the Keras model
+
+TensorFlow is imported lazily (and without its C++ start-up lines), so `import convlab` and
+`convlab --help` stay fast and the ingest worker processes (Pillow only) never load it.
 """
+
+import os
 
 from convlab.errors import ConvlabError
 from convlab.version import __version__
 
-__all__ = ["ConvlabError", "__version__", "resume", "train"]
+__all__ = ["Classifier", "ConvlabError", "__version__", "evaluate", "export", "load",
+           "predict", "prepare", "report", "resume", "train"]
 
 
-def train(*args, **kwargs):
-    """Train a model or recipe; see `convlab.training.trainer.train`."""
-    from convlab.training.trainer import train as _train
+def _with_tensorflow(module: str, name: str):
+    """`module.name`, TensorFlow imported first without its C++ start-up lines."""
+    from importlib import import_module
 
-    return _train(*args, **kwargs)
+    from convlab.tfimport import import_tensorflow
+
+    import_tensorflow()
+    return getattr(import_module(module), name)
 
 
-def resume(*args, **kwargs):
+def prepare(src, out, **options) -> dict:
+    """Photos -> validated, deduplicated, sharded TFRecords; see `convlab.data.ingest.prepare`."""
+    return _with_tensorflow("convlab.data.ingest", "prepare")(src, out, **options)
+
+
+def train(config=None, **overrides):
+    """Train a model or recipe; returns the run folder. See `convlab.training.trainer.train`."""
+    return _with_tensorflow("convlab.training.trainer", "train")(config, **overrides)
+
+
+def resume(run, **options):
     """Continue an interrupted run; see `convlab.training.trainer.resume`."""
-    from convlab.training.trainer import resume as _resume
+    return _with_tensorflow("convlab.training.trainer", "resume")(run, **options)
 
-    return _resume(*args, **kwargs)
+
+def load(run, model: str = "best"):
+    """A trained run's model, loaded once, as a `Classifier` (`predict`, `probabilities`,
+    `evaluate`, `export`, `classes`); see `convlab.classifier.load`."""
+    return _with_tensorflow("convlab.classifier", "load")(run, model)
+
+
+def evaluate(run, data=None, **options) -> dict:
+    """Metrics of a run's model; see `convlab.evaluation.metrics.evaluate`."""
+    return _with_tensorflow("convlab.evaluation.metrics", "evaluate")(run, data, **options)
+
+
+def predict(run, inputs, **options):
+    """(rows, skipped) for image files and folders; see `convlab.predict.predict`."""
+    return _with_tensorflow("convlab.predict", "predict")(run, [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs, **options)
+
+
+def export(run, format: str = "keras", **options) -> dict:
+    """Export and verify a run's model; see `convlab.export.export`."""
+    return _with_tensorflow("convlab.export", "export")(run, format, **options)
+
+
+def report(run):
+    """Write RUN/report.html; see `convlab.evaluation.report.report`."""
+    return _with_tensorflow("convlab.evaluation.report", "report")(run)
+
+
+def __getattr__(name):
+    if name == "Classifier":
+        from convlab.classifier import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'convlab' has no attribute {name!r}")

@@ -382,3 +382,9 @@ def recipe_config(name: str) -> TrainConfig:
                            "(see `convlab recipes`)")
     _, overrides = RECIPES[name]
     return TrainConfig().override(**overrides, recipe=name, name=name)
+
+
+def named_config(name: str) -> TrainConfig:
+    """A recipe's `TrainConfig`, or the defaults for a model of that name (`convlab train
+    NAME`); an unknown model is named when the model is built."""
+    return recipe_config(name) if name in RECIPES else TrainConfig(model=name, name=name)

@@ -8,6 +8,7 @@ import sys
 
 from convlab.cli import data, results, train
 from convlab.errors import ConvlabError
+from convlab.tfimport import import_tensorflow
 from convlab.version import __version__
 
 
@@ -23,22 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr muted: its C++ start-up lines (oneDNN, CUDA probing)
-    ignore TF_CPP_MIN_LOG_LEVEL and would bury convlab's own output."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")  # probes CUDA, which logs when there is none
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # bare `convlab`: what it can do
@@ -46,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if not args.verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if getattr(args, "tensorflow", True):  # commands that never load it skip the cost
-            _import_tensorflow_quietly()
+    if args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+    elif getattr(args, "tensorflow", True):  # commands that never load it skip the cost
+        import_tensorflow()
     try:
         return args.func(args)
     except ConvlabError as err:

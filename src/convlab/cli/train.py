@@ -80,7 +80,7 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from convlab.config import RECIPES, TrainConfig, recipe_config
+    from convlab.config import named_config
     from convlab.runs import RunFolder
     from convlab.training.trainer import resume, train
 
@@ -90,9 +90,8 @@ def cmd_train(args) -> int:
         if not args.model:
             raise ConvlabError("name a model or recipe to train (see `convlab models` and "
                                "`convlab recipes`), or --resume RUN")
-        base = recipe_config(args.model) if args.model in RECIPES else TrainConfig(
-            model=args.model, name=args.model)
-        config = base.override(**_train_overrides(args)).with_settings(args.set or [])
+        config = named_config(args.model).override(**_train_overrides(args))
+        config = config.with_settings(args.set or [])
         run = train(config, progress=not args.quiet)
     if run is None:  # a multi-worker job's non-chief worker
         print("this worker is done; the chief wrote the run folder")

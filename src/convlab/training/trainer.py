@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from convlab.config import TrainConfig, recipe_config
+from convlab.config import TrainConfig, named_config
 from convlab.errors import ConvlabError
 from convlab.files import locked, write_text_atomic
 from convlab.runs import RunFolder, checkpoints, history_rows, last_checkpoint, read_record
@@ -182,7 +182,7 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
     """Train a model (or a recipe) and write a run folder.
 
     Args:
-        config: a `TrainConfig`, a recipe name, or None for the defaults.
+        config: a `TrainConfig`, a recipe or model name, or None for the defaults.
         progress: show progress bars (else one line per epoch).
         **overrides: fields of `TrainConfig` to replace (`schedule`/`augment` take dicts).
 
@@ -195,7 +195,7 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
         ConvlabError: bad config or data.
     """
     if isinstance(config, str):
-        config = recipe_config(config)
+        config = named_config(config)
     config = (config or TrainConfig()).override(**overrides)
     config.validate()
     if Path(config.data).exists():

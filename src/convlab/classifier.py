@@ -1,0 +1,166 @@
+"""A trained run as one object: `clf = convlab.load(RUN)`, then `clf.predict(...)`.
+
+The model is loaded once; every input (a file path, a PIL image, a numpy array) takes the
+same road to the model as `convlab predict`'s files and the training images: the ingest's
+decoding and resize to the stored size, JPEG at the run's quality, TensorFlow's JPEG
+decoder, then the resize to the training size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from convlab.data.decode import SkipImage, decode_and_resize
+from convlab.errors import ConvlabError
+from convlab.runs import MODEL_FILES, RunInfo, check_tta, load_run_model, predict_batch, run_info
+
+
+class Classifier:
+    """One run's model, loaded once.
+
+    Attributes:
+        run: the run folder.
+        classes: class names, in the model's output order.
+        image_size: the size the model was trained at (inputs are resized to it).
+        model: the Keras model (best.keras or model.keras).
+        which: "best" or "final".
+    """
+
+    def __init__(self, run: str | os.PathLike, model: str = "best"):
+        self.info: RunInfo = run_info(run)
+        self.model, self.model_path = load_run_model(run, model)
+        self.which = model
+        self.run, self.classes, self.image_size = (self.info.path, list(self.info.classes),
+                                                   self.info.image_size)
+
+    def __repr__(self) -> str:
+        return (f"Classifier(run='{self.run}', model={self.model_path.name}, "
+                f"classes={self.classes}, image_size={self.image_size})")
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def _pixels(self, image) -> np.ndarray:
+        """One input -> uint8 (size, size, 3), exactly as training saw its photos."""
+        import tensorflow as tf
+        from PIL import Image, ImageOps
+
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if not path.is_file():
+                raise ConvlabError(f"image not found: '{path}'; give an image file (for "
+                                   "folders use convlab.predict(RUN, [FOLDER]))")
+            data, name = path.read_bytes(), f"'{path}'"
+        else:
+            if isinstance(image, np.ndarray):
+                if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+                        image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+                    raise ConvlabError(
+                        f"a numpy image must be uint8 (H, W), (H, W, 3) or (H, W, 4), "
+                        f"received: {image.dtype} {image.shape}; convert float pixels in "
+                        "[0, 1] with (x * 255).round().astype('uint8')")
+                image = Image.fromarray(image[..., 0] if image.ndim == 3 and
+                                        image.shape[2] == 1 else image)
+            elif not isinstance(image, Image.Image):
+                raise ConvlabError(f"cannot classify a {type(image).__name__}; give image "
+                                   "paths, PIL images or uint8 numpy arrays")
+            buffer = io.BytesIO()
+            ImageOps.exif_transpose(image).save(buffer, format="PNG")  # lossless hand-over
+            data, name = buffer.getvalue(), f"the {type(image).__name__} image"
+        try:
+            jpeg = decode_and_resize(data, self.info.stored_size, self.info.quality).jpeg
+        except SkipImage as skip:
+            raise ConvlabError(f"cannot classify {name}: {skip.reason}"
+                               f"{' (' + skip.detail + ')' if skip.detail else ''}") from None
+        pixels = tf.io.decode_jpeg(jpeg, channels=3)
+        if self.info.stored_size != self.image_size:
+            from convlab.data.pipeline import resize_to_square
+
+            pixels = resize_to_square(pixels, self.image_size)
+        return pixels.numpy()
+
+    @staticmethod
+    def _as_list(images) -> tuple[list, bool]:
+        """(inputs, whether one input was given)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return list(images), False
+        if isinstance(images, (list, tuple)):
+            return list(images), False
+        return [images], True
+
+    # -- predictions -------------------------------------------------------------------
+
+    def probabilities(self, images, *, batch_size: int = 64, tta: str | None = None
+                      ) -> np.ndarray:
+        """Class probabilities, (N, classes), for a list of inputs (or one: (1, classes))."""
+        items, _ = self._as_list(images)
+        tta = check_tta(tta)
+        if batch_size < 1:
+            raise ConvlabError(f"batch_size must be positive, received: {batch_size}")
+        out = [np.zeros((0, len(self.classes)), np.float32)]
+        for start in range(0, len(items), batch_size):
+            x = np.stack([self._pixels(i) for i in items[start:start + batch_size]])
+            out.append(predict_batch(self.model, x.astype(np.float32) / np.float32(255.0), tta))
+        return np.concatenate(out)
+
+    def predict(self, images, top_k: int = 5, *, batch_size: int = 64, tta: str | None = None):
+        """The top-k classes of one input or of each of a list.
+
+        Args:
+            images: an image file path, a PIL image or a uint8 numpy array (H, W[, C]); or a
+                list of them, or a uint8 batch (N, H, W, C).
+            top_k: classes per image (at most the number of classes).
+            batch_size: images per model call.
+            tta: None/"none", or "flip" (average each image and its mirror image).
+
+        Returns:
+            For one input, [{"class", "probability"}, ...] most probable first; for a list,
+            one such list per input, in order.
+
+        Raises:
+            ConvlabError: a missing or unreadable file, an input that is not an image, bad
+                options.
+        """
+        from convlab.predict import top_classes
+
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ConvlabError(f"top_k must be a positive integer, received: {top_k!r}")
+        _, single = self._as_list(images)
+        probs = self.probabilities(images, batch_size=batch_size, tta=tta)
+        rows = top_classes(probs, self.classes, min(top_k, len(self.classes)))
+        return rows[0] if single else rows
+
+    # -- the run's other tools, on this model --------------------------------------------
+
+    def evaluate(self, data: str | os.PathLike | None = None, split: str | None = None, *,
+                 top_k: int | None = None, tta: str | None = None) -> dict:
+        """`convlab.evaluate` on this model; see `convlab.evaluation.metrics.evaluate`."""
+        from convlab.evaluation.metrics import evaluate
+
+        return evaluate(self.run, data=data, split=split, model=self.which, top_k=top_k,
+                        tta=tta)
+
+    def export(self, format: str = "keras", quantize: str | None = None,
+               out: str | os.PathLike | None = None, **options) -> dict:
+        """`convlab.export` of this model; see `convlab.export.export`."""
+        from convlab.export import export
+
+        return export(self.run, format, quantize, out, model=self.which, **options)
+
+
+def load(run: str | os.PathLike, model: str = "best") -> Classifier:
+    """A trained run as a `Classifier`: `convlab.load("runs/...").predict("rose.jpg")`.
+
+    Args:
+        run: a run folder written by `convlab.train`.
+        model: "best" (best validation accuracy) or "final" (the last epoch).
+
+    Raises:
+        ConvlabError: not a run folder, or no such model file.
+    """
+    if model not in MODEL_FILES:
+        raise ConvlabError(f"model must be 'best' or 'final', received: {model!r}")
+    return Classifier(run, model)
