@@ -26,16 +26,28 @@ def import_tensorflow():
 
         return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with contextlib.suppress(AttributeError, ValueError):  # no stderr, or a closed one
+    with muted_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # probes CUDA, which logs when there is none
+    return tf
+
+
+@contextlib.contextmanager
+def muted_stderr():
+    """File descriptor 2 muted for the duration: for TensorFlow's converters and the TFLite
+    interpreter, whose C++ progress lines ("fully_quantize: 0", "Created TensorFlow Lite
+    XNNPACK delegate") would bury convlab's output. Their errors still arrive as exceptions."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    with contextlib.suppress(AttributeError, ValueError):
         sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")  # probes CUDA, which logs when there is none
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    return tf

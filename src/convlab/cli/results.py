@@ -68,16 +68,19 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from convlab.export import export
 
+    drop = None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100
     report = export(args.run, args.format, args.quantize, args.out, model=args.model,
-                    data=args.data)
+                    data=args.data, max_accuracy_drop=drop)
     check = report["verification"]
     print(f"exported {report['artifact']} ({report['bytes']:,} bytes), labels "
           f"{report['labels']}; input {report['input']['dtype']} "
           f"{tuple(report['input']['shape'])} in [0, 255]")
-    print(f"verified on {check['images']} images against the Keras model: top-1 agreement "
-          f"{check['top1_agreement']:.3f} ({check['top1_agreement_decided']:.3f} without near "
-          f"ties), max |diff| {check['max_abs_diff']:.2e} (tolerance "
-          f"{check['tolerance']['max_abs_diff']:g}); details in export.json")
+    print(f"verified on {check['images']} {'+'.join(check['splits'])} images: accuracy "
+          f"{check['accuracy']:.4f} (the Keras model: {check['keras_accuracy']:.4f}; drop "
+          f"{100 * check['accuracy_drop']:.2f} points, bound "
+          f"{100 * check['tolerance']['max_accuracy_drop']:g}); top-1 agreement "
+          f"{check['top1_agreement']:.3f}, max |diff| {check['max_abs_diff']:.2e}; details "
+          "in export.json")
     return 0
 
 
@@ -121,9 +124,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=cmd_predict)
 
     ex = subparsers.add_parser(
-        "export", help="export a run for serving (keras, savedmodel, tflite), verified",
+        "export", help="export a run for serving (keras, savedmodel, tflite, onnx), verified",
         description="Write RUN's model as a file that takes raw [0, 255] images (uint8 for "
-                    "tflite), with labels.txt and export.json (the verification numbers).")
+                    "tflite), with labels.txt and export.json (the verification numbers). "
+                    "The export is verified on the run's validation split: it fails when its "
+                    "accuracy is more than --max-accuracy-drop below the Keras model's.")
     add_run_args(ex)
     ex.add_argument("--format", choices=FORMATS, required=True)
     ex.add_argument("--quantize", choices=QUANTIZE, default=None,
@@ -131,4 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "dynamic-range (int8 weights)")
     ex.add_argument("--out", default=None, help="folder (default RUN/export/FORMAT[-QUANTIZE])")
     ex.add_argument("--data", default=None, help="the run's prepared data, if it has moved")
+    ex.add_argument("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+                    help="accuracy the export may lose against the Keras model, in points "
+                         "(default: 0.5 for float exports, 1 for quantized ones)")
     ex.set_defaults(func=cmd_export)
