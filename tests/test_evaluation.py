@@ -4,6 +4,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -78,6 +79,31 @@ def test_evaluate_own_validation_split_agrees_with_manifest_and_training(run, tr
         assert saved["image_index"][:5].tolist() == list(range(5))
     text = format_metrics(metrics)
     assert "macro avg" in text and all(c in text for c in metrics["classes"])
+
+
+def test_mistakes_are_listed_with_their_files(run, capsys):
+    import csv
+
+    assert cli(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    with open(run / "mistakes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with np.load(run / "predictions.npz") as saved:
+        wrong = saved["probabilities"].argmax(1) != saved["labels"]
+        paths = [str(p) for p in saved["paths"]]
+    assert len(rows) == metrics["mistakes"] == int(wrong.sum()) > 0
+    confidence = [float(r["p_predicted"]) for r in rows]
+    assert confidence == sorted(confidence, reverse=True)
+    assert sorted(r["path"] for r in rows) == sorted(np.array(paths)[wrong].tolist())
+    for r in rows:  # each is a real file, in its label's folder, and was mispredicted
+        assert os.path.isfile(r["path"]) and os.path.basename(os.path.dirname(r["path"])) \
+            == r["label"] != r["predicted"]
+    assert f"{len(rows)} mistakes" in out and rows[0]["path"] in out
+    from convlab.evaluation.report import report
+
+    page = report(run).read_text()
+    assert "Mistakes, with their files" in page and rows[0]["path"] in page
 
 
 def test_flip_tta_evaluates_the_mean_of_image_and_mirror(run, trained):

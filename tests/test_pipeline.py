@@ -1,11 +1,21 @@
 """The tf.data pipelines: TFRecord and per-file paths, caching, batching, augmentation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from convlab.data import Augment, load, load_files, load_folder, prepare, read_manifest
+from convlab.data import (
+    Augment,
+    load,
+    load_files,
+    load_folder,
+    prepare,
+    read_manifest,
+    record_paths,
+)
 from convlab.data.augment import augment_batch
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
@@ -39,6 +49,22 @@ def test_validation_is_complete_ordered_and_not_augmented(prepared):
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
+
+
+def test_each_record_traces_back_to_its_source_photo(prepared):
+    from convlab.data.decode import decode_and_resize
+
+    out, manifest = prepared
+    paths = record_paths(out, "validation")
+    assert len(paths) == manifest["counts"]["per_split"]["validation"] == len(set(paths))
+    assert sorted(paths) == sorted(str(Path(manifest["source"]) / Path(i["path"]).relative_to(
+        Path(i["path"]).parents[1])) for i in manifest["inputs"] if i["split"] == "validation")
+    images = [(x, y) for xs, ys in load(out, "validation", batch_size=8)
+              for x, y in zip(xs.numpy(), ys.numpy(), strict=True)]
+    for path, (image, label) in zip(paths, images, strict=True):
+        assert Path(path).parent.name == manifest["classes"][label]
+        jpeg = decode_and_resize(Path(path).read_bytes(), 24).jpeg
+        np.testing.assert_array_equal(np.round(image * 255), tf.io.decode_jpeg(jpeg).numpy())
 
 
 def test_augmentation_only_changes_training_images(prepared):

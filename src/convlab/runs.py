@@ -40,6 +40,7 @@ class RunFolder:
     plots = property(lambda self: self.path / "plots")
     metrics = property(lambda self: self.path / "metrics.json")  # evaluate: its validation
     predictions = property(lambda self: self.path / "predictions.npz")
+    mistakes = property(lambda self: self.path / "mistakes.csv")  # evaluate: with their files
     evaluations = property(lambda self: self.path / "evaluations")  # evaluate: other data
     report = property(lambda self: self.path / "report.html")
     export = property(lambda self: self.path / "export")

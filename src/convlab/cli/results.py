@@ -19,8 +19,22 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate(args.run, data=args.data, split=args.split, model=args.model,
                        top_k=args.top_k, tta=args.tta)
     print(format_metrics(metrics, width=120), end="")
+    _print_mistakes(metrics)
     print(f"metrics: {metrics['metrics_file']}")
     return 0
+
+
+def _print_mistakes(metrics: dict, shown: int = 10) -> None:
+    """The most confident mistakes with their files (all of them are in mistakes.csv)."""
+    with open(metrics["mistakes_file"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        print("no mistakes")
+        return
+    print(f"{len(rows)} mistakes, the most confident first (all in {metrics['mistakes_file']}):")
+    for row in rows[:shown]:
+        print(f"  {row['path'] or '(file unknown)'}: labelled {row['label']}, predicted "
+              f"{row['predicted']} (p={float(row['p_predicted']):.2f})")
 
 
 def cmd_report(args) -> int:

@@ -6,11 +6,12 @@ TensorFlow, so they are resolved on first use.
 
 from convlab.data.ingest import prepare, read_manifest
 
-__all__ = ["Augment", "load", "load_files", "load_folder", "prepare", "read_manifest"]
+__all__ = ["Augment", "load", "load_files", "load_folder", "prepare", "read_manifest",
+           "record_paths"]
 
 
 def __getattr__(name):
-    if name in ("load", "load_files", "load_folder"):
+    if name in ("load", "load_files", "load_folder", "record_paths"):
         from convlab.data import pipeline
 
         return getattr(pipeline, name)

@@ -337,7 +337,8 @@ def prepare(
             try:
                 _write_json(out / STATE, {"fingerprint": fingerprint, "source": scan.source,
                                           "options": asdict(opts), "started": started})
-                shard_records = _write_shards(out, plan, classes, opts, pool, progress)
+                shard_records = _write_shards(out, plan, classes, opts, pool, progress,
+                                              scan.source)
                 manifest = _manifest(out, scan, opts, classes, empty, plan, shard_records,
                                      skipped, dup_groups, fingerprint, started)
                 _write_json(out / MANIFEST, manifest)
@@ -353,7 +354,17 @@ def prepare(
             pool.shutdown(cancel_futures=True)
 
 
-def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
+def record_path(path: str, source: str) -> str:
+    """What a record keeps of its photo's path: relative to the source folder when it lies
+    in it (portable with the folder), else as given (a pattern's match, a URL)."""
+    if is_remote(path) or not os.path.isdir(source):
+        return path
+    full = os.path.abspath(path)
+    return os.path.relpath(full, source) if full.startswith(source.rstrip(os.sep) + os.sep) \
+        else full
+
+
+def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list[dict]:
     import tensorflow as tf
 
     from convlab.data.tfrecord import encode_example, shard_name
@@ -388,7 +399,8 @@ def _write_shards(out, plan, classes, opts, pool, progress) -> list[dict]:
                             failures.append({"path": path, "class": member["class"], **result})
                             continue
                         writer.write(encode_example(result.jpeg, class_index[member["class"]],
-                                                    member["class"], opts.size, len(classes)))
+                                                    member["class"], opts.size, len(classes),
+                                                    record_path(path, source)))
                         per_class[member["class"]] += 1
                         count += 1
                         member["format"] = result.source_format

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from convlab.data.augment import Augment, augment_batch
 from convlab.data.ingest import join, read_manifest
-from convlab.data.tfrecord import IMAGE_AND_CLASS, parse_example
+from convlab.data.tfrecord import FEATURES, IMAGE_AND_CLASS, parse_example
 from convlab.errors import ConvlabError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -292,6 +292,41 @@ def load(
                      drop_remainder=training if drop_remainder is None else drop_remainder,
                      seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch,
                      crop_size=crop_size)
+
+
+def record_paths(path: str | os.PathLike, split: str = "validation") -> list[str]:
+    """The source photo of each record of `split`, in the order `load(path, split,
+    training=False)` yields the records: full paths (or URLs), from each record's `path`
+    feature joined to the manifest's source folder. Folders prepared before records kept
+    their path fall back to the manifest's list of inputs (paths as given to `prepare`)."""
+    manifest = read_manifest(path)
+    plan = input_plan(path, split, manifest=manifest)
+    files = plan.files
+
+    def numbered(file):
+        return tf.data.TFRecordDataset(file).enumerate().map(
+            lambda i, serialized: (file, i, tf.io.parse_single_example(
+                serialized, {"path": FEATURES["path"]})["path"]))
+
+    # The same interleave as `load` (deterministic), so the orders agree record by record.
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        numbered, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+        deterministic=True)
+    source = manifest.get("source", "")
+    local = bool(source) and not source.startswith("gs://") and os.path.isdir(source)
+    by_shard: dict[str, list[str]] = {}
+    for item in manifest.get("inputs", []):
+        by_shard.setdefault(item["shard"], []).append(item["path"])
+    paths = []
+    for file, index, kept in ds.as_numpy_iterator():
+        kept = kept.decode()
+        if kept:
+            paths.append(os.path.join(source, kept) if local and not os.path.isabs(kept)
+                         else kept)
+        else:
+            members = by_shard.get(os.path.basename(file.decode()), [])
+            paths.append(members[index] if index < len(members) else "")
+    return paths
 
 
 def load_files(

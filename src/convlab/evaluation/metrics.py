@@ -165,6 +165,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     keras_model, model_path = load_run_model(run, model)
     datasets = _datasets(prepared, split, record.image_size, batch_size)
     labels, probs = _predict(keras_model, datasets, tta)
+    paths = _paths(prepared, split, len(labels))
     y = mapping[labels]
     pred = probs.argmax(axis=1)
     everyone = list(range(n))
@@ -194,9 +195,11 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "confusion_matrix_normalized": skm.confusion_matrix(
             y, pred, labels=everyone, normalize="true").round(4).tolist(),
         "predictions": where.predictions.name,
+        "mistakes": int((pred != y).sum()), "mistakes_file": str(where.mistakes),
     }
     where.path.mkdir(parents=True, exist_ok=True)
-    _save_predictions(where.predictions, y, probs, datasets)
+    _save_predictions(where.predictions, y, probs, datasets, paths)
+    write_mistakes(where.mistakes, y, probs, paths, classes)
     write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
     return metrics
 
@@ -207,16 +210,45 @@ def _normalised(probs: np.ndarray) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list) -> None:
-    """Labels and probabilities for all images; pixels only for those the plots show, so
-    the plots need neither the data nor the model again."""
+def _paths(prepared, split: str, count: int) -> list[str]:
+    """The source file of each evaluated image, in order ("" where unknown)."""
+    from convlab.data.pipeline import record_paths
+
+    splits = _splits(prepared) if split == "all" else [split]
+    paths = [p for s in splits for p in record_paths(prepared, s)]
+    return paths if len(paths) == count else [""] * count
+
+
+def mistakes_order(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Indices of the wrong predictions, the most confident first."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y)
+    return wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+
+
+def write_mistakes(path: Path, y: np.ndarray, probs: np.ndarray, paths: list[str],
+                   classes: list[str]) -> None:
+    """mistakes.csv: every wrong prediction with its file, the most confident first."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["path", "label", "predicted", "p_predicted", "p_label"])
+        for i in mistakes_order(y, probs):
+            guess = int(probs[i].argmax())
+            out.writerow([paths[i], classes[y[i]], classes[guess], f"{probs[i, guess]:.4f}",
+                          f"{probs[i, y[i]]:.4f}"])
+
+
+def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list,
+                      paths: list[str]) -> None:
+    """Labels and probabilities for all images; pixels only for those the plots show, so
+    the plots need neither the data nor the model again."""
     # Most confident mistakes first: the ones most worth a look.
-    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:GALLERY_IMAGES]
+    wrong = mistakes_order(y, probs)[:GALLERY_IMAGES]
     grid = np.arange(min(GRID_IMAGES, len(y)))
     shown = np.union1d(grid, wrong)
-    np.savez_compressed(path, labels=y, probabilities=probs, grid=grid,
+    np.savez_compressed(path, labels=y, probabilities=probs, grid=grid, paths=np.array(paths),
                         mistakes=wrong, image_index=shown, images=_gather(datasets, shown))
 
 

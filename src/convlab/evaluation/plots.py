@@ -98,6 +98,10 @@ def _predictions(run: Path) -> dict:
         return {k: f[k] for k in f.files}
 
 
+def _short(name: str, width: int = 26) -> str:
+    return name if len(name) <= width else name[:width - 3] + "..."
+
+
 def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
     where = {int(i): k for k, i in enumerate(pred["image_index"])}
     cols = min(max(len(indices), 1), 5)
@@ -115,6 +119,8 @@ def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
             label += f"\ntrue: {classes[truth]}"
             if show_p:
                 label += f" (p={probs[truth]:.2f})"
+            if show_p and "paths" in pred and pred["paths"][i]:
+                label += "\n" + _short(os.path.basename(str(pred["paths"][i])))
         ax.set_title(literal(label), fontsize=10, color=RIGHT if guess == truth else WRONG)
     if not len(indices):
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)

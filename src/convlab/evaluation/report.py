@@ -137,6 +137,32 @@ def _class_table(metrics: dict) -> str:
     return f"<table><tr><th>class</th>{head}</tr>{body}</table>"
 
 
+def _mistakes_table(run: Path, metrics: dict, shown: int = 20) -> str:
+    """The most confident mistakes with their files: what to open and fix first."""
+    import csv
+
+    path = RunFolder(run).mistakes
+    if not path.exists():
+        return ""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return "<section><h2>Mistakes</h2><p>none</p></section>"
+    body = "".join(
+        f"<tr><td>{i}</td><td><code>{escape(r['path'] or '(unknown)')}</code></td>"
+        f"<td>{escape(r['label'])}</td><td>{escape(r['predicted'])}</td>"
+        f'<td class="n">{float(r["p_predicted"]):.3f}</td>'
+        f'<td class="n">{float(r["p_label"]):.3f}</td></tr>'
+        for i, r in enumerate(rows[:shown], 1))
+    return (f"<section><h2>Mistakes, with their files</h2><p>{len(rows)} of "
+            f"{metrics['images']} {escape(metrics['split'])} images; the {min(shown, len(rows))}"
+            f" most confident below, all of them in <code>{escape(path.name)}</code>. A "
+            "confident mistake is often a mislabelled photo: see <code>convlab review"
+            "</code>.</p><table><tr><th>#</th><th>file</th><th>label</th><th>predicted</th>"
+            '<th class="n">p(predicted)</th><th class="n">p(label)</th></tr>'
+            f"{body}</table></section>")
+
+
 def _other_evaluations(run: Path) -> str:
     """One row per `convlab evaluate --data/--split` evaluation kept beside the run's own."""
     found = other_evaluations(run)
@@ -226,6 +252,7 @@ def report(run: str | os.PathLike) -> Path:
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
 {_other_evaluations(run)}
 <section><h2>Plots</h2>{_figures(RunFolder(run).plots)}</section>
+{_mistakes_table(run, metrics)}
 <section><h2>Model</h2><pre>{escape(_model_summary(run, metrics))}</pre></section>
 <section><h2>Resolved config</h2><pre>{escape(config)}</pre></section>
 <footer>convlab {escape(__version__)} · {escape(time.strftime("%Y-%m-%d %H:%M:%S"))}</footer>
