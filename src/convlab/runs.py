@@ -44,6 +44,7 @@ class RunFolder:
     evaluations = property(lambda self: self.path / "evaluations")  # evaluate: other data
     report = property(lambda self: self.path / "report.html")
     export = property(lambda self: self.path / "export")
+    review = property(lambda self: self.path / "review")  # suspected label errors
 
     def checkpoint(self, epoch: int) -> Path:
         """The full model (with optimizer state) after `epoch` finished epochs."""

@@ -37,6 +37,25 @@ def _print_mistakes(metrics: dict, shown: int = 10) -> None:
               f"{row['predicted']} (p={float(row['p_predicted']):.2f})")
 
 
+def cmd_review(args) -> int:
+    from convlab.evaluation.review import review
+
+    result = review(args.run, model=args.model, folds=args.folds, shown=args.show,
+                    progress=not args.quiet)
+    print(f"reviewed {result['photos']:,} photos ({', '.join(result['splits'])}) in "
+          f"{result['seconds']:.0f} s: {result['flagged']} suspected label error(s); "
+          f"probabilities: {result['method']} (accuracy {result['accuracy']:.1%})")
+    for issue in result["issues"][:args.top]:
+        print(f"  #{issue['rank']} {issue['path']}: labelled {issue['label']} "
+              f"(p={issue['p_label']:.2f}), looks like {issue['suggested']} "
+              f"(p={issue['p_suggested']:.2f})")
+    groups = result["duplicates"]
+    if groups:
+        print(f"{len(groups)} duplicate group(s) from the ingest (on the page)")
+    print(f"review page: {result['page']}\nall flagged photos: {result['csv']}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from convlab.evaluation.report import report
 
@@ -136,6 +155,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--batch-size", type=int, default=64)
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
+
+    rv = subparsers.add_parser(
+        "review", help="suspected label errors and duplicate photos, with their files",
+        description="Find photos whose given label the model confidently contradicts "
+                    "(cleanlab confident learning on out-of-sample probabilities: K-fold "
+                    "on the backbone's features for pretrained models, the validation split "
+                    "for models trained from scratch), and the ingest's duplicates. Writes "
+                    "RUN/review/review.html (thumbnails and paths), label_issues.csv and "
+                    "review.json.")
+    add_run_args(rv)
+    rv.add_argument("--folds", type=int, default=5, help="K of the K-fold (default: 5)")
+    rv.add_argument("--show", type=int, default=60,
+                    help="photos shown on the page (default: 60; all are in the CSV)")
+    rv.add_argument("--top", type=int, default=10, help="photos printed (default: 10)")
+    rv.add_argument("--quiet", action="store_true", help="no progress bars")
+    rv.set_defaults(func=cmd_review)
 
     ex = subparsers.add_parser(
         "export", help="export a run for serving (keras, savedmodel, tflite, onnx), verified",
