@@ -134,9 +134,20 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
     assert "enlarged" not in out
     # trained larger than stored: said at the start
     assert main(["train", "squeezenet", "--data", str(prepared), "--epochs", "1", "--batch-size",
-                 "8", "--image-size", "32", "--runs-dir", str(runs), "--quiet",
+                 "8", "--image-size", "32", "--runs-dir", str(runs), "--name", "big",
                  "--no-report"]) == 0
-    assert "the prepared images are 24 px and are enlarged to 32 px" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the prepared images are 24 px and are enlarged to 32 px" in out
+    # One definition of speed: the bar's last img/s is the epoch's images_per_second.
+    (big,) = runs.glob("*-big")
+    with open(big / "history.csv") as f:
+        (epoch,) = csv.DictReader(f)
+    shown = re.findall(r"img/s: ([\d.]+)", out)
+    assert shown and float(shown[-1]) == pytest.approx(float(epoch["images_per_second"]),
+                                                       rel=1e-3, abs=0.1)
+    assert float(epoch["elapsed_seconds"]) > 0 and "wall_seconds" not in epoch
+    text = (big / "summary.txt").read_text()
+    assert "train_images_per_second: training steps only" in text
 
 
 def test_train_rejects_bad_values(prepared, capsys):

@@ -16,41 +16,48 @@ from convlab.runs import RunFolder, checkpoints, read_state
 
 
 class Throughput(keras.callbacks.Callback):
-    """Training images/s, shown in the progress bar and kept per epoch (validation excluded),
-    and the wall time since training started at each epoch's end."""
+    """Training speed, one definition everywhere: training images / seconds of training
+    steps, validation excluded. The progress bar shows it for the epoch so far ("img/s");
+    at each epoch's end the logs keep the epoch's value (`images_per_second`, equal to the
+    bar's last) and `elapsed_seconds`, the time since the first epoch of this process
+    began, validation included (time-to-accuracy)."""
 
     def __init__(self, batch_size: int, steps_per_epoch: int):
         super().__init__()
         self.batch_size = batch_size
         self.images_per_epoch = batch_size * steps_per_epoch
         self.rates: list[float] = []
+        self.phases: list[int] = []  # the index in `rates` where each fit() call began
 
     def on_train_begin(self, logs=None):
+        self.phases.append(len(self.rates))
         if not hasattr(self, "_train_start"):  # a second phase continues the same clock
             self._train_start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last = time.perf_counter()
+        self._images = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if logs is not None and now > self._last:
-            # The progress bar (which runs after this callback) averages it over the epoch.
-            logs["img/s"] = self.batch_size / (now - self._last)
-        self._last = now
+        self._last = time.perf_counter()
+        self._images += self.batch_size
+        if logs is not None and self._last > self._start:
+            logs["img/s"] = self._images / (self._last - self._start)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = self._last - self._start
-        self.rates.append(self.images_per_epoch / seconds if seconds > 0 else math.nan)
+        self.rates.append(self._images / seconds if seconds > 0 else math.nan)
         if logs is not None:
             logs.pop("img/s", None)
             logs["images_per_second"] = self.rates[-1]
-            # Since training started in this process, validation included: time-to-accuracy.
-            logs["wall_seconds"] = time.perf_counter() - self._train_start
+            logs["elapsed_seconds"] = time.perf_counter() - self._train_start
 
     def steady_rate(self) -> float:
-        """Mean over epochs, without the first (tracing, cache filling) when there are more."""
-        rates = self.rates[1:] or self.rates
+        """The last phase's mean epoch rate (with cached features, the whole-network
+        epochs, not the head's), without its first epoch (tracing) when there are more."""
+        start = self.phases[-1] if self.phases else 0
+        rates = self.rates[start:]
+        rates = rates[1:] or rates
         return sum(rates) / len(rates) if rates else math.nan
 
 

@@ -548,14 +548,23 @@ def _write_summary(run, config, model, manifest, strategy_info, precision, wall,
         "images": dict(Counter(manifest["counts"]["per_split"])),
         "hardware": hardware(), "strategy": strategy_info.describe(), "precision": precision,
         "epochs": len(history),
+        # fitting, from the first epoch's start to the last one's end (feature caching and
+        # validation included; data set-up, model building and the report not)
         "wall_seconds": round(previous.get("wall_seconds", 0) + wall, 1),
+        # training images / seconds of training steps (validation excluded), the mean of
+        # the last phase's epochs: the bar's img/s and history's images_per_second
         "train_images_per_second": round(throughput.steady_rate(), 1),
-        # with cached features: the time the backbone took; the rate above is the head's
+        # with cached features: the time the backbone took over the views
         **({"feature_cache_seconds": round(feature_seconds, 1)} if feature_seconds else {}),
         "final": history[-1] if history else {}, "best": best,
     }
     folder.summary_json.write_text(json.dumps(summary, indent=1))
     lines = [f"{k}: {_plain(v)}" for k, v in summary.items() if k not in ("final", "best")]
+    lines.append("wall_seconds: fitting, validation and feature caching included; "
+                 "train_images_per_second: training steps only (validation excluded)")
+    if config.label_smoothing:
+        lines.append(f"loss: cross-entropy with label smoothing {config.label_smoothing:g} "
+                     "(training's); `convlab evaluate` reports plain cross-entropy, lower")
     for label in ("final", "best"):
         row = summary[label]
         lines.append(f"{label}: epoch {row.get('epoch', -1) + 1}, " + ", ".join(
