@@ -211,3 +211,34 @@ def test_prepare_counts_and_says_which_photos_it_enlarged(photos, tmp_path, caps
     total = manifest["counts"]["total"]
     assert manifest["counts"]["enlarged"] == total == 72
     assert f"{total} of {total} photos are smaller than 48 px" in " ".join(out.split())
+
+
+def test_help_shows_every_default():
+    import argparse
+    import subprocess
+    import sys
+
+    from convlab.cli.main import build_parser
+
+    def parsers(parser, name="convlab"):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child_name, child in action.choices.items():
+                    yield from parsers(child, f"{name} {child_name}")
+
+    for name, parser in parsers(build_parser()):
+        text = parser.format_help().split("\noptions:", 1)[-1]
+        for action in parser._actions:
+            has_value = action.default not in (None, False, argparse.SUPPRESS)
+            if action.option_strings and has_value and action.dest != "help":
+                flag = action.option_strings[-1]
+                block = text.split(flag, 1)[1].split("\n  -", 1)[0]
+                assert "default" in block, f"{name} {flag}: no default in --help"
+    done = subprocess.run([sys.executable, "-m", "convlab", "train", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    for flag, value in (("--epochs", "5"), ("--batch-size", "32"), ("--lr", "0.001"),
+                        ("--optimizer", "adam"), ("--precision", "auto"), ("--seed", "42")):
+        block = done.stdout.split("\noptions:")[1].split(flag, 1)[1].split("\n  -", 1)[0]
+        assert f"default: {value}" in " ".join(block.split()), (flag, block)
+    assert done.stderr == ""

@@ -31,3 +31,25 @@ def add_run_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
         parser.add_argument("--model", choices=MODEL_CHOICES, default="best",
                             help="best.keras (best validation accuracy, the default) or "
                                  "model.keras (the last epoch)")
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """`--help` with every option's default: "(default: X)" wherever the help does not
+    already say it (flags that are off unless given, and options without a value, say
+    nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or \
+                not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})".strip()
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Use `DefaultsFormatter` for `parser` and all its subcommands, at any depth."""
+    parser.formatter_class = DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                show_defaults(child)

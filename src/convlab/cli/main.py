@@ -7,6 +7,7 @@ import os
 import sys
 
 from convlab.cli import data, results, train
+from convlab.cli.console import show_defaults
 from convlab.errors import ConvlabError
 from convlab.tfimport import import_tensorflow
 from convlab.version import __version__
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for group in (data, train, results):
         group.register(sub)
+    show_defaults(p)
     return p
 
 

@@ -151,8 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_args(pr)
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
     pr.add_argument("--top-k", type=int, default=3, help="classes per image (3)")
-    pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                    help="a table for people; json or csv for programs")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per model call")
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
 

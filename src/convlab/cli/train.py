@@ -144,11 +144,35 @@ def _flatten(values: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+def _say_defaults(parser: argparse.ArgumentParser) -> None:
+    """Train's flags default to "not given" (the recipe's or model's value stands): their
+    help names the value used when neither sets it, from `TrainConfig`."""
+    from convlab.config import TrainConfig
+
+    c = TrainConfig()
+    values = {
+        "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.schedule.learning_rate,
+        "schedule": c.schedule.name, "optimizer": c.optimizer,
+        "label_smoothing": c.label_smoothing, "class_weights": "none",
+        "augment": "codelab", "weights": "imagenet", "fine_tune_epochs": c.fine_tune_epochs,
+        "fine_tune_lr": c.fine_tune_schedule.learning_rate, "feature_views": c.feature_views,
+        "precision": c.precision, "strategy": c.strategy,
+        "steps_per_execution": c.steps_per_execution, "seed": c.seed,
+    }
+    for action in parser._actions:
+        if action.dest in values:
+            action.help = (f"{action.help or ''} (default: {values[action.dest]:g}"
+                           if isinstance(values[action.dest], float) else
+                           f"{action.help or ''} (default: {values[action.dest]}").strip() + \
+                ("; a recipe's own value first)" if action.dest != "seed" else ")")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model, recipe and training subcommands to the `convlab` parser."""
     models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
     models.add_argument("name", nargs="?")
-    models.add_argument("--classes", type=int, default=5)
+    models.add_argument("--classes", type=int, default=5,
+                        help="classes of the summarised model's output")
     models.add_argument("--image-size", type=int, default=None)
     models.set_defaults(func=cmd_models)
 
@@ -199,6 +223,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="skip evaluating the run and writing report.html at the end")
     tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
     tr.set_defaults(func=cmd_train)
+    _say_defaults(tr)
 
     la = sub.add_parser(
         "launch", help="run `convlab train` as a multi-worker job on this machine",
