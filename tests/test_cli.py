@@ -86,9 +86,11 @@ def test_inspect_prints_counts_and_writes_a_grid(prepared, tmp_path, capsys):
         assert img.format == "PNG" and img.width > 200
 
 
-def test_bench_compares_per_file_and_tfrecord(prepared, capsys):
+def test_bench_compares_per_file_and_tfrecord(prepared, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal, as far as the progress bar knows
     assert main(["data", "bench", str(prepared), "--rounds", "1", "--batch-size", "8"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "round 1/1: per-file, cache none" in err  # progress, on stderr
     rows = [line for line in out.splitlines() if line.startswith("│")]
     assert len(rows) == 7 and "memory (2nd epoch)" in out and "1.00x" in out
     assert "decode only" in rows[0] and "bytes in memory" in rows[0]
@@ -105,7 +107,7 @@ def test_bench_with_simulated_storage_latency(prepared, capsys):
     assert "--latency-ms must be >= 0, received: -1" in capsys.readouterr().err
 
 
-def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
+def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     assert main(["train", "squeezenet", "--data", str(prepared), "--epochs", "2",
                  "--batch-size", "8", "--image-size", "24", "--runs-dir", str(runs),
@@ -130,6 +132,10 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys):
     assert (run / "report.html").exists() and (run / "metrics.json").exists()
     out = capsys.readouterr().out
     assert f"run folder: {run}" in out
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert main(["evaluate", str(run)]) == 0
+    assert "evaluating" in capsys.readouterr().err  # a progress bar, on stderr
+    monkeypatch.delenv("FORCE_COLOR")
     assert "training squeezenet at 24 px from 24 px images: 2 epoch(s), adam at 0.001" in out
     assert "enlarged" not in out
     # trained larger than stored: said at the start

@@ -22,7 +22,6 @@ match the Keras model's probabilities closely. The numbers go to export.json bes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convlab.errors import ConvlabError
+from convlab.progress import progress_bar
 from convlab.runs import RunFolder, RunInfo, load_run_model, run_info
 from convlab.tfimport import muted_stderr
 
@@ -326,7 +326,8 @@ def export(
     images, labels, splits = run_images(info, ("validation", "test", "train"), samples)
     keras_fp32 = float32_model(trained)
     runners = _runners(format, artifact)
-    with _progress(progress, len(images) * (1 + len(runners))) as advance:
+    with progress_bar(progress, len(images) * (1 + len(runners)),
+                      "verifying the export") as advance:
         reference = _batched(lambda x: keras_fp32(x.astype(np.float32) / np.float32(255.0),
                                                   training=False), images, advance)
         outputs = {name: _batched(fn, images, advance) for name, fn in runners.items()}
@@ -374,21 +375,6 @@ def export(
             f"on {len(images)} {'+'.join(splits)} images; removed it, numbers in "
             f"{out / 'export.json'}")
     return report
-
-
-@contextlib.contextmanager
-def _progress(show: bool, total: int):
-    """advance(n) for a transient bar on stderr (nothing when `show` is False)."""
-    if not show:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(*Progress.get_default_columns(), console=Console(stderr=True),
-                  transient=True) as bar:
-        task = bar.add_task("verifying the export", total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _batched(fn, images: np.ndarray, advance=lambda n: None, size: int = 64) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from convlab.data.ingest import MANIFEST, read_manifest
 from convlab.errors import check_at_least
+from convlab.progress import progress_bar
 
 
 @dataclass
@@ -99,15 +100,21 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
                     prepared, split, augment=a, cache=True, **common)
 
     results: dict[tuple, list[float]] = {}
+    steps = rounds * (1 + len(list(variants())))
     try:
-        for _ in range(rounds):
-            results.setdefault(("decode only", "bytes in memory", False), []).append(
-                _decode_rate(jpegs, batch_size))
-            for kind, cache, augment, make in variants():
-                ds = make()
-                if cache != "none":
-                    _epoch_rate(ds)  # fill the cache
-                results.setdefault((kind, cache, augment), []).append(_epoch_rate(ds))
+        with progress_bar(progress, steps, "decode only") as advance:
+            for r in range(rounds):
+                results.setdefault(("decode only", "bytes in memory", False), []).append(
+                    _decode_rate(jpegs, batch_size))
+                for kind, cache, augment, make in variants():
+                    advance(description=f"round {r + 1}/{rounds}: {kind}, cache {cache}"
+                                        f"{', augmented' if augment else ''}")
+                    ds = make()
+                    if cache != "none":
+                        _epoch_rate(ds)  # fill the cache
+                    results.setdefault((kind, cache, augment), []).append(_epoch_rate(ds))
+                advance(description=f"round {r + 2}/{rounds}: decode only"
+                        if r + 1 < rounds else "done")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -28,7 +28,8 @@ GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
 
 
-def _resolve(data, record: RunRecord, split: str | None) -> tuple[Path, str]:
+def _resolve(data, record: RunRecord, split: str | None, progress: bool = False
+             ) -> tuple[Path, str]:
     """The prepared folder and split to evaluate."""
     from convlab.data.ingest import MANIFEST
     from convlab.data.resolve import resolve_data
@@ -42,7 +43,7 @@ def _resolve(data, record: RunRecord, split: str | None) -> tuple[Path, str]:
         if not (prepared / MANIFEST).exists():
             raise ConvlabError(f"the run's prepared data '{prepared}' is gone; pass --data")
         return prepared, split or "validation"
-    prepared = resolve_data(data, record.image_size, progress=False)
+    prepared = resolve_data(data, record.image_size, progress=progress)
     prepared_already = isinstance(prepared, str) or (Path(data) / MANIFEST).exists()
     # A photo folder is prepared into the cache with a train/validation split that means
     # nothing here: every one of its images is test data for this model.
@@ -82,13 +83,19 @@ def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> l
                  cache=False, deterministic=True) for name in splits]
 
 
-def _predict(model, datasets: list, tta: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels in the dataset's class indices, probabilities)."""
+def _predict(model, datasets: list, tta: str | None, total: int = 0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels in the dataset's class indices, probabilities); a progress bar over `total`
+    images when it is given."""
+    from convlab.progress import progress_bar
+
     labels, probs = [], []
-    for ds in datasets:
-        for x, y in ds:
-            probs.append(predict_batch(model, x, tta))
-            labels.append(y.numpy())
+    with progress_bar(total > 0, total, "evaluating") as advance:
+        for ds in datasets:
+            for x, y in ds:
+                probs.append(predict_batch(model, x, tta))
+                labels.append(y.numpy())
+                advance(len(labels[-1]))
     if not labels:
         raise ConvlabError("no images to evaluate")
     return np.concatenate(labels), np.concatenate(probs)
@@ -116,7 +123,7 @@ def _splits(prepared: Path) -> list[str]:
 
 def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
              split: str | None = None, model: str = "best", top_k: int | None = None,
-             batch_size: int = 64, tta: str | None = None) -> dict:
+             batch_size: int = 64, tta: str | None = None, progress: bool = True) -> dict:
     """Evaluate a run's model; write metrics.json and predictions.npz.
 
     The run's own validation split writes them into the run folder (the report's headline);
@@ -135,6 +142,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         batch_size: images per prediction batch.
         tta: test-time augmentation: None/"none", or "flip" (average over each image and its
             mirror image).
+        progress: progress bars (on stderr) while preparing a photo folder and predicting.
 
     Returns:
         The metrics: evaluation (None for the run's own validation split, else the
@@ -159,12 +167,15 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         raise ConvlabError(f"--top-k must be between 1 and {max(1, n - 1)} for {n} classes, "
                            f"received: {k}")
     tta = check_tta(tta)
-    prepared, split = _resolve(data, record, split)
+    prepared, split = _resolve(data, record, split, progress)
     split = SPLIT_ALIASES.get(split, split)
     mapping = _class_map(read_manifest(prepared), classes, data or prepared)
     keras_model, model_path = load_run_model(run, model)
     datasets = _datasets(prepared, split, record.image_size, batch_size)
-    labels, probs = _predict(keras_model, datasets, tta)
+    manifest = read_manifest(prepared)
+    total = sum(n for s, n in manifest["counts"]["per_split"].items()
+                if split in (s, "all")) if progress else 0
+    labels, probs = _predict(keras_model, datasets, tta, total)
     paths = _paths(prepared, split, len(labels))
     y = mapping[labels]
     pred = probs.argmax(axis=1)
