@@ -248,3 +248,27 @@ def test_help_shows_every_default():
         block = done.stdout.split("\noptions:")[1].split(flag, 1)[1].split("\n  -", 1)[0]
         assert f"default: {value}" in " ".join(block.split()), (flag, block)
     assert done.stderr == ""
+
+
+def test_ctrl_c_stops_training_within_seconds_and_names_the_resume_command(prepared,
+                                                                           tmp_path):
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convlab", "train", "squeezenet", "--data", str(prepared),
+         "--epochs", "200", "--batch-size", "8", "--image-size", "16", "--runs-dir", str(runs),
+         "--quiet", "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(runs.glob("*/state.json")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, err = proc.communicate(timeout=60)
+    stopped = time.monotonic() - sent
+    (run,) = runs.iterdir()
+    assert proc.returncode == 130 and stopped < 10, (stopped, err)
+    assert f"continue with: convlab train --resume {run}" in out
+    assert "Traceback" not in err and "convlab train --resume RUN" in err
