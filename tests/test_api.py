@@ -81,3 +81,17 @@ def test_python_api_prints_no_tensorflow_start_up_lines(trained):
     assert done.stdout.strip() in ("circle", "square", "triangle")
     for noise in ("I0000", "oneDNN", "cuda", "absl", "cpu_feature_guard"):
         assert noise not in done.stderr, done.stderr
+
+
+def test_progress_bars_stay_quiet_in_jupyter_without_ipywidgets(monkeypatch, recwarn):
+    import rich.console
+
+    from convlab.progress import live_display_ok, progress_bar
+
+    assert live_display_ok()  # a plain process
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)  # as in a notebook
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed
+    assert not live_display_ok()
+    with progress_bar(True, 3, "work") as advance:
+        advance(3)
+    assert not [w for w in recwarn if "ipywidgets" in str(w.message)]

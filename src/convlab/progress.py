@@ -7,11 +7,25 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 
+def live_display_ok() -> bool:
+    """Whether rich can draw a live bar here: anywhere but a Jupyter kernel without
+    ipywidgets, where rich would only warn 'install "ipywidgets" for Jupyter support'."""
+    from rich.console import Console
+
+    if not Console().is_jupyter:
+        return True
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def progress_bar(show: bool, total: int, description: str
                  ) -> Iterator[Callable[..., None]]:
     """Yields `advance(n=1, description=None)`; does nothing when `show` is False."""
-    if not show:
+    if not (show and live_display_ok()):
         yield lambda n=1, description=None: None
         return
     from rich.console import Console

@@ -255,8 +255,10 @@ def _map(pool, fn, args: list[tuple]):
 def _progress(enabled: bool):
     from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from convlab.progress import live_display_ok
+
     return Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
+                    disable=not (enabled and live_display_ok()), transient=False)
 
 
 def prepare(

@@ -245,12 +245,15 @@ def fetch_flowers(root: Path | None = None, *, url: str = FLOWERS_URL,
 def _download(url: str, dest: Path, expected_bytes: int) -> None:
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+    from convlab.progress import live_display_ok
+
     partial = dest.with_suffix(dest.suffix + ".part")
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or expected_bytes)
             with Progress(
-                *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()
+                *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                disable=not live_display_ok()
             ) as bar:
                 task = bar.add_task(f"downloading {os.path.basename(url)}", total=total)
                 for block in iter(lambda: response.read(1 << 20), b""):
