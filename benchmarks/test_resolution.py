@@ -1,0 +1,47 @@
+"""Test-time resolution: a trained run's validation accuracy at other input sizes (FixRes).
+
+    .venv/bin/python benchmarks/test_resolution.py RUN [RUN ...] --sizes 300,340,380
+        [--data PREPARED] [--model final]
+
+The training zoom (random crops of part of each side, resized to the training size) shows
+objects larger than whole-image validation does; evaluating at a larger size than trained
+at can undo that. The models have a fixed input shape, so the first size must be the
+training size: Keras then retraces its predict function with free spatial dimensions for
+the others (which is why this is a benchmark, not yet a convlab option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from convlab.evaluation.metrics import _datasets, _predict  # noqa: E402
+from convlab.runs import load_run_model, read_record  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--sizes", required=True, help="comma-separated, training size first")
+    parser.add_argument("--data", help="prepared folder (default: each run's own)")
+    parser.add_argument("--model", default="final", choices=("best", "final"))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print("| run | " + " | ".join(f"{s} px" for s in sizes) + " |")
+    print("| --- |" + " ---: |" * len(sizes))
+    for run in args.runs:
+        record = read_record(run)
+        prepared = Path(args.data or record.prepared_data)
+        model, _ = load_run_model(run, args.model)
+        cells = []
+        for size in sizes:
+            y, probs = _predict(model, _datasets(prepared, "validation", size, 64), None)
+            cells.append(f"{100 * (probs.argmax(1) == y).mean():.1f}%")
+        print(f"| {Path(run).name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
