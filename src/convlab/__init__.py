@@ -18,7 +18,7 @@ from convlab.errors import ConvlabError
 from convlab.version import __version__
 
 __all__ = ["Classifier", "ConvlabError", "__version__", "evaluate", "export", "load",
-           "predict", "prepare", "report", "resume", "train"]
+           "predict", "prepare", "report", "resume", "train", "tune"]
 
 
 def _with_tensorflow(module: str, name: str):
@@ -44,6 +44,11 @@ def train(config=None, **overrides):
 def resume(run, **options):
     """Continue an interrupted run; see `convlab.training.trainer.resume`."""
     return _with_tensorflow("convlab.training.trainer", "resume")(run, **options)
+
+
+def tune(config, **options) -> dict:
+    """Hyperparameter search with KerasTuner; see `convlab.training.tune.tune`."""
+    return _with_tensorflow("convlab.training.tune", "tune")(config, **options)
 
 
 def load(run, model: str = "best"):

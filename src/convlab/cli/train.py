@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from convlab.cli.console import console, plain
 from convlab.config import (
@@ -43,6 +44,62 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _base_config(args):
+    """The recipe or model named, or the config file given with --config."""
+    from convlab.config import TrainConfig, named_config
+
+    if getattr(args, "config", None):
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except OSError as err:
+            raise ConvlabError(f"cannot read --config '{args.config}': "
+                               f"{err.strerror or err}") from None
+        except json.JSONDecodeError as err:
+            raise ConvlabError(f"--config '{args.config}' is not JSON ({err.msg}, line "
+                               f"{err.lineno})") from None
+        if not isinstance(values, dict):
+            raise ConvlabError(f"--config '{args.config}' must hold a JSON object of config "
+                               "fields (e.g. a tune folder's best.json)")
+        return TrainConfig.from_dict(values.get("config", values))  # also a run's config.json
+    if not args.model:
+        raise ConvlabError("name a model or recipe to train (see `convlab models` and "
+                           "`convlab recipes`), --config FILE, or --resume RUN")
+    return named_config(args.model)
+
+
+def cmd_tune(args) -> int:
+    from convlab.training.tune import tune
+
+    config = _base_config(args).override(**_train_overrides(args))
+    config = config.with_settings(args.set or [])
+    result = tune(config, trials=args.trials, budget_minutes=args.budget_minutes,
+                  algorithm=args.algorithm, space=args.hp, out=args.out,
+                  overwrite=args.overwrite, progress=not args.quiet)
+    from rich.table import Table
+
+    keys = [s.split(" in ")[0] for s in result["space"]]
+    table = Table(title=f"{result['completed']} trial(s) completed, {result['failed']} failed")
+    for col in ("trial", *(k.split(".")[-1] for k in keys), "epochs", "val_accuracy", "min"):
+        table.add_column(col, justify="right")
+    for row in sorted(result["trials"], key=lambda r: -(r.get("score") or -1)):
+        table.add_row(row["trial"], *(plain(_fmt(row["values"].get(k, "-"))) for k in keys),
+                      str(row.get("epochs", "-")),
+                      f"{row['score']:.4f}" if row.get("score") is not None else
+                      plain(f"{row['status'].lower()}: {row.get('message', '')}"[:60]),
+                      f"{row['seconds'] / 60:.1f}" if "seconds" in row else "-")
+    console().print(table)
+    if result["best"]:
+        print(f"best: trial {result['best']['trial']}, val_accuracy "
+              f"{result['best']['score']:.4f} ({result['best']['run']})\nretrain it: convlab "
+              f"train --config {result['best_config']}")
+    print(f"plots: {result['plot']}\npage: {result['page']}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _train_overrides(args) -> dict:
     """Only the flags the user gave: they override the recipe (or the defaults)."""
     out = {}
@@ -80,17 +137,13 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from convlab.config import named_config
     from convlab.runs import RunFolder
     from convlab.training.trainer import resume, train
 
     if args.resume:
         run = resume(args.resume, progress=not args.quiet)
     else:
-        if not args.model:
-            raise ConvlabError("name a model or recipe to train (see `convlab models` and "
-                               "`convlab recipes`), or --resume RUN")
-        config = named_config(args.model).override(**_train_overrides(args))
+        config = _base_config(args).override(**_train_overrides(args))
         config = config.with_settings(args.set or [])
         run = train(config, progress=not args.quiet)
     if run is None:  # a multi-worker job's non-chief worker
@@ -167,27 +220,8 @@ def _say_defaults(parser: argparse.ArgumentParser) -> None:
                 ("; a recipe's own value first)" if action.dest != "seed" else ")")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the model, recipe and training subcommands to the `convlab` parser."""
-    models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
-    models.add_argument("name", nargs="?")
-    models.add_argument("--classes", type=int, default=5,
-                        help="classes of the summarised model's output")
-    models.add_argument("--image-size", type=int, default=None)
-    models.set_defaults(func=cmd_models)
-
-    rec = sub.add_parser("recipes", help="list the training recipes, or show one in full",
-                         description="List the recipes, or with NAME print every setting it "
-                                     "resolves to (as `--set` keys) and what it measured.")
-    rec.add_argument("name", nargs="?", help="a recipe to show in full")
-    rec.set_defaults(func=cmd_recipes, tensorflow=False)
-
-    tr = sub.add_parser(
-        "train", help="train a model or recipe; writes a run folder",
-        description="Train MODEL (see `convlab models`) or RECIPE (see `convlab recipes`). "
-                    "Flags override the recipe's settings. Writes runs/<time>-<name>/.")
-    tr.add_argument("model", nargs="?", help="model or recipe name")
-    tr.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+def _add_training_flags(tr: argparse.ArgumentParser) -> None:
+    """The flags that override a recipe's settings (train and tune share them)."""
     tr.add_argument("--data", help="prepared folder, folder of class subfolders, 'flowers' "
                                    "(download) or 'synthetic' (default: flowers)")
     tr.add_argument("--epochs", type=int)
@@ -222,8 +256,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--no-report", action="store_true",
                     help="skip evaluating the run and writing report.html at the end")
     tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model, recipe and training subcommands to the `convlab` parser."""
+    models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
+    models.add_argument("name", nargs="?")
+    models.add_argument("--classes", type=int, default=5,
+                        help="classes of the summarised model's output")
+    models.add_argument("--image-size", type=int, default=None)
+    models.set_defaults(func=cmd_models)
+
+    rec = sub.add_parser("recipes", help="list the training recipes, or show one in full",
+                         description="List the recipes, or with NAME print every setting it "
+                                     "resolves to (as `--set` keys) and what it measured.")
+    rec.add_argument("name", nargs="?", help="a recipe to show in full")
+    rec.set_defaults(func=cmd_recipes, tensorflow=False)
+
+    tr = sub.add_parser(
+        "train", help="train a model or recipe; writes a run folder",
+        description="Train MODEL (see `convlab models`) or RECIPE (see `convlab recipes`). "
+                    "Flags override the recipe's settings. Writes runs/<time>-<name>/.")
+    tr.add_argument("model", nargs="?", help="model or recipe name")
+    tr.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    tr.add_argument("--config", metavar="FILE",
+                    help="train from a config file instead of a recipe: a tune folder's "
+                         "best.json, or a run's config.json")
+    _add_training_flags(tr)
     tr.set_defaults(func=cmd_train)
     _say_defaults(tr)
+
+    tu = sub.add_parser(
+        "tune", help="search hyperparameters with KerasTuner; each trial a run",
+        description="Search the settings of MODEL or RECIPE with KerasTuner (Hyperband by "
+                    "default): each trial is a `convlab train` run in OUT/trials/, scored by "
+                    "its last epoch's validation accuracy. The same command continues an "
+                    "interrupted search. Writes OUT/results.json, best.json (retrain with "
+                    "`convlab train --config OUT/best.json`), tune.png and tune.html.")
+    tu.add_argument("model", nargs="?", help="model or recipe name")
+    tu.add_argument("--config", metavar="FILE", help="start from a config file instead")
+    tu.add_argument("--trials", type=int, default=10, help="at most this many trials")
+    tu.add_argument("--budget-minutes", type=float, default=None,
+                    help="start no trial after this many minutes (default: no limit)")
+    tu.add_argument("--algorithm", choices=("hyperband", "bayesian", "random"),
+                    default="hyperband",
+                    help="hyperband: trials of growing length up to --epochs; bayesian and "
+                         "random: every trial at --epochs")
+    tu.add_argument("--hp", action="append", metavar="KEY=RANGE",
+                    help="change the search space, repeatable: KEY=LOW:HIGH[:log], "
+                         "KEY=A,B,C or KEY=none (e.g. --hp schedule.learning_rate=1e-3:1e-2:log"
+                         " --hp model_options.width=none); default: the model family's space")
+    tu.add_argument("--out", help="search folder (default: RUNS_DIR/tune-NAME)")
+    tu.add_argument("--overwrite", action="store_true", help="start over in --out")
+    _add_training_flags(tu)
+    tu.set_defaults(func=cmd_tune)
+    _say_defaults(tu)
 
     la = sub.add_parser(
         "launch", help="run `convlab train` as a multi-worker job on this machine",
