@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from convlab.export import export  # noqa: E402
+from convlab.serving import export  # noqa: E402
 
 VARIANTS = (("keras", None), ("savedmodel", None), ("tflite", None), ("tflite", "float16"),
             ("tflite", "dynamic"), ("tflite", "int8"))

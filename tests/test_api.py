@@ -68,6 +68,18 @@ def test_loaded_model_evaluates_like_evaluate_and_rejects_bad_input(trained, tmp
         convlab.load(run, model="last")
 
 
+def test_top_level_functions_are_not_shadowed_by_submodules():
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(convlab.__path__, "convlab."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)  # importing a submodule sets it on its package
+    for name in ("prepare", "train", "resume", "evaluate", "predict", "export", "report",
+                 "tune", "load"):
+        assert callable(getattr(convlab, name)), f"convlab.{name} is {getattr(convlab, name)}"
+
+
 def test_python_api_prints_no_tensorflow_start_up_lines(trained):
     run, files = trained
     script = textwrap.dedent(f"""

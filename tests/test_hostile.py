@@ -124,7 +124,7 @@ def test_fifos_are_skipped_with_a_reason_and_linked_folders_followed(tmp_path):
     assert manifest["counts"]["per_class"][label]["train"] + manifest["counts"]["per_class"][
         label].get("validation", 0) == 6 + 3
 
-    from convlab.predict import collect
+    from convlab.inference import collect
 
     paths, skipped = collect([photos / label])
     assert [s["reason"] for s in skipped] == ["not a regular file"]

@@ -18,9 +18,9 @@ from convlab.cli.results import register
 from convlab.config import TrainConfig
 from convlab.data.decode import decode_and_resize
 from convlab.errors import ConvlabError
-from convlab.export import TOLERANCES, Tolerance, export
-from convlab.predict import predict
+from convlab.inference import predict
 from convlab.runs import load_run_model, run_info
+from convlab.serving import TOLERANCES, Tolerance, export
 from convlab.training.trainer import train
 
 TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "epochs": 1,

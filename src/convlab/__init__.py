@@ -63,13 +63,14 @@ def evaluate(run, data=None, **options) -> dict:
 
 
 def predict(run, inputs, **options):
-    """(rows, skipped) for image files and folders; see `convlab.predict.predict`."""
-    return _with_tensorflow("convlab.predict", "predict")(run, [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs, **options)
+    """(rows, skipped) for image files and folders; see `convlab.inference.predict`."""
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    return _with_tensorflow("convlab.inference", "predict")(run, inputs, **options)
 
 
 def export(run, format: str = "keras", **options) -> dict:
-    """Export and verify a run's model; see `convlab.export.export`."""
-    return _with_tensorflow("convlab.export", "export")(run, format, **options)
+    """Export and verify a run's model; see `convlab.serving.export`."""
+    return _with_tensorflow("convlab.serving", "export")(run, format, **options)
 
 
 def report(run):

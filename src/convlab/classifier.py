@@ -124,7 +124,7 @@ class Classifier:
             ConvlabError: a missing or unreadable file, an input that is not an image, bad
                 options.
         """
-        from convlab.predict import top_classes
+        from convlab.inference import top_classes
 
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ConvlabError(f"top_k must be a positive integer, received: {top_k!r}")
@@ -145,8 +145,8 @@ class Classifier:
 
     def export(self, format: str = "keras", quantize: str | None = None,
                out: str | os.PathLike | None = None, **options) -> dict:
-        """`convlab.export` of this model; see `convlab.export.export`."""
-        from convlab.export import export
+        """`convlab.export` of this model; see `convlab.serving.export`."""
+        from convlab.serving import export
 
         return export(self.run, format, quantize, out, model=self.which, **options)
 

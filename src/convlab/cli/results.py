@@ -9,8 +9,8 @@ import sys
 
 from convlab.cli.console import add_run_args, console, plain
 from convlab.errors import ConvlabError
-from convlab.export import FORMATS, QUANTIZE
 from convlab.runs import TTA_MODES
+from convlab.serving import FORMATS, QUANTIZE
 
 
 def cmd_evaluate(args) -> int:
@@ -64,7 +64,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from convlab.predict import predict
+    from convlab.inference import predict
 
     rows, skipped = predict(args.run, args.inputs, top_k=args.top_k,
                             batch_size=args.batch_size, model=args.model, tta=args.tta)
@@ -99,7 +99,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from convlab.export import export
+    from convlab.serving import export
 
     drop = None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100
     report = export(args.run, args.format, args.quantize, args.out, model=args.model,
