@@ -107,7 +107,8 @@ def test_cli_prints_the_curve_and_the_suggestion(tiny_data, tmp_path, capsys):
     settings = [f"{k}={json.dumps(v)}" for k, v in TINY.items()
                 if k not in ("batch_size", "image_size")]
     code = cli(["lr-find", "squeezenet", "--data", str(tiny_data), "--start-lr", "1e-4",
-                "--end-lr", "100", "--steps", "40", "--batch-size", "16", "--image-size", "16",
+                "--end-lr", "100", "--steps", "40", "--smoothing", "0.9", "--batch-size", "16",
+                "--image-size", "16",
                 *[a for s in settings for a in ("--set", s)],
                 "--set", f"runs_dir={tmp_path}", "--quiet"])
     assert code == 0
@@ -121,6 +122,7 @@ def test_cli_prints_the_curve_and_the_suggestion(tiny_data, tmp_path, capsys):
     assert f"plot: {folder / 'lr_find.png'}" in out
     assert "learning-rate range test: squeezenet" in out and "minimum" in out
     assert result["image_size"] == 16 and result["global_batch"] == 16
+    assert result["smoothing"] == 0.9 and result["steps"] == 40
 
 
 def test_cli_defaults_are_lr_finds():
@@ -128,7 +130,7 @@ def test_cli_defaults_are_lr_finds():
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["lr-find", "squeezenet", "--data", "x"])
     defaults = inspect.signature(lr_find).parameters
-    for name in ("start_lr", "end_lr", "steps"):
+    for name in ("start_lr", "end_lr", "steps", "smoothing", "diverge"):
         assert getattr(args, name) == defaults[name].default
 
 

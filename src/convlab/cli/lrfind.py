@@ -22,7 +22,8 @@ def cmd_lr_find(args) -> int:
         overrides["batch_per_replica"] = None
     config = named_config(args.model).override(**overrides).with_settings(args.set or [])
     result = lr_find(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
-                     out=args.out, progress=not args.quiet)
+                     smoothing=args.smoothing, diverge=args.diverge, out=args.out,
+                     progress=not args.quiet)
 
     lrs, losses, smoothed = result["lrs"], result["losses"], result["smoothed_losses"]
     suggestion, minimum, diverged = result["suggestion"], result["minimum"], result["diverged"]
@@ -77,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lf.add_argument("--end-lr", type=float, default=10.0, help="the last learning rate")
     lf.add_argument("--steps", type=int, default=200,
                     help="training steps from --start-lr to --end-lr")
+    lf.add_argument("--smoothing", type=float, default=0.98,
+                    help="the smoothed loss keeps this much of its past each step (0: raw)")
+    lf.add_argument("--diverge", type=float, default=4.0,
+                    help="stop once the smoothed loss exceeds this many times its minimum")
     lf.add_argument("--batch-size", type=int,
                     help="global batch size (default: the recipe's or model's)")
     lf.add_argument("--image-size", type=int, help="default: the recipe's or model's own")

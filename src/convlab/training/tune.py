@@ -198,7 +198,7 @@ class Search:
     def run_trial(self, trial) -> dict:
         import keras_tuner as kt
 
-        from convlab.runs import read_record
+        from convlab.runs import RunFolder, read_record
         from convlab.training.trainer import train
 
         hp = trial.hyperparameters
@@ -216,7 +216,7 @@ class Search:
             raise kt.errors.FailedTrialError(str(err)) from None
         seconds = time.time() - start
         self.durations.append(seconds)
-        summary = json.loads((run / "summary.json").read_text())
+        summary = json.loads(RunFolder(run).summary_json.read_text())
         final = summary.get("final", {})
         score = final.get(OBJECTIVE)
         if score is None or not math.isfinite(final.get("loss", math.nan)):
