@@ -28,7 +28,7 @@ from convlab.errors import ConvlabError, check_at_least
 from convlab.files import figure, literal, write_text_atomic
 from convlab.training.distributed import check_tpu_data
 from convlab.training.strategy import precision_policy, resolve_precision, select_strategy
-from convlab.training.trainer import _compile, build_datasets
+from convlab.training.trainer import _compile, build_datasets, global_batch_size
 
 PLOT, NUMBERS = "lr_find.png", "lr_find.json"
 
@@ -82,12 +82,7 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
     if strategy_info.tpu:
         check_tpu_data(config.data)
     strategy, replicas = strategy_info.strategy, strategy_info.replicas
-    # The global batch as `convlab train` derives it (trainer._fit).
-    global_batch = (config.batch_per_replica * replicas if config.batch_per_replica
-                    else config.batch_size)
-    if global_batch % replicas:
-        raise ConvlabError(f"the global batch {global_batch} does not split evenly over "
-                           f"{replicas} replicas; use a multiple of {replicas}")
+    global_batch = global_batch_size(config, replicas)
     precision = resolve_precision(config.precision, strategy_info, config.model)
     recipe_lr = config.schedule.learning_rate * (replicas if config.schedule.scale_with_replicas
                                                  else 1)

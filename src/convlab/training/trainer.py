@@ -143,6 +143,21 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     return prepared, manifest, train, val
 
 
+def global_batch_size(config: TrainConfig, replicas: int) -> int:
+    """The batch of one step over all replicas: --batch-size, or a recipe's per-replica
+    batch times the replicas (the codelab's way).
+
+    Raises:
+        ConvlabError: a batch that does not split evenly over the replicas.
+    """
+    batch = config.batch_per_replica * replicas if config.batch_per_replica else \
+        config.batch_size
+    if batch % replicas:
+        raise ConvlabError(f"the global batch {batch} does not split evenly over "
+                           f"{replicas} replicas; use a multiple of {replicas}")
+    return batch
+
+
 def _class_weights(config: TrainConfig, manifest: dict) -> dict | None:
     if config.class_weights != "balanced":
         return None
@@ -299,11 +314,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         check_tpu_data(config.data)
     strategy = strategy_info.strategy
     replicas = strategy.num_replicas_in_sync
-    global_batch = (config.batch_per_replica * replicas if config.batch_per_replica
-                    else config.batch_size)
-    if global_batch % replicas:
-        raise ConvlabError(f"the global batch {global_batch} does not split evenly over "
-                           f"{replicas} replicas; use a multiple of {replicas}")
+    global_batch = global_batch_size(config, replicas)
     precision = resolve_precision(config.precision, strategy_info, config.model)
     # The policy is restored however training ends; the run folder is locked while it trains.
     with precision_policy(precision), contextlib.ExitStack() as held:
