@@ -76,7 +76,7 @@ def test_top_level_functions_are_not_shadowed_by_submodules():
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)  # importing a submodule sets it on its package
     for name in ("prepare", "train", "resume", "evaluate", "predict", "export", "report",
-                 "tune", "lr_find", "load"):
+                 "tune", "lr_find", "review", "load"):
         assert callable(getattr(convlab, name)), f"convlab.{name} is {getattr(convlab, name)}"
 
 

@@ -60,7 +60,7 @@ def test_review_finds_the_planted_label_errors_with_their_files(photos, capsys):
 
 
 def test_review_of_a_model_from_scratch_reads_only_its_validation_split(photos):
-    from convlab.evaluation.review import review
+    from convlab import review
 
     root, _ = photos
     run = convlab.train("convnet", data=str(root / "data"), image_size=16, batch_size=8,

@@ -18,7 +18,7 @@ from convlab.errors import ConvlabError
 from convlab.version import __version__
 
 __all__ = ["Classifier", "ConvlabError", "__version__", "evaluate", "export", "load",
-           "lr_find", "predict", "prepare", "report", "resume", "train", "tune"]
+           "lr_find", "predict", "prepare", "report", "resume", "review", "train", "tune"]
 
 
 def _with_tensorflow(module: str, name: str):
@@ -49,6 +49,11 @@ def resume(run, **options):
 def tune(config, **options) -> dict:
     """Hyperparameter search with KerasTuner; see `convlab.training.tune.tune`."""
     return _with_tensorflow("convlab.training.tune", "tune")(config, **options)
+
+
+def review(run, **options) -> dict:
+    """Suspected label errors and duplicates; see `convlab.evaluation.review.review`."""
+    return _with_tensorflow("convlab.evaluation.review", "review")(run, **options)
 
 
 def lr_find(config, **options) -> dict:
