@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlab.data.decode import SkipImage, decode_and_resize
+from convlab.data.decode import SkipImage
 from convlab.errors import ConvlabError
 from convlab.runs import MODEL_FILES, RunInfo, check_tta, load_run_model, predict_batch, run_info
 
@@ -45,8 +45,9 @@ class Classifier:
 
     def _pixels(self, image) -> np.ndarray:
         """One input -> uint8 (size, size, 3), exactly as training saw its photos."""
-        import tensorflow as tf
         from PIL import Image, ImageOps
+
+        from convlab.inference import decode_bytes
 
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
@@ -71,16 +72,10 @@ class Classifier:
             ImageOps.exif_transpose(image).save(buffer, format="PNG")  # lossless hand-over
             data, name = buffer.getvalue(), f"the {type(image).__name__} image"
         try:
-            jpeg = decode_and_resize(data, self.info.stored_size, self.info.quality).jpeg
+            return decode_bytes(data, self.info)
         except SkipImage as skip:
             raise ConvlabError(f"cannot classify {name}: {skip.reason}"
                                f"{' (' + skip.detail + ')' if skip.detail else ''}") from None
-        pixels = tf.io.decode_jpeg(jpeg, channels=3)
-        if self.info.stored_size != self.image_size:
-            from convlab.data.pipeline import resize_to_square
-
-            pixels = resize_to_square(pixels, self.image_size)
-        return pixels.numpy()
 
     @staticmethod
     def _as_list(images) -> tuple[list, bool]:

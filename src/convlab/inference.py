@@ -53,12 +53,21 @@ def decode_image(path: str, info: RunInfo) -> np.ndarray:
     Raises:
         SkipImage: unreadable or not a usable image.
     """
-    import tensorflow as tf
-
     try:
         data = read_bytes(path)
     except OSError as err:
         raise SkipImage("unreadable", f"{type(err).__name__}: {err.strerror or err}") from None
+    return decode_bytes(data, info)
+
+
+def decode_bytes(data: bytes, info: RunInfo) -> np.ndarray:
+    """An image file's bytes -> uint8 (S, S, 3), as the training pipeline saw its photos.
+
+    Raises:
+        SkipImage: not a usable image.
+    """
+    import tensorflow as tf
+
     jpeg = decode_and_resize(data, info.stored_size, info.quality).jpeg
     # TF's decoder, not Pillow's: their IDCTs differ by a few levels, and training used TF's.
     image = tf.io.decode_jpeg(jpeg, channels=3)

@@ -21,12 +21,8 @@ def import_tensorflow():
         return sys.modules["tensorflow"]
     _done = True
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        import tensorflow as tf
-
-        return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with muted_stderr():
+    with muted_stderr():  # not when the user asked for the lines (TF_CPP_MIN_LOG_LEVEL=0)
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # probes CUDA, which logs when there is none

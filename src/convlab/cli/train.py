@@ -68,7 +68,7 @@ def _base_config(args):
 
 
 def cmd_tune(args) -> int:
-    from convlab.training.tune import tune
+    from convlab.training.tune import short_value, tune
 
     config = _base_config(args).override(**_train_overrides(args))
     config = config.with_settings(args.set or [])
@@ -82,7 +82,8 @@ def cmd_tune(args) -> int:
     for col in ("trial", *(k.split(".")[-1] for k in keys), "epochs", "val_accuracy", "min"):
         table.add_column(col, justify="right")
     for row in sorted(result["trials"], key=lambda r: -(r.get("score") or -1)):
-        table.add_row(row["trial"], *(plain(_fmt(row["values"].get(k, "-"))) for k in keys),
+        table.add_row(row["trial"],
+                      *(plain(short_value(row["values"].get(k, "-"))) for k in keys),
                       str(row.get("epochs", "-")),
                       f"{row['score']:.4f}" if row.get("score") is not None else
                       plain(f"{row['status'].lower()}: {row.get('message', '')}"[:60]),
@@ -94,10 +95,6 @@ def cmd_tune(args) -> int:
               f"train --config {result['best_config']}")
     print(f"plots: {result['plot']}\npage: {result['page']}")
     return 0
-
-
-def _fmt(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _train_overrides(args) -> dict:

@@ -190,6 +190,13 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
     return tf.data.Dataset.range(start_epoch, last).flat_map(epoch).prefetch(AUTOTUNE)
 
 
+def _read_shards(files: tf.data.Dataset, read, count: int, deterministic: bool):
+    """Records from several shard files at once (`read(file)` -> a dataset of one file's
+    records): `load` and `record_paths` share it, so their orders agree when deterministic."""
+    return files.interleave(read, cycle_length=min(count, 8), num_parallel_calls=AUTOTUNE,
+                            deterministic=deterministic)
+
+
 def load(
     path: str | os.PathLike,
     split: str = "train",
@@ -272,9 +279,8 @@ def load(
             ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=False)
         # Read several shards at once; order-agnostic unless asked, so a slow file never
         # stalls the others.
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(_after_latency(f, open_latency)),
-                           cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
-                           deterministic=deterministic)
+        ds = _read_shards(ds, lambda f: tf.data.TFRecordDataset(
+            _after_latency(f, open_latency)), len(files), deterministic)
         if plan.policy == "data":
             ds = ds.shard(pipelines, plan.index)  # before decoding: skipped records cost little
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
@@ -309,9 +315,7 @@ def record_paths(path: str | os.PathLike, split: str = "validation") -> list[str
                 serialized, {"path": FEATURES["path"]})["path"]))
 
     # The same interleave as `load` (deterministic), so the orders agree record by record.
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        numbered, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
-        deterministic=True)
+    ds = _read_shards(tf.data.Dataset.from_tensor_slices(files), numbered, len(files), True)
     source = manifest.get("source", "")
     local = bool(source) and not source.startswith("gs://") and os.path.isdir(source)
     by_shard: dict[str, list[str]] = {}

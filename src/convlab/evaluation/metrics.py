@@ -169,10 +169,10 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     tta = check_tta(tta)
     prepared, split = _resolve(data, record, split, progress)
     split = SPLIT_ALIASES.get(split, split)
-    mapping = _class_map(read_manifest(prepared), classes, data or prepared)
+    manifest = read_manifest(prepared)
+    mapping = _class_map(manifest, classes, data or prepared)
     keras_model, model_path = load_run_model(run, model)
     datasets = _datasets(prepared, split, record.image_size, batch_size)
-    manifest = read_manifest(prepared)
     total = sum(n for s, n in manifest["counts"]["per_split"].items()
                 if split in (s, "all")) if progress else 0
     labels, probs = _predict(keras_model, datasets, tta, total)

@@ -207,7 +207,7 @@ class Search:
         config = self.base.with_settings(_settings(values, self.space)).override(
             epochs=epochs, runs_dir=str(self.folder / "trials"), name=f"trial-{trial.trial_id}",
             report=False)
-        shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items())
+        shown = ", ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in values.items())
         print(f"trial {trial.trial_id}: {shown}, {epochs} epoch(s)", flush=True)
         start = time.time()
         try:
@@ -238,7 +238,8 @@ class Search:
         return {OBJECTIVE: float(score)}
 
 
-def _short(value) -> str:
+def short_value(value) -> str:
+    """A searched value as a table shows it."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
@@ -367,9 +368,9 @@ def write_results(folder: Path, base: TrainConfig, ranges: list[Range], oracle) 
                "values": {r.key: trial.hyperparameters.get(r.key) for r in ranges
                           if r.key in trial.hyperparameters.values},
                **{k: v for k, v in recorded.get(trial_id, {}).items() if k != "values"}}
-        if trial.status != "COMPLETED":
-            row["message"] = (trial.message or "").strip().splitlines()[-1:] or [""]
-            row["message"] = row["message"][0]
+        if trial.status != "COMPLETED":  # the last line of KerasTuner's traceback
+            lines = (trial.message or "").strip().splitlines()
+            row["message"] = lines[-1] if lines else ""
         rows.append(row)
     scored = [r for r in rows if r.get("score") is not None]
     best = max(scored, key=lambda r: r["score"], default=None)
@@ -419,7 +420,7 @@ def _page(result: dict) -> str:
     body = ""
     for row in result["trials"]:
         cells = [row["trial"], row["status"],
-                 *(_short(row["values"].get(k, "-")) for k in keys), row.get("epochs", "-"),
+                 *(short_value(row["values"].get(k, "-")) for k in keys), row.get("epochs", "-"),
                  f"{row['score']:.4f}" if row.get("score") is not None else
                  row.get("message", "-"), f"{row['seconds'] / 60:.1f}" if "seconds" in row
                  else "-", row.get("run", "-")]
