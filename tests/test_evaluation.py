@@ -188,7 +188,11 @@ def test_plots_are_valid_pngs(run):
     evaluate(run)
     made = make_plots(run)
     assert sorted(made) == sorted(["training_curves.png", "confusion_matrix.png",
-                                   "predictions.png", "mistakes.png", "augmentation.png"])
+                                   "predictions.png", "mistakes.png", "mistakes_gradcam.png",
+                                   "augmentation.png"])
+    with np.load(run / "predictions.npz") as pred:  # one heat map per mistake shown
+        assert pred["mistake_heat"].shape[0] == len(pred["mistakes"])
+        assert pred["mistake_heat"].min() >= 0 and pred["mistake_heat"].max() <= 1
     for path in made.values():
         assert path.parent == run / "plots" and path.read_bytes()[:8] == PNG_MAGIC
         with Image.open(path) as im:
@@ -224,7 +228,7 @@ def test_report_is_self_contained_escaped_and_has_the_numbers(reported):
     parser = _Tags()
     parser.feed(page)
     images = [attrs for tag, attrs in parser.tags if tag == "img"]
-    assert len(images) == 6  # 5 plots + the trainer's lr_schedule.png
+    assert len(images) == 7  # 6 plots (mistakes_gradcam.png among them) + the trainer's lr_schedule.png
     for attrs in images:
         assert attrs["src"].startswith("data:image/png;base64,")
         data = base64.b64decode(attrs["src"].split(",", 1)[1], validate=True)
@@ -268,6 +272,6 @@ def test_report_renders_in_chromium(reported, tmp_path):
         "</script></body>")))
     dom = _chromium("--dump-dom", "--virtual-time-budget=5000", probe.as_uri(),
                     profile=tmp_path / "profile").stdout
-    assert 'data-decoded="true,true,true,true,true,true"' in dom
+    assert f'data-decoded="{",".join(["true"] * 7)}"' in dom
     metrics = json.loads((reported.parent / "metrics.json").read_text())
-    assert f"{metrics['accuracy']:.4f}" in dom and dom.count("<img") == 6
+    assert f"{metrics['accuracy']:.4f}" in dom and dom.count("<img") == 7

@@ -95,3 +95,13 @@ def test_bad_searches_are_one_line_errors(data, tmp_path):
     with pytest.raises(ConvlabError, match="a log range needs LOW > 0"):
         parse_range("schedule.learning_rate=0:1:log")
     assert parse_range("model_options.width=0.5,1")[1].values == (0.5, 1)
+
+
+def test_a_budget_too_small_for_one_trial_is_a_one_line_error(data, tmp_path):
+    out = tmp_path / "tiny-budget"
+    with pytest.raises(ConvlabError, match="too small for one trial") as err:
+        tune("squeezenet", **{**TINY, "data": str(data), "trials": 3, "algorithm": "random",
+                              "out": str(out), "space": SPACE, "budget_minutes": 0.001})
+    assert "\n" not in str(err.value) and "--budget-minutes" in str(err.value)
+    # The one finished trial is kept, with the results written.
+    assert len(json.loads((out / "results.json").read_text())["trials"]) == 1

@@ -18,7 +18,8 @@ from convlab.errors import ConvlabError
 from convlab.version import __version__
 
 __all__ = ["Classifier", "ConvlabError", "__version__", "evaluate", "export", "load",
-           "lr_find", "predict", "prepare", "report", "resume", "review", "train", "tune"]
+           "lr_find", "predict", "prepare", "report", "resume", "review", "serve", "train",
+           "tune"]
 
 
 def _with_tensorflow(module: str, name: str):
@@ -86,6 +87,11 @@ def export(run, format: str = "keras", **options) -> dict:
 def report(run):
     """Write RUN/report.html; see `convlab.evaluation.report.report`."""
     return _with_tensorflow("convlab.evaluation.report", "report")(run)
+
+
+def serve(run, **options) -> None:
+    """The web demo and JSON API of a run, until Ctrl-C; see `convlab.webapp.serve`."""
+    return _with_tensorflow("convlab.webapp", "serve")(run, **options)
 
 
 def __getattr__(name):

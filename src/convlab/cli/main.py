@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from convlab.cli import data, lrfind, results, train
+from convlab.cli import data, lrfind, results, serve, train
 from convlab.cli.console import show_defaults
 from convlab.errors import ConvlabError
 from convlab.tfimport import import_tensorflow
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"convlab {__version__}")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (data, train, results, lrfind):
+    for group in (data, train, results, lrfind, serve):
         group.register(sub)
     show_defaults(p)
     return p

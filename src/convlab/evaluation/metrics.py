@@ -209,7 +209,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "mistakes": int((pred != y).sum()), "mistakes_file": str(where.mistakes),
     }
     where.path.mkdir(parents=True, exist_ok=True)
-    _save_predictions(where.predictions, y, probs, datasets, paths)
+    _save_predictions(where.predictions, y, probs, datasets, paths, keras_model)
     write_mistakes(where.mistakes, y, probs, paths, classes)
     write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
     return metrics
@@ -252,15 +252,28 @@ def write_mistakes(path: Path, y: np.ndarray, probs: np.ndarray, paths: list[str
 
 
 def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list,
-                      paths: list[str]) -> None:
-    """Labels and probabilities for all images; pixels only for those the plots show, so
-    the plots need neither the data nor the model again."""
+                      paths: list[str], model=None) -> None:
+    """Labels and probabilities for all images; pixels only for those the plots show, and
+    the Grad-CAM heat maps of the mistakes shown (for the class predicted), so the plots
+    need neither the data nor the model again."""
+    from convlab.evaluation.gradcam import HeatMaps
+
     # Most confident mistakes first: the ones most worth a look.
     wrong = mistakes_order(y, probs)[:GALLERY_IMAGES]
     grid = np.arange(min(GRID_IMAGES, len(y)))
     shown = np.union1d(grid, wrong)
+    images = _gather(datasets, shown)
+    extra = {}
+    if model is not None and len(wrong):
+        try:
+            heat_maps = HeatMaps(model)
+        except ConvlabError:  # no feature map (the dense baseline): no heat maps
+            heat_maps = None
+        if heat_maps is not None:
+            pixels = images[np.searchsorted(shown, wrong)].astype(np.float32) / np.float32(255)
+            extra["mistake_heat"] = heat_maps(pixels, probs[wrong].argmax(1))[1]
     np.savez_compressed(path, labels=y, probabilities=probs, grid=grid, paths=np.array(paths),
-                        mistakes=wrong, image_index=shown, images=_gather(datasets, shown))
+                        mistakes=wrong, image_index=shown, images=images, **extra)
 
 
 def load_metrics(run: str | os.PathLike) -> dict | None:

@@ -1,5 +1,6 @@
-"""The run's plots, as PNGs in RUN/plots/: curves, confusion matrix, predictions, mistakes,
-augmentation. Headless (matplotlib's Agg backend): they work on servers and in CI."""
+"""The run's plots, as PNGs in RUN/plots/: curves, confusion matrix, predictions, mistakes
+(and their Grad-CAM heat maps), augmentation. Headless (matplotlib's Agg backend): they work
+on servers and in CI."""
 
 from __future__ import annotations
 
@@ -102,18 +103,26 @@ def _short(name: str, width: int = 26) -> str:
     return name if len(name) <= width else name[:width - 3] + "..."
 
 
-def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool):
+def _gallery(indices, pred: dict, classes: list[str], title: str, show_p: bool,
+             heat: np.ndarray | None = None):
+    """A grid of images with their predictions; with `heat` (one map per index), each image
+    wears its Grad-CAM heat map."""
     where = {int(i): k for k, i in enumerate(pred["image_index"])}
     cols = min(max(len(indices), 1), 5)
     rows = max(1, -(-len(indices) // cols))
-    fig = figure(figsize=(2.6 * cols, 2.9 * rows + 0.5))
+    fig = figure(figsize=(2.6 * cols, (3.3 if show_p else 2.9) * rows + 0.5))  # 3-line titles
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, indices, strict=False):
+    for n, (ax, i) in enumerate(zip(axes.flat, indices, strict=False)):
         probs = pred["probabilities"][i]
         guess, truth = int(probs.argmax()), int(pred["labels"][i])
-        ax.imshow(pred["images"][where[int(i)]], interpolation="nearest")
+        image = pred["images"][where[int(i)]]
+        if heat is not None:
+            from convlab.evaluation.gradcam import overlay
+
+            image = overlay(image, heat[n])
+        ax.imshow(image, interpolation="nearest")
         label = classes[guess] + (f" (p={probs[guess]:.2f})" if show_p else "")
         if guess != truth:
             label += f"\ntrue: {classes[truth]}"
@@ -151,6 +160,21 @@ def mistakes(run: str | os.PathLike) -> Path:
     fig = _gallery(pred["mistakes"], pred, record.classes,
                    f"most confident mistakes ({len(pred['mistakes'])} of {total})", True)
     return _save(fig, RunFolder(run).plot("mistakes"))
+
+
+def mistakes_gradcam(run: str | os.PathLike) -> Path | None:
+    """The most confident mistakes again, each with its Grad-CAM heat map for the class the
+    model predicted: what it took for that class. None without heat maps (a dense model,
+    or predictions from before they were saved)."""
+    record = read_record(run)
+    run = record.path
+    pred = _predictions(run)
+    if "mistake_heat" not in pred:
+        return None
+    fig = _gallery(pred["mistakes"], pred, record.classes,
+                   "where the model looked in its most confident mistakes (Grad-CAM of the "
+                   "predicted class; red: strongest)", True, heat=pred["mistake_heat"])
+    return _save(fig, RunFolder(run).plot("mistakes_gradcam"))
 
 
 def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
@@ -214,7 +238,7 @@ def make_plots(run: str | os.PathLike) -> dict[str, Path]:
     record = read_record(run)
     run = record.path
     made = {p.name: p for p in (training_curves(run), confusion_matrix(run), predictions(run),
-                                mistakes(run))}
+                                mistakes(run), mistakes_gradcam(run)) if p is not None}
     if record.prepared_data and (Path(record.prepared_data) / MANIFEST).exists():
         made["augmentation.png"] = augmentation(run)
     return made

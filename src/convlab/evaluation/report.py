@@ -55,6 +55,8 @@ FIGURES = (
     ("predictions.png", "Predictions on evaluation images; red titles are mistakes, with the "
                         "true class."),
     ("mistakes.png", "The most confident mistakes: predicted class and p, true class and p."),
+    ("mistakes_gradcam.png", "The same mistakes with their Grad-CAM heat maps: where the model "
+                             "found the class it predicted (red: strongest)."),
     ("augmentation.png", "Training images before (top) and after (bottom) the run's "
                          "augmentation."),
 )

@@ -394,16 +394,28 @@ def _plot(folder: Path, scored: list[dict], ranges: list[Range]) -> Path:
     fig = figure(figsize=(4 * (1 + len(ranges)), 3.4))
     axes = fig.subplots(1, 1 + len(ranges), squeeze=False)[0]
     scores = [r["score"] for r in scored]
-    axes[0].plot(range(1, len(scores) + 1), scores, "o-")
+    # Hyperband trains most trials for a few epochs and few for all: colour by epochs, so a
+    # 2-epoch score is never read against a full one.
+    epochs = [r.get("epochs") for r in scored]
+    groups = sorted({e for e in epochs if e is not None}) or [None]
+    colours = {e: f"C{i}" for i, e in enumerate(groups)}
+    axes[0].plot(range(1, len(scores) + 1), scores, "-", color="0.8", zorder=0)
+    for e in groups:
+        picked = [i for i, x in enumerate(epochs) if x == e]
+        axes[0].scatter([i + 1 for i in picked], [scores[i] for i in picked], color=colours[e],
+                        label=f"{e} epoch{'s' if e != 1 else ''}" if e is not None else None)
+    if groups != [None]:
+        axes[0].legend(fontsize=8)
     axes[0].set(xlabel="trial (completed, in order)", ylabel=OBJECTIVE, title="score per trial")
+    point_colours = [colours.get(e, "C0") for e in epochs]
     for ax, rng in zip(axes[1:], ranges, strict=True):
         xs = [r["values"].get(rng.key) for r in scored]
         if rng.values is not None:
             labels = [str(v) for v in rng.values]
-            ax.scatter([labels.index(str(x)) for x in xs], scores)
+            ax.scatter([labels.index(str(x)) for x in xs], scores, c=point_colours)
             ax.set_xticks(range(len(labels)), labels)
         else:
-            ax.scatter(xs, scores)
+            ax.scatter(xs, scores, c=point_colours)
             if rng.log:
                 ax.set_xscale("log")
         ax.set(xlabel=rng.key, title=rng.key.split(".")[-1])

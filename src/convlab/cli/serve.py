@@ -1,0 +1,67 @@
+"""`convlab serve`: the web demo of a run and its JSON API (`convlab.webapp`)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+
+from convlab.cli.console import add_run_args
+from convlab.errors import ConvlabError
+
+
+def check_port(host: str, port: int) -> None:
+    """A one-line error now, rather than uvicorn's traceback later, when host:port is taken
+    or not this machine's."""
+    if not 0 <= port <= 65535:
+        raise ConvlabError(f"--port must be in 0-65535, received: {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as err:
+        hint = ("another program listens there: choose another --port"
+                if err.errno == errno.EADDRINUSE else "give an address of this machine")
+        raise ConvlabError(f"cannot listen on {host}:{port} ({err.strerror}); {hint}") from None
+
+
+def cmd_serve(args) -> int:
+    from convlab.webapp import serve
+
+    if args.max_mb <= 0 or args.max_megapixels <= 0:
+        raise ConvlabError(f"--max-mb and --max-megapixels must be positive, received: "
+                           f"{args.max_mb:g}, {args.max_megapixels:g}")
+    check_port(args.host, args.port)
+    if not args.api_only:
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            raise ConvlabError("the web page needs Gradio: pip install 'convlab[serve]' (or run "
+                               "with --api-only for the JSON API alone)") from None
+    serve(args.run, host=args.host, port=args.port, model=args.model,
+          max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+          ui=not args.api_only)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `serve` to the `convlab` parser."""
+    sv = sub.add_parser(
+        "serve", help="a local web demo of a run: drop photos, see the top 5 and where the "
+                      "model looked; a JSON API beside it",
+        description="Serve RUN on a local web page (Gradio, fully offline): drop or pick "
+                    "photos and see each one's top 5 classes and a Grad-CAM heat map; the "
+                    "run's accuracy, confusion matrix and curves; a gallery of validation "
+                    "photos to classify. Beside it, POST /predict takes one image's bytes and "
+                    "answers JSON, e.g. curl --data-binary @rose.jpg "
+                    "http://127.0.0.1:8000/predict (add ?heatmap=1 for the heat map, "
+                    "?top_k=N). Ctrl-C stops it.")
+    add_run_args(sv)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on; 0.0.0.0 shows the demo to your network")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload, in MB")
+    sv.add_argument("--max-megapixels", type=float, default=50.0,
+                    help="largest image, in megapixels (decompression bombs stop here)")
+    sv.add_argument("--api-only", action="store_true",
+                    help="the JSON API without the web page (no Gradio needed)")
+    sv.set_defaults(func=cmd_serve)

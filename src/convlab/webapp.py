@@ -1,0 +1,421 @@
+"""`convlab serve RUN`: a local web demo of a trained run, and a JSON API beside it.
+
+One FastAPI app holds the run's model, loaded and compiled once, with its Grad-CAM twin
+(`convlab.evaluation.gradcam.HeatMaps`: probabilities and heat maps in one forward pass):
+
+- `/` is a Gradio page: drop or pick photos, each shows its top 5 classes with bars and where
+  the model looked; the run at a glance (accuracy, confusion matrix, curves); a gallery of
+  validation photos to click and classify. Gradio's front end is served from its own package,
+  fonts are the system's: the page needs nothing from the internet.
+- `POST /predict` takes one image's bytes (`curl --data-binary @rose.jpg`) and answers
+  `{"predictions": [{"class", "probability"}, ...], ...}`; `?top_k=N`, `?heatmap=1` (a PNG
+  of the heat map over the photo, base64). Bad uploads get a 4xx with `{"error": ...}`:
+  413 over the byte or pixel limit (decompression bombs are refused from their header,
+  before any decoding), 415 not an image or an unsupported format, 400 a broken image.
+- `GET /api/run`: the run's classes, image size, model file and validation accuracy.
+
+Photos take the road `convlab predict` gives them (`convlab.inference.decode_bytes`: EXIF
+rotation, any colour mode, resize + centre crop to the stored size, the run's JPEG quality,
+TensorFlow's decoder), so the demo and `convlab predict` agree on every file.
+"""
+
+import base64
+import io
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from convlab.data.decode import SkipImage, sniff
+from convlab.errors import ConvlabError
+
+MAX_BYTES = 20 * 2**20  # per upload
+MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo passes; a decompression bomb does not
+TOP_K = 5
+GALLERY_PER_CLASS = 6
+
+
+class UploadError(Exception):
+    """A bad upload: an HTTP status for the API and a one-line message for people."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Prediction:
+    top: list[dict]  # [{"class", "probability"}] most probable first
+    pixels: np.ndarray  # uint8 (S, S, 3): what the model saw
+    heat: np.ndarray | None  # (h, w) in [0, 1] for the top class; None without a feature map
+    milliseconds: float
+
+
+class Demo:
+    """A run's model, loaded once, behind a lock: what the page and the API both call."""
+
+    def __init__(self, run: str | os.PathLike, model: str = "best", *,
+                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
+        from convlab.classifier import load
+        from convlab.evaluation.gradcam import HeatMaps
+
+        if max_bytes < 1 or max_pixels < 1:
+            raise ConvlabError(f"upload limits must be positive, received: max_bytes="
+                               f"{max_bytes}, max_pixels={max_pixels}")
+        self.classifier = load(run, model)
+        self.info = self.classifier.info
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        try:
+            self.heat_maps: HeatMaps | None = HeatMaps(self.classifier.model)
+        except ConvlabError:
+            self.heat_maps = None  # the dense baseline: predictions without heat maps
+        self._lock = threading.Lock()
+        # One warm-up call: the first request should not pay for tracing the model.
+        self.classify(np.zeros((self.info.image_size,) * 2 + (3,), np.uint8))
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def pixels(self, data: bytes, name: str = "the upload") -> np.ndarray:
+        """Image bytes -> uint8 (S, S, 3) as training saw its photos.
+
+        Raises:
+            UploadError: over the limits, not an image, or a broken one.
+        """
+        from convlab.inference import decode_bytes
+
+        if len(data) > self.max_bytes:
+            raise UploadError(413, f"{name} is {len(data) / 2**20:.1f} MB, over the "
+                                   f"{self.max_bytes / 2**20:.0f} MB limit; send a smaller "
+                                   "photo (or start the server with a larger --max-mb)")
+        try:
+            _, (width, height) = sniff(data)  # the header only: bombs stop here
+            if width * height > self.max_pixels:
+                raise UploadError(413, f"{name} is {width} x {height} pixels, over the "
+                                       f"{self.max_pixels:,}-pixel limit; send a smaller "
+                                       "photo (or raise --max-megapixels)")
+            return decode_bytes(data, self.info)
+        except SkipImage as skip:
+            status = {"too large": 413, "empty": 400, "not an image": 415,
+                      "unsupported format": 415}.get(skip.reason, 400)
+            what = {"not an image": "is not an image",
+                    "unsupported format": f"is in a format convlab does not read ({skip.detail})",
+                    "too large": f"is too large ({skip.detail})",
+                    "empty": "is empty"}.get(skip.reason, f"is a broken image ({skip.reason}: "
+                                                        f"{skip.detail})")
+            raise UploadError(status, f"{name} {what}; send a JPEG, PNG, BMP, GIF or WEBP "
+                                      "photo") from None
+
+    # -- predictions -------------------------------------------------------------------
+
+    def classify(self, pixels: np.ndarray, top_k: int = TOP_K) -> Prediction:
+        """Top-k classes (and the top class's heat map) for one uint8 (S, S, 3) image."""
+        from convlab.inference import top_classes
+
+        start = time.perf_counter()
+        x = pixels[None].astype(np.float32) / np.float32(255.0)  # as the pipeline does
+        with self._lock:  # one model call at a time; decoding runs in parallel outside
+            if self.heat_maps is not None:
+                probs, maps = self.heat_maps(x)
+            else:
+                probs, maps = np.asarray(self.classifier.model.predict_on_batch(x)), None
+        top = top_classes(probs, self.classifier.classes, min(top_k, len(self.info.classes)))[0]
+        return Prediction(top, pixels, None if maps is None else maps[0],
+                          (time.perf_counter() - start) * 1000)
+
+    def heat_png(self, prediction: Prediction) -> bytes | None:
+        """The heat map laid over what the model saw, as PNG bytes."""
+        from convlab.evaluation.gradcam import overlay
+
+        if prediction.heat is None:
+            return None
+        return _png(overlay(prediction.pixels, prediction.heat))
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run_summary(self) -> dict:
+        """What `GET /api/run` answers and the page's header shows."""
+        from convlab.evaluation.metrics import load_metrics
+
+        metrics = load_metrics(self.info.path) or {}
+        return {"run": self.info.path.name, "model_file": self.classifier.model_path.name,
+                "classes": self.classifier.classes, "image_size": self.info.image_size,
+                "validation_accuracy": metrics.get("accuracy"),
+                "validation_images": metrics.get("images"),
+                "heat_maps": self.heat_maps is not None}
+
+    def gallery(self, per_class: int = GALLERY_PER_CLASS) -> list[tuple[np.ndarray, str, str]]:
+        """Up to `per_class` validation photos of each class from the run's prepared data:
+        (pixels at the model's size, label, file name); empty when that data is gone."""
+        from convlab.data.pipeline import load, record_paths
+
+        prepared = self.info.prepared
+        if prepared is None:
+            return []
+        try:
+            paths = record_paths(prepared, "validation")
+            ds = load(prepared, "validation", batch_size=64, image_size=self.info.image_size,
+                      training=False, cache=False, deterministic=True)
+        except (ConvlabError, OSError, ValueError):
+            return []
+        counts: dict[int, int] = {}
+        found: list[tuple[np.ndarray, str, str]] = []
+        seen = 0
+        for images, labels in ds:
+            for image, label in zip(images.numpy(), labels.numpy(), strict=True):
+                label, path = int(label), paths[seen] if seen < len(paths) else ""
+                seen += 1
+                if counts.get(label, 0) < per_class:
+                    counts[label] = counts.get(label, 0) + 1
+                    found.append((np.round(image * 255).astype(np.uint8),
+                                  self.classifier.classes[label], os.path.basename(path)))
+            if len(found) >= per_class * len(self.classifier.classes):
+                break
+        return found
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_uri(pixels: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# -- the page's pieces, as HTML -------------------------------------------------------------
+
+CSS = """
+.cl-card {display:flex; gap:14px; align-items:flex-start; padding:10px; margin:8px 0;
+          border:1px solid #ddd; border-radius:8px}
+.cl-card img {width:180px; height:180px; object-fit:cover; border-radius:4px}
+.cl-bars {flex:1; min-width:220px}
+.cl-name {font-weight:600; margin-bottom:6px; word-break:break-all}
+.cl-row {display:flex; align-items:center; gap:8px; margin:3px 0; font-size:14px}
+.cl-label {width:110px; overflow:hidden; text-overflow:ellipsis; white-space:nowrap}
+.cl-track {flex:1; background:#eee; border-radius:3px; height:14px}
+.cl-fill {background:#2b7bba; height:14px; border-radius:3px}
+.cl-top .cl-fill {background:#e4572e}
+.cl-p {width:52px; text-align:right; font-variant-numeric:tabular-nums}
+.cl-error {color:#b00020; font-weight:600; padding:10px; border:1px solid #b00020;
+           border-radius:8px; margin:8px 0}
+"""
+
+
+def prediction_card(demo: Demo, name: str, prediction: Prediction) -> str:
+    """One photo's result: what the model saw, its heat map, the top classes with bars."""
+    rows = "".join(
+        f'<div class="cl-row{" cl-top" if i == 0 else ""}" data-class="{escape(t["class"])}">'
+        f'<span class="cl-label">{escape(t["class"])}</span><span class="cl-track">'
+        f'<div class="cl-fill" style="width:{100 * t["probability"]:.1f}%"></div></span>'
+        f'<span class="cl-p">{100 * t["probability"]:.1f}%</span></div>'
+        for i, t in enumerate(prediction.top))
+    heat = ""
+    if prediction.heat is not None:
+        from convlab.evaluation.gradcam import overlay
+
+        heat = (f'<img class="cl-heat" alt="where the model looked (Grad-CAM, '
+                f'{escape(prediction.top[0]["class"])})" title="Grad-CAM: where the model found '
+                f'{escape(prediction.top[0]["class"])}" '
+                f'src="{_jpeg_uri(overlay(prediction.pixels, prediction.heat))}">')
+    return (f'<div class="cl-card" data-top="{escape(prediction.top[0]["class"])}">'
+            f'<img class="cl-photo" alt="{escape(name)}" src="{_jpeg_uri(prediction.pixels)}">'
+            f'{heat}<div class="cl-bars"><div class="cl-name">{escape(name)}</div>{rows}'
+            f'<div style="color:#777;font-size:12px;margin-top:6px">{prediction.milliseconds:.0f}'
+            " ms</div></div></div>")
+
+
+def error_card(message: str) -> str:
+    return f'<div class="cl-error">{escape(message)}</div>'
+
+
+def classify_files(demo: Demo, paths) -> str:
+    """The page's upload handler: one card per file, an error card for each bad one."""
+    cards = []
+    for path in paths or []:
+        path = Path(getattr(path, "name", path))
+        name = path.name
+        try:
+            data = path.read_bytes()
+            cards.append(prediction_card(demo, name, demo.classify(demo.pixels(data, name))))
+        except UploadError as err:
+            cards.append(error_card(err.message))
+        except OSError as err:
+            cards.append(error_card(f"cannot read {name}: {err.strerror or err}"))
+    return "".join(cards) or '<p style="color:#777">Drop photos above to classify them.</p>'
+
+
+def _run_markdown(demo: Demo) -> str:
+    s = demo.run_summary()
+    accuracy = (f"{s['validation_accuracy']:.1%} on {s['validation_images']:,} validation "
+                "photos" if s["validation_accuracy"] is not None else
+                f"not evaluated yet (`convlab evaluate {demo.info.path}`)")
+    return (f"{s['model_file']} at {s['image_size']} px, validation accuracy {accuracy}. "
+            f"Classes: {', '.join(s['classes'])}."
+            + ("" if s["heat_maps"] else " This model has no feature map: no heat maps."))
+
+
+def _training_markdown(demo: Demo) -> str:
+    """The run's training, from summary.json: recipe, model, epochs, time, speed."""
+    from convlab.runs import RunFolder
+
+    try:
+        s = json.loads(RunFolder(demo.info.path).summary_json.read_text())
+    except (OSError, ValueError):
+        return "The run has no summary.json (unfinished?)."
+    rows = [("recipe", s.get("recipe") or "(none: a model with its defaults)"),
+            ("model", f"{s.get('model')}, {s.get('parameters', 0):,} parameters "
+                      f"({s.get('trainable_parameters', 0):,} trained)"),
+            ("data", f"{s.get('data')}: "
+                     + ", ".join(f"{k} {v:,}" for k, v in (s.get("images") or {}).items())),
+            ("training", f"{s.get('epochs')} epochs in {s.get('wall_seconds', 0) / 60:.1f} min "
+                         f"on {s.get('hardware')} ({s.get('precision')})"),
+            ("best epoch", ", ".join(f"{k} {v:.4f}" for k, v in (s.get("best") or {}).items()
+                                     if "accuracy" in k or "loss" in k))]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {escape(str(v))} |" for k, v in rows)
+
+
+def build_ui(demo: Demo):
+    """The Gradio page (a `gr.Blocks`), bound to one `Demo`."""
+    import gradio as gr
+
+    from convlab.evaluation.plots import training_curves
+    from convlab.runs import RunFolder
+
+    folder = RunFolder(demo.info.path)
+    curves = folder.plot("training_curves")
+    if not curves.exists():
+        try:
+            curves = training_curves(demo.info.path)
+        except (ConvlabError, OSError, ValueError):
+            curves = None
+    confusion = folder.plot("confusion_matrix")
+    gallery = demo.gallery()
+
+    def on_files(files):
+        return classify_files(demo, files)
+
+    def on_select(event: gr.SelectData):
+        pixels, label, name = gallery[event.index]
+        return prediction_card(demo, f"{name} (labelled {label})", demo.classify(pixels))
+
+    with gr.Blocks(title=f"convlab: {demo.info.path.name}") as blocks:
+        gr.Markdown(f"## {demo.info.path.name}\n{_run_markdown(demo)}", elem_id="cl-header")
+        with gr.Tab("Classify photos"):
+            files = gr.File(file_count="multiple", label="Drop or pick photos (JPEG, PNG, BMP, "
+                            "GIF, WEBP; phone photos are turned upright)", elem_id="cl-upload")
+            results = gr.HTML(classify_files(demo, []), elem_id="cl-results")
+            files.upload(on_files, files, results)
+        with gr.Tab("Validation photos"):
+            if gallery:
+                gr.Markdown("Validation photos of each class (the model never trained on them):"
+                            " click one to classify it.")
+                shown = gr.Gallery([(p, f"{label}: {name}") for p, label, name in gallery],
+                                   columns=GALLERY_PER_CLASS, allow_preview=False,
+                                   elem_id="cl-gallery", label="validation photos")
+                picked = gr.HTML(elem_id="cl-picked")
+                shown.select(on_select, None, picked)
+            else:
+                gr.Markdown("The run's prepared data is not on this machine: no gallery.")
+        with gr.Tab("The run"):
+            gr.Markdown(_training_markdown(demo))
+            for path, caption in ((confusion, "Confusion matrix (validation split)"),
+                                  (curves, "Training curves")):
+                if path is not None and Path(path).exists():
+                    gr.Image(str(path), label=caption, interactive=False)
+                elif path is confusion:
+                    gr.Markdown(f"No confusion matrix yet: run `convlab evaluate "
+                                f"{demo.info.path}`.")
+    return blocks
+
+
+def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = MAX_BYTES,
+               max_pixels: int = MAX_PIXELS, ui: bool = True):
+    """The FastAPI app: the JSON API, and the Gradio page at `/` (unless `ui=False`)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    demo = Demo(run, model, max_bytes=max_bytes, max_pixels=max_pixels)
+    app = FastAPI(title=f"convlab serve: {demo.info.path.name}", docs_url="/api/docs",
+                  redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.demo = demo
+
+    @app.get("/api/run")
+    def run_summary():
+        return demo.run_summary()
+
+    @app.get("/health")
+    def health():
+        return {"ok": True}
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int = TOP_K, heatmap: bool = False):
+        """One image's bytes in the body (any content type) -> its top-k classes."""
+        if top_k < 1:
+            return JSONResponse({"error": f"top_k must be a positive integer, received: "
+                                          f"{top_k}"}, status_code=422)
+        # Over the limit: read on (keeping nothing) so that the client, still sending,
+        # gets the 413 instead of a reset connection; stop reading at 4x the limit.
+        declared = request.headers.get("content-length")
+        size, body = 0, bytearray()
+        if not (declared and declared.isdigit() and int(declared) > 4 * demo.max_bytes):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= demo.max_bytes:
+                    body += chunk
+                elif size > 4 * demo.max_bytes:
+                    break
+        else:
+            size = int(declared)
+        if size > demo.max_bytes:
+            return JSONResponse({"error": f"the upload is {size / 2**20:.1f} MB or more, over "
+                                          f"the {demo.max_bytes / 2**20:.0f} MB limit; send a "
+                                          "smaller photo"}, status_code=413)
+        try:
+            result = await run_in_threadpool(_predict_json, demo, bytes(body), top_k, heatmap)
+        except UploadError as err:
+            return JSONResponse({"error": err.message}, status_code=err.status)
+        return result
+
+    if ui:
+        import gradio as gr
+
+        theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
+        app = gr.mount_gradio_app(app, build_ui(demo), path="", theme=theme, css=CSS,
+                                  max_file_size=max_bytes, ssr_mode=False, footer_links=[])
+    return app
+
+
+def _predict_json(demo: Demo, data: bytes, top_k: int, heatmap: bool) -> dict:
+    prediction = demo.classify(demo.pixels(data), top_k)
+    out = {"predictions": prediction.top, "model_file": demo.classifier.model_path.name,
+           "run": demo.info.path.name, "milliseconds": round(prediction.milliseconds, 1)}
+    if heatmap:
+        png = demo.heat_png(prediction)
+        out["heatmap_png"] = None if png is None else base64.b64encode(png).decode()
+    return out
+
+
+def serve(run: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
+          model: str = "best", max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+          ui: bool = True, log_level: str = "warning") -> None:
+    """Start the demo server and block until Ctrl-C."""
+    import uvicorn
+
+    app = create_app(run, model, max_bytes=max_bytes, max_pixels=max_pixels, ui=ui)
+    print(f"serving {Path(run).name} at http://{host}:{port}/ (API: POST "
+          f"http://{host}:{port}/predict); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

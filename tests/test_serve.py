@@ -1,0 +1,209 @@
+"""`convlab serve`: the real server on a loopback port, its JSON API, and its page driven in
+headless Chromium (Debian's package, through Playwright); Grad-CAM against gradient-taped
+Grad-CAM."""
+
+import base64
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from convlab.config import TrainConfig
+from convlab.errors import ConvlabError
+from convlab.evaluation.gradcam import HeatMaps, normalise, overlay
+from convlab.inference import predict
+from convlab.runs import load_run_model
+from convlab.training.trainer import train
+
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("gradio")
+
+TINY = {"model": "squeezenet", "image_size": 32, "batch_size": 8, "epochs": 1,
+        "model_options": {"layout": [[8, 16], "pool", [8, 16]]}}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_prepared):
+    data = tiny_prepared(size=32, photo_size=48, shards=2)
+    return train(TrainConfig(), data=str(data), precision="float32",
+                 runs_dir=str(data.parent / "runs"), progress=False, **TINY)
+
+
+@pytest.fixture(scope="module")
+def photo(run) -> Path:
+    """A real flower photo when ../shared has them (a synthetic one otherwise)."""
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "flower_photos" / "rose"
+    if real.is_dir():
+        return sorted(real.glob("*.jpg"))[0]
+    return sorted((Path(run).parents[1] / "src").rglob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    """The app under uvicorn in a thread, on a free loopback port: its base URL."""
+    from convlab.webapp import create_app
+
+    app = create_app(run, max_bytes=2**20, max_pixels=4_000_000)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def _post(url: str, data: bytes) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _bomb() -> bytes:
+    """A 12,000 x 12,000 PNG of one colour: ~140 kB on the wire, 432 MB decoded."""
+    buffer = io.BytesIO()
+    Image.new("L", (12_000, 12_000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_api_top_k_matches_predict_and_heat_map(server, run, photo):
+    status, body = _post(f"{server}/predict?top_k=2&heatmap=1", photo.read_bytes())
+    assert status == 200
+    rows, _ = predict(run, [photo], top_k=2)
+    assert [p["class"] for p in body["predictions"]] == \
+           [p["class"] for p in rows[0]["predictions"]]
+    np.testing.assert_allclose([p["probability"] for p in body["predictions"]],
+                               [p["probability"] for p in rows[0]["predictions"]], atol=1e-5)
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert heat.size == (32, 32) and heat.mode == "RGB"
+    with urllib.request.urlopen(f"{server}/api/run") as r:
+        info = json.loads(r.read())
+    assert info["classes"] == ["circle", "square", "triangle"] and info["heat_maps"]
+
+
+def test_api_bad_uploads_get_4xx_and_the_server_keeps_serving(server, photo):
+    cases = [(b"", 400, "empty"), (b"GIF89a this is no image", 415, "not an image"),
+             (b"%PDF-1.4 not a photo", 415, "not an image"),
+             (photo.read_bytes()[:len(photo.read_bytes()) // 2], 400, "broken"), (_bomb(), 413, "pixel limit"),
+             (b"\xff" * (2**20 + 1), 413, "MB limit")]
+    for data, status, words in cases:
+        got, body = _post(f"{server}/predict", data)
+        assert got == status and words in body["error"], (words, got, body)
+        assert "\n" not in body["error"]
+    got, body = _post(f"{server}/predict?top_k=0", photo.read_bytes())
+    assert got == 422 and "top_k" in body["error"]
+    got, body = _post(f"{server}/predict", photo.read_bytes())  # still up, still right
+    assert got == 200 and len(body["predictions"]) == 3
+
+
+def test_concurrent_clients_all_answered(server, photo):
+    data, results = photo.read_bytes(), []
+
+    def client():
+        for _ in range(5):
+            results.append(_post(f"{server}/predict", data))
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 30 and all(s == 200 for s, _ in results)
+    assert len({r["predictions"][0]["class"] for _, r in results}) == 1
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def test_page_in_chromium_classifies_a_photo_offline(server, browser, run, photo, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(server, wait_until="networkidle")
+    page.set_input_files("#cl-upload input[type=file]", str(photo))
+    card = page.wait_for_selector("#cl-results .cl-card", timeout=60_000)
+    rows, _ = predict(run, [photo], top_k=1)
+    assert card.get_attribute("data-top") == rows[0]["predictions"][0]["class"]
+    heat = page.query_selector("#cl-results img.cl-heat")
+    assert heat is not None and heat.get_attribute("src").startswith("data:image/jpeg;base64,")
+    assert len(page.query_selector_all("#cl-results .cl-card .cl-row")) == 3
+    page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+
+    # A file that is no image: a clear message on the page, and the page still works.
+    notes = tmp_path / "holiday.jpg"
+    notes.write_text("not a photo, despite the name")
+    page.set_input_files("#cl-upload input[type=file]", [str(notes), str(photo)])
+    page.wait_for_selector("#cl-results .cl-error", timeout=60_000)
+    assert "holiday.jpg is not an image" in page.inner_text("#cl-results .cl-error")
+    assert page.query_selector("#cl-results .cl-card") is not None
+
+    # The gallery of validation photos: click one, see its classes.
+    page.get_by_role("tab", name="Validation photos").click()
+    page.locator("#cl-gallery .thumbnail-item").first.click()
+    picked = page.wait_for_selector("#cl-picked .cl-card", timeout=60_000)
+    assert "labelled" in picked.inner_text()
+    page.get_by_role("tab", name="The run").click()
+    page.wait_for_selector("text=Confusion matrix", timeout=30_000)
+    outside = [u for u in requested
+               if not u.startswith((server, "data:", "blob:", "about:"))]
+    assert outside == [], f"the page asked the internet for {outside[:3]}"
+    page.close()
+
+
+def test_grad_cam_equals_gradient_taped_grad_cam(run):
+    model, _ = load_run_model(run)
+    x = tf.random.uniform((2, 32, 32, 3), seed=1)
+    probs, maps = HeatMaps(model)(x.numpy(), classes=[0, 2])
+    np.testing.assert_allclose(probs, model.predict_on_batch(x), atol=1e-6)
+    # Grad-CAM as published: d(class score)/d(feature map), averaged over positions.
+    pool, head = model.get_layer("avg_pool"), model.get_layer("predictions")
+    features_model = keras.Model(model.inputs, pool.input)
+    kernel, bias = head.get_weights()
+    with tf.GradientTape() as tape:
+        features = features_model(x)
+        tape.watch(features)
+        logits = tf.reduce_mean(features, axis=(1, 2)) @ kernel + bias
+        score = logits[0, 0] + logits[1, 2]  # each image's own class
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    taped = normalise(tf.reduce_sum(weights * features, axis=-1).numpy())
+    np.testing.assert_allclose(maps, taped, atol=1e-5)
+    assert maps.shape[0] == 2 and maps.min() >= 0 and maps.max() <= 1
+    shown = overlay(np.zeros((32, 32, 3), np.uint8), maps[0])
+    assert shown.shape == (32, 32, 3) and shown.dtype == np.uint8
+
+
+def test_heat_maps_need_a_feature_map():
+    inputs = keras.Input((8, 8, 3))
+    dense = keras.Model(inputs, keras.layers.Dense(2, name="predictions")(
+        keras.layers.Flatten()(inputs)), name="dense_baseline")
+    with pytest.raises(ConvlabError, match="no pooled convolutional feature map"):
+        HeatMaps(dense)
