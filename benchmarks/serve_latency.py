@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--max-batch", type=int, default=16, help="convlab serve --max-batch")
     p.add_argument("--out")
     args = p.parse_args()
 
@@ -83,7 +84,8 @@ def main() -> int:
         raise SystemExit(f"no *.jpg under {args.photos}")
     port = free_port()
     exe = Path(sys.executable).with_name("convlab")
-    server = subprocess.Popen([str(exe), "serve", args.run, "--port", str(port)],
+    server = subprocess.Popen([str(exe), "serve", args.run, "--port", str(port),
+                               "--max-batch", str(args.max_batch)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         started = wait_up(port, server)
@@ -125,7 +127,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(30)
-    result = {"run": os.path.basename(os.path.normpath(args.run)),
+    result = {"run": os.path.basename(os.path.normpath(args.run)), "max_batch": args.max_batch,
               "server_start_seconds": round(started, 1), "photos": len(photos),
               "one_client": {**percentiles(single), "errors": errors},
               "concurrent": {"clients": args.clients, "seconds": round(wall, 1),

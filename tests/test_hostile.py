@@ -76,15 +76,35 @@ def user_errors(h) -> list[tuple[list, dict | None, str]]:
     ]
 
 
-def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile):
+# Cases that also run as real `convlab` processes (the entry point, the environment read at
+# start-up); every case runs in-process through `main`, the same code minus the start-up.
+AS_PROCESSES = (0, 12, 16)
+
+
+def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile, capsys,
+                                                                        monkeypatch):
     cases = user_errors(hostile)
     with ThreadPoolExecutor(2) as pool:  # two processes at a time: one per core
-        results = list(pool.map(lambda case: convlab(*case[0], env=case[1]), cases))
-    for (args, _, message), result in zip(cases, results, strict=True):
+        processes = list(pool.map(lambda i: convlab(*cases[i][0], env=cases[i][1]),
+                                  AS_PROCESSES))
+    for i, result in zip(AS_PROCESSES, processes, strict=True):
+        args, _, message = cases[i]
         errors = [line for line in result.stderr.splitlines() if line.startswith("convlab:")]
         assert result.returncode != 0, (args, result.stdout[-500:])
         assert "Traceback" not in result.stderr, (args, result.stderr[-2000:])
         assert len(errors) == 1 and message in errors[0], (args, result.stderr[-1000:])
+    for args, env, message in cases:
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            try:  # an exception escaping main() fails the test: that would be a traceback
+                code = main([str(a) for a in args])
+            except SystemExit as stop:  # argparse's own errors
+                code = stop.code
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("convlab:")]
+        assert code != 0, args
+        assert len(errors) == 1 and message in errors[0], (args, err[-1000:])
     assert not (hostile["root"] / "unused").exists() or not any(
         (hostile["root"] / "unused").iterdir())  # no half-made run folder anywhere
     assert len(cases) == 18

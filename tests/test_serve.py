@@ -99,6 +99,24 @@ def test_api_top_k_matches_predict_and_heat_map(server, run, photo):
     assert info["classes"] == ["circle", "square", "triangle"] and info["heat_maps"]
 
 
+def test_api_turns_phone_photos_upright(server, photo):
+    """A photo stored sideways with an EXIF orientation tag (as phones write them) gets the
+    upright photo's answer."""
+    upright = Image.open(photo).convert("RGB")
+    sideways = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    upright.transpose(Image.Transpose.ROTATE_90).save(sideways, format="JPEG", quality=95,
+                                                      exif=exif)
+    plain = io.BytesIO()
+    upright.save(plain, format="JPEG", quality=95)
+    _, want = _post(f"{server}/predict", plain.getvalue())
+    _, got = _post(f"{server}/predict", sideways.getvalue())
+    assert [p["class"] for p in got["predictions"]] == [p["class"] for p in want["predictions"]]
+    np.testing.assert_allclose([p["probability"] for p in got["predictions"]],
+                               [p["probability"] for p in want["predictions"]], atol=0.02)
+
+
 def test_api_bad_uploads_get_4xx_and_the_server_keeps_serving(server, photo):
     cases = [(b"", 400, "empty"), (b"GIF89a this is no image", 415, "not an image"),
              (b"%PDF-1.4 not a photo", 415, "not an image"),

@@ -38,6 +38,7 @@ MAX_BYTES = 20 * 2**20  # per upload
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo passes; a decompression bomb does not
 TOP_K = 5
 GALLERY_PER_CLASS = 6
+MAX_BATCH = 16  # requests that queue up share one model call, up to this many
 
 
 class UploadError(Exception):
@@ -57,16 +58,18 @@ class Prediction:
 
 
 class Demo:
-    """A run's model, loaded once, behind a lock: what the page and the API both call."""
+    """A run's model, loaded once, fed by one `Batcher`: what the page and the API call."""
 
     def __init__(self, run: str | os.PathLike, model: str = "best", *,
-                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
+                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+                 max_batch: int = MAX_BATCH):
         from convlab.classifier import load
         from convlab.evaluation.gradcam import HeatMaps
 
-        if max_bytes < 1 or max_pixels < 1:
-            raise ConvlabError(f"upload limits must be positive, received: max_bytes="
-                               f"{max_bytes}, max_pixels={max_pixels}")
+        if max_bytes < 1 or max_pixels < 1 or max_batch < 1:
+            raise ConvlabError(f"upload limits and the batch must be positive, received: "
+                               f"max_bytes={max_bytes}, max_pixels={max_pixels}, "
+                               f"max_batch={max_batch}")
         self.classifier = load(run, model)
         self.info = self.classifier.info
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
@@ -74,9 +77,11 @@ class Demo:
             self.heat_maps: HeatMaps | None = HeatMaps(self.classifier.model)
         except ConvlabError:
             self.heat_maps = None  # the dense baseline: predictions without heat maps
-        self._lock = threading.Lock()
-        # One warm-up call: the first request should not pay for tracing the model.
-        self.classify(np.zeros((self.info.image_size,) * 2 + (3,), np.uint8))
+        self._batches = Batcher(self._forward, max_batch)
+        # Warm-up: the first requests should not pay for tracing the model (batches of one,
+        # and of several once clients queue up).
+        for n in (1, 2):
+            self._forward(np.zeros((n,) + (self.info.image_size,) * 2 + (3,), np.float32))
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -117,15 +122,19 @@ class Demo:
         from convlab.inference import top_classes
 
         start = time.perf_counter()
-        x = pixels[None].astype(np.float32) / np.float32(255.0)  # as the pipeline does
-        with self._lock:  # one model call at a time; decoding runs in parallel outside
-            if self.heat_maps is not None:
-                probs, maps = self.heat_maps(x)
-            else:
-                probs, maps = np.asarray(self.classifier.model.predict_on_batch(x)), None
-        top = top_classes(probs, self.classifier.classes, min(top_k, len(self.info.classes)))[0]
-        return Prediction(top, pixels, None if maps is None else maps[0],
-                          (time.perf_counter() - start) * 1000)
+        x = pixels.astype(np.float32) / np.float32(255.0)  # as the pipeline does
+        probs, heat = self._batches.submit(x)
+        top = top_classes(probs[None], self.classifier.classes,
+                          min(top_k, len(self.info.classes)))[0]
+        return Prediction(top, pixels, heat, (time.perf_counter() - start) * 1000)
+
+    def _forward(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(probabilities, heat map or None) per image of a float batch: one model call."""
+        if self.heat_maps is not None:
+            probs, maps = self.heat_maps(batch)
+            return list(zip(probs, maps, strict=True))
+        probs = np.asarray(self.classifier.model.predict_on_batch(batch), np.float32)
+        return [(p, None) for p in probs]
 
     def heat_png(self, prediction: Prediction) -> bytes | None:
         """The heat map laid over what the model saw, as PNG bytes."""
@@ -176,6 +185,46 @@ class Demo:
             if len(found) >= per_class * len(self.classifier.classes):
                 break
         return found
+
+
+class Batcher:
+    """One thread makes every model call; requests that arrive while it is busy go into the
+    next call together (up to `max_batch`), so concurrent clients share forward passes and a
+    lone client waits for nothing."""
+
+    def __init__(self, forward, max_batch: int = MAX_BATCH):
+        import queue
+
+        self._forward, self._max = forward, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._loop, name="convlab-model", daemon=True).start()
+
+    def submit(self, x: np.ndarray):
+        """The forward pass's result for one input; blocks until it is done."""
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        self._queue.put((x, done))
+        return done.result()
+
+    def _loop(self):
+        import queue
+
+        while True:
+            items = [self._queue.get()]
+            while len(items) < self._max:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self._forward(np.stack([x for x, _ in items]))
+            except Exception as err:  # noqa: BLE001 (each waiting request gets the error)
+                for _, done in items:
+                    done.set_exception(err)
+                continue
+            for (_, done), result in zip(items, results, strict=True):
+                done.set_result(result)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -341,14 +390,14 @@ def build_ui(demo: Demo):
 
 
 def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = MAX_BYTES,
-               max_pixels: int = MAX_PIXELS, ui: bool = True):
+               max_pixels: int = MAX_PIXELS, max_batch: int = MAX_BATCH, ui: bool = True):
     """The FastAPI app: the JSON API, and the Gradio page at `/` (unless `ui=False`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    demo = Demo(run, model, max_bytes=max_bytes, max_pixels=max_pixels)
+    demo = Demo(run, model, max_bytes=max_bytes, max_pixels=max_pixels, max_batch=max_batch)
     app = FastAPI(title=f"convlab serve: {demo.info.path.name}", docs_url="/api/docs",
                   redoc_url=None, openapi_url="/api/openapi.json")
     app.state.demo = demo
@@ -411,11 +460,12 @@ def _predict_json(demo: Demo, data: bytes, top_k: int, heatmap: bool) -> dict:
 
 def serve(run: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
           model: str = "best", max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-          ui: bool = True, log_level: str = "warning") -> None:
+          max_batch: int = MAX_BATCH, ui: bool = True, log_level: str = "warning") -> None:
     """Start the demo server and block until Ctrl-C."""
     import uvicorn
 
-    app = create_app(run, model, max_bytes=max_bytes, max_pixels=max_pixels, ui=ui)
+    app = create_app(run, model, max_bytes=max_bytes, max_pixels=max_pixels,
+                     max_batch=max_batch, ui=ui)
     print(f"serving {Path(run).name} at http://{host}:{port}/ (API: POST "
           f"http://{host}:{port}/predict); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

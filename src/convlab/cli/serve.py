@@ -27,9 +27,10 @@ def check_port(host: str, port: int) -> None:
 def cmd_serve(args) -> int:
     from convlab.webapp import serve
 
-    if args.max_mb <= 0 or args.max_megapixels <= 0:
-        raise ConvlabError(f"--max-mb and --max-megapixels must be positive, received: "
-                           f"{args.max_mb:g}, {args.max_megapixels:g}")
+    if args.max_mb <= 0 or args.max_megapixels <= 0 or args.max_batch < 1:
+        raise ConvlabError(f"--max-mb, --max-megapixels and --max-batch must be positive, "
+                           f"received: {args.max_mb:g}, {args.max_megapixels:g}, "
+                           f"{args.max_batch}")
     check_port(args.host, args.port)
     if not args.api_only:
         try:
@@ -39,7 +40,7 @@ def cmd_serve(args) -> int:
                                "with --api-only for the JSON API alone)") from None
     serve(args.run, host=args.host, port=args.port, model=args.model,
           max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-          ui=not args.api_only)
+          max_batch=args.max_batch, ui=not args.api_only)
     return 0
 
 
@@ -62,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload, in MB")
     sv.add_argument("--max-megapixels", type=float, default=50.0,
                     help="largest image, in megapixels (decompression bombs stop here)")
+    sv.add_argument("--max-batch", type=int, default=16,
+                    help="photos that arrive while the model is busy share its next call, up "
+                         "to this many (1: one photo per call)")
     sv.add_argument("--api-only", action="store_true",
                     help="the JSON API without the web page (no Gradio needed)")
     sv.set_defaults(func=cmd_serve)
