@@ -75,7 +75,7 @@ def strip(nb) -> list[str]:
 times = {}
 for name in names:
     path = notebooks / name
-    tmp = path.with_name(f".{path.stem}.running.ipynb")
+    tmp = jupyter / path.name  # outside the checkout: a half-run copy is never picked up
     started = time.time()
     print(f"== {name}", flush=True)
     try:
