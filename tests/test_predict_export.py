@@ -236,3 +236,49 @@ def test_run_info_is_read_from_the_run_folder_even_when_the_data_has_moved(run, 
     (moved / "config.json").write_text(json.dumps(saved))
     info = run_info(moved)  # no manifest to read: what training recorded is enough
     assert (info.prepared, info.stored_size, info.quality) == (None, 16, 75)
+
+
+def test_a_larger_test_size_is_used_by_evaluate_predict_and_export(tiny_prepared, tmp_path,
+                                                                   capsys):
+    """FixRes: trained at 16 px on 24 px images, evaluated, predicted and exported at 24."""
+    from convlab.evaluation.metrics import evaluate
+    from convlab.models import with_free_size
+
+    data = tiny_prepared(photo_size=32, size=24, shards=2)
+    run = train(TrainConfig(), data=str(data), precision="float32", test_image_size=24,
+                runs_dir=str(tmp_path / "runs"), report=False, progress=False, **TINY)
+    assert "at 16 px from 24 px images" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["derived"]["test_image_size"] == 24
+    assert run_info(run).image_size == 24
+
+    # The size-free copy is the trained model: the same outputs at the training size.
+    trained = load_run_model(run, image_size=16)[0]
+    assert trained.input_shape == (None, 16, 16, 3)
+    free = with_free_size(trained)
+    x16 = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
+    np.testing.assert_allclose(free(x16).numpy(), trained(x16).numpy(), atol=1e-6)
+    model = load_run_model(run)[0]  # the run's test size: free spatial dimensions
+    assert model.input_shape == (None, None, None, 3)
+
+    metrics = evaluate(run, progress=False)
+    assert metrics["image_size"] == 24
+    at_16 = evaluate(run, image_size=16, progress=False)
+    assert at_16["image_size"] == 16 and at_16["images"] == metrics["images"]
+    with pytest.raises(ConvlabError, match="--image-size must be a whole number of pixels "
+                                           "between 8 and 4096.*received: 4"):
+        evaluate(run, image_size=4, progress=False)
+
+    # predict resizes to 24 px, as the 24 px evaluation did.
+    photo = sorted((data.parent / "src").rglob("*.jpg"))[0]
+    (row,), _ = predict(run, [photo], top_k=1)
+    pixels = tf.io.decode_jpeg(decode_and_resize(photo.read_bytes(), 24).jpeg, channels=3)
+    probs = model.predict_on_batch((tf.cast(pixels, tf.float32)[None] / 255.0).numpy())[0]
+    assert row["predictions"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
+
+    exported = export(run, "tflite", out=tmp_path / "tflite")
+    interpreter = Interpreter(model_path=str(exported["artifact"]))
+    assert list(interpreter.get_input_details()[0]["shape"][1:]) == [24, 24, 3]
+    assert exported["verification"]["max_abs_diff"] <= TOLERANCES[None].max_abs_diff
+
+    with pytest.raises(ConvlabError, match="--test-image-size must be between 8 and"):
+        TrainConfig(test_image_size=4).validate()

@@ -25,7 +25,8 @@ class Classifier:
     Attributes:
         run: the run folder.
         classes: class names, in the model's output order.
-        image_size: the size the model was trained at (inputs are resized to it).
+        image_size: the size the model takes (inputs are resized to it): the run's test size,
+            which is its training size unless its config set `test_image_size`.
         model: the Keras model (best.keras or model.keras).
         which: "best" or "final".
     """

@@ -99,6 +99,12 @@ class RunRecord:
     lr_per_epoch: list[float]
     derived: dict  # everything the trainer recorded, as written
 
+    @property
+    def test_image_size(self) -> int:
+        """The size the model is evaluated, predicted and exported at: the config's
+        `test_image_size` (larger than the training size, FixRes), else the training size."""
+        return int(self.derived.get("test_image_size") or self.image_size)
+
 
 def read_record(run: str | os.PathLike) -> RunRecord:
     """The typed record of a run folder (see `RunRecord`).
@@ -166,7 +172,7 @@ class RunInfo:
     """What a run folder says about the images its model expects."""
 
     path: Path
-    image_size: int
+    image_size: int  # the size its model takes: the run's test size (= training size by default)
     classes: list[str]
     prepared: Path | None  # the run's prepared TFRecords, when still there
     stored_size: int  # the size the training images were prepared at
@@ -184,7 +190,7 @@ def run_info(run: str | os.PathLike) -> RunInfo:
         ConvlabError: not a run folder.
     """
     record = read_record(run)
-    size = record.image_size
+    size = record.test_image_size
     prepared = Path(record.prepared_data) if record.prepared_data else None
     if prepared is not None and not (prepared / "manifest.json").is_file():
         prepared = None
@@ -197,8 +203,10 @@ def run_info(run: str | os.PathLike) -> RunInfo:
                    int(quality or DEFAULT_QUALITY))
 
 
-def load_run_model(run: str | os.PathLike, which: str = "best"):
-    """(model, path): the run's best.keras ("best") or model.keras ("final", last epoch).
+def load_run_model(run: str | os.PathLike, which: str = "best", image_size: int | None = None):
+    """(model, path): the run's best.keras ("best") or model.keras ("final", last epoch),
+    taking images of `image_size` (default: the run's test size). A size other than the one
+    it was trained at gets the same model with free spatial input dimensions.
 
     Raises:
         ConvlabError: a bad `which`, or no such model file.
@@ -217,11 +225,17 @@ def load_run_model(run: str | os.PathLike, which: str = "best"):
     import convlab.models.layers  # noqa: F401  (registers convlab's custom layers for loading)
 
     try:
-        return keras.models.load_model(path, compile=False), path
+        model = keras.models.load_model(path, compile=False)
     except Exception as err:  # a truncated or overwritten file: zip, h5 or config errors
         other = " (or try --model final)" if which == "best" else ""
         raise ConvlabError(f"cannot load '{path}': the file is damaged ({type(err).__name__}); "
                            f"train the run again{other}") from None
+    size = image_size or read_record(run).test_image_size
+    if model.input_shape[1:3] not in ((size, size), (None, None)):
+        from convlab.models import with_free_size
+
+        model = with_free_size(model)
+    return model, path
 
 
 TTA_MODES = ("none", "flip")
@@ -233,6 +247,21 @@ def check_tta(tta: str | None) -> str:
     if tta not in TTA_MODES:
         raise ConvlabError(f"--tta must be one of {', '.join(TTA_MODES)}, received: {tta!r}")
     return tta
+
+
+MIN_TEST_SIZE = 8
+
+
+def check_image_size(size: int | None) -> int | None:
+    """An evaluation size (None: the run's own); ConvlabError for a bad one."""
+    from convlab.config import MAX_IMAGE_SIZE
+
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not MIN_TEST_SIZE <= size <= MAX_IMAGE_SIZE):
+        raise ConvlabError(f"--image-size must be a whole number of pixels between "
+                           f"{MIN_TEST_SIZE} and {MAX_IMAGE_SIZE} (or omitted for the run's "
+                           f"own), received: {size!r}")
+    return size
 
 
 def predict_batch(model, images, tta: str | None = None):

@@ -17,7 +17,7 @@ def cmd_evaluate(args) -> int:
     from convlab.evaluation.metrics import evaluate, format_metrics
 
     metrics = evaluate(args.run, data=args.data, split=args.split, model=args.model,
-                       top_k=args.top_k, tta=args.tta)
+                       top_k=args.top_k, tta=args.tta, image_size=args.image_size)
     print(format_metrics(metrics, width=120), end="")
     _print_mistakes(metrics)
     print(f"metrics: {metrics['metrics_file']}")
@@ -135,6 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="default: validation; all the photos of a photo folder")
     ev.add_argument("--top-k", type=int, help="k of the top-k accuracy (min(3, classes-1))")
     _add_tta(ev)
+    ev.add_argument("--image-size", type=int, metavar="PX",
+                    help="evaluate at this size (default: the run's test size, which is its "
+                    "training size unless the recipe sets test_image_size)")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = subparsers.add_parser(

@@ -18,6 +18,7 @@ from convlab.files import write_text_atomic
 from convlab.runs import (
     RunFolder,
     RunRecord,
+    check_image_size,
     check_tta,
     load_run_model,
     predict_batch,
@@ -28,7 +29,7 @@ GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
 
 
-def _resolve(data, record: RunRecord, split: str | None, progress: bool = False
+def _resolve(data, record: RunRecord, split: str | None, size: int, progress: bool = False
              ) -> tuple[Path, str]:
     """The prepared folder and split to evaluate."""
     from convlab.data.ingest import MANIFEST
@@ -43,7 +44,7 @@ def _resolve(data, record: RunRecord, split: str | None, progress: bool = False
         if not (prepared / MANIFEST).exists():
             raise ConvlabError(f"the run's prepared data '{prepared}' is gone; pass --data")
         return prepared, split or "validation"
-    prepared = resolve_data(data, record.image_size, progress=progress)
+    prepared = resolve_data(data, size, progress=progress)
     prepared_already = isinstance(prepared, str) or (Path(data) / MANIFEST).exists()
     # A photo folder is prepared into the cache with a train/validation split that means
     # nothing here: every one of its images is test data for this model.
@@ -123,7 +124,8 @@ def _splits(prepared: Path) -> list[str]:
 
 def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
              split: str | None = None, model: str = "best", top_k: int | None = None,
-             batch_size: int = 64, tta: str | None = None, progress: bool = True) -> dict:
+             batch_size: int = 64, tta: str | None = None, image_size: int | None = None,
+             progress: bool = True) -> dict:
     """Evaluate a run's model; write metrics.json and predictions.npz.
 
     The run's own validation split writes them into the run folder (the report's headline);
@@ -142,6 +144,9 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         batch_size: images per prediction batch.
         tta: test-time augmentation: None/"none", or "flip" (average over each image and its
             mirror image).
+        image_size: evaluate at this size instead of the run's test size (its config's
+            `test_image_size`, else the training size). Larger than trained at can score
+            better when training zoomed in (FixRes); the metrics record the size used.
         progress: progress bars (on stderr) while preparing a photo folder and predicting.
 
     Returns:
@@ -167,12 +172,13 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         raise ConvlabError(f"--top-k must be between 1 and {max(1, n - 1)} for {n} classes, "
                            f"received: {k}")
     tta = check_tta(tta)
-    prepared, split = _resolve(data, record, split, progress)
+    size = check_image_size(image_size) or record.test_image_size
+    prepared, split = _resolve(data, record, split, size, progress)
     split = SPLIT_ALIASES.get(split, split)
     manifest = read_manifest(prepared)
     mapping = _class_map(manifest, classes, data or prepared)
-    keras_model, model_path = load_run_model(run, model)
-    datasets = _datasets(prepared, split, record.image_size, batch_size)
+    keras_model, model_path = load_run_model(run, model, image_size=size)
+    datasets = _datasets(prepared, split, size, batch_size)
     total = sum(n for s, n in manifest["counts"]["per_split"].items()
                 if split in (s, "all")) if progress else 0
     labels, probs = _predict(keras_model, datasets, tta, total)
@@ -193,6 +199,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "run": str(run), "evaluation": label, "metrics_file": str(where.metrics),
         "model_file": model_path.name, "data": str(prepared),
         "split": split, "images": int(len(y)), "classes": classes, "tta": tta,
+        "image_size": size,
         "accuracy": float(skm.accuracy_score(y, pred)),
         "top_k": k,
         "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
@@ -298,7 +305,9 @@ def summary_line(metrics: dict) -> str:
     """One line: which model, on what, and the headline numbers."""
     tta = f" (test-time augmentation: {metrics['tta']})" if metrics.get("tta", "none") != "none" \
         else ""
-    return (f"{metrics['model_file']}{tta} on {metrics['images']} {metrics['split']} images of "
+    size = f" at {metrics['image_size']} px" if metrics.get("image_size") else ""
+    return (f"{metrics['model_file']}{tta} on {metrics['images']} {metrics['split']} images"
+            f"{size} of "
             f"{metrics['data']}: accuracy {metrics['accuracy']:.4f}, top-{metrics['top_k']} "
             f"accuracy {metrics['top_k_accuracy']:.4f}, loss {metrics['loss']:.4f}")
 

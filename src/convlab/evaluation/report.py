@@ -96,7 +96,9 @@ def _run_table(record: RunRecord, summary: dict) -> str:
         ("prepared data", record.prepared_data),
         ("classes", ", ".join(record.classes)),
         ("images", ", ".join(f"{k} {v:,}" for k, v in images.items()) or "-"),
-        ("image size", f"{record.image_size} px"),
+        ("image size", f"{record.image_size} px" + (
+            f" (evaluated at {record.test_image_size} px)"
+            if record.test_image_size != record.image_size else "")),
         ("hardware", summary.get("hardware", "-")),
         ("strategy", summary.get("strategy", record.strategy)),
         ("precision", record.precision),
@@ -198,7 +200,8 @@ def _figures(plots: Path) -> str:
 
 
 def _model_summary(run: Path, metrics: dict) -> str:
-    model, _ = load_run_model(run, "final" if metrics["model_file"] == RunFolder(run).final.name else "best")
+    which = "final" if metrics["model_file"] == RunFolder(run).final.name else "best"
+    model, _ = load_run_model(run, which, image_size=read_record(run).image_size)
     lines: list[str] = []
     # Keras renders the summary with rich, whose console is 80 columns wide unless COLUMNS
     # says otherwise: the table's right edge would be cut off.

@@ -82,7 +82,7 @@ def _probabilities_from_model(record, keras_model, prepared, progress):
     """The run's model on its validation split (held out from its training)."""
     from convlab.evaluation.metrics import _datasets, _predict
 
-    datasets = _datasets(prepared, "validation", record.image_size, 64)
+    datasets = _datasets(prepared, "validation", record.test_image_size, 64)
     y, probs = _predict(keras_model, datasets, None)
     how = ("the run's model on its validation split (never trained on); a model trained "
            "from scratch cannot review its own training photos")

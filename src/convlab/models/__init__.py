@@ -100,3 +100,35 @@ def model_options(name: str) -> dict:
     """The options `create_model(name, ...)` accepts, with their defaults."""
     params = inspect.signature(get_model_info(name).builder).parameters.values()
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def with_free_size(model):
+    """The same network, weights and all, with free spatial input dimensions, so it runs on
+    images of any size: its convolutions and global average pooling do not depend on the
+    size, only the (fixed) shapes of its input layers do. Used to evaluate, predict and
+    export a model at a larger size than it was trained at (FixRes).
+
+    Rebuilt from the model's own config (nested backbones included), so every layer keeps
+    its settings (trainable or not, batch norm frozen or not) and its weights in order.
+    """
+    config = model.get_config()
+
+    def free(node) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "InputLayer":
+                shape = node["config"]["batch_shape"]
+                node["config"]["batch_shape"] = [shape[0], None, None, shape[-1]]
+            build = node.get("build_config")
+            if isinstance(build, dict) and len(build.get("input_shape") or ()) == 4:
+                shape = build["input_shape"]
+                build["input_shape"] = [shape[0], None, None, shape[3]]
+            for value in node.values():
+                free(value)
+        elif isinstance(node, list):
+            for value in node:
+                free(value)
+
+    free(config)
+    rebuilt = type(model).from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

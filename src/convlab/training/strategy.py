@@ -112,12 +112,14 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
 def resolve_precision(precision: str, info: StrategyInfo | None = None,
                       model: str | None = None) -> str:
     """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, float32 otherwise,
-    except bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX) for `model`s marked
+    except bfloat16 on CPUs with AMX (Intel's matrix units) for `model`s marked
     `cpu_bfloat16` in the registry.
 
-    Measured on such a CPU (BENCHMARKS.md, "Precision"): the plain convnet trains 2.8x and
-    SqueezeNet 1.4x faster in mixed_bfloat16, EfficientNet-Lite0 (frozen Keras batch norm
-    and ReLU6 in bfloat16) 1.4x slower. Ask for any precision with `--precision`.
+    Measured (BENCHMARKS.md, "Precision"): on a Xeon with AMX the plain convnet trains 2.8x
+    and SqueezeNet 1.4x faster in mixed_bfloat16, EfficientNet-Lite0 (frozen Keras batch
+    norm and ReLU6 in bfloat16) 1.4x slower; on a Xeon with AVX512-BF16 but no AMX the
+    convnet is slower in bfloat16 and SqueezeNet no faster, so float32 there. Ask for any
+    precision with `--precision`.
     """
     if precision not in PRECISIONS:
         raise ConvlabError(f"--precision must be one of {', '.join(PRECISIONS)}, "
@@ -130,7 +132,7 @@ def resolve_precision(precision: str, info: StrategyInfo | None = None,
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "mixed_float16" if details.get("compute_capability", (0, 0))[0] >= 7 else "float32"
-    if model is not None and cpu_has_bfloat16():
+    if model is not None and cpu_has_amx():
         from convlab.models import get_model_info
 
         if get_model_info(model).cpu_bfloat16:
@@ -181,13 +183,22 @@ def precision_policy(precision: str):
         keras.mixed_precision.set_global_policy(saved)
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16 flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX matrix units for bfloat16 (x86 AMX-BF16 flag): the CPUs on
+    which bfloat16 training was measured faster than float32."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def hardware() -> str:

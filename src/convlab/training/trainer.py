@@ -254,6 +254,8 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
     if config.fine_tune_epochs:
         what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
                  f"({ft.name})")
+    if config.test_image_size and config.test_image_size != image_size:
+        what += f"; evaluated at {config.test_image_size} px"
     return what
 
 
@@ -372,7 +374,9 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         if chief and run is None:
             run = _run_dir(config)
             held.enter_context(_locked_run(run))
-            derived = {"image_size": image_size, "global_batch": global_batch,
+            derived = {"image_size": image_size,
+                       "test_image_size": config.test_image_size or image_size,
+                       "global_batch": global_batch,
                        "per_replica_batch": global_batch // replicas, "replicas": replicas,
                        "steps_per_epoch": steps, "steps_per_execution": per_call,
                        "precision": precision, "strategy": strategy_info.kind,
