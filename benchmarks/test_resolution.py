@@ -5,9 +5,8 @@
 
 The training zoom (random crops of part of each side, resized to the training size) shows
 objects larger than whole-image validation does; evaluating at a larger size than trained
-at can undo that. The models have a fixed input shape, so the first size must be the
-training size: Keras then retraces its predict function with free spatial dimensions for
-the others (which is why this is a benchmark, not yet a convlab option).
+at can undo that. One size per run is `convlab evaluate RUN --image-size PX` (and a
+recipe's `test_scale`); this sweeps several, loading each run once.
 """
 
 from __future__ import annotations
@@ -19,13 +18,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from convlab.evaluation.metrics import _datasets, _predict  # noqa: E402
+from convlab.models import with_free_size  # noqa: E402
 from convlab.runs import load_run_model, read_record  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
-    parser.add_argument("--sizes", required=True, help="comma-separated, training size first")
+    parser.add_argument("--sizes", required=True, help="comma-separated sizes, px")
     parser.add_argument("--data", help="prepared folder (default: each run's own)")
     parser.add_argument("--model", default="final", choices=("best", "final"))
     args = parser.parse_args()
@@ -35,7 +35,7 @@ def main() -> None:
     for run in args.runs:
         record = read_record(run)
         prepared = Path(args.data or record.prepared_data)
-        model, _ = load_run_model(run, args.model)
+        model = with_free_size(load_run_model(run, args.model, image_size=record.image_size)[0])
         cells = []
         for size in sizes:
             y, probs = _predict(model, _datasets(prepared, "validation", size, 64), None)

@@ -240,14 +240,16 @@ def test_run_info_is_read_from_the_run_folder_even_when_the_data_has_moved(run, 
 
 def test_a_larger_test_size_is_used_by_evaluate_predict_and_export(tiny_prepared, tmp_path,
                                                                    capsys):
-    """FixRes: trained at 16 px on 24 px images, evaluated, predicted and exported at 24."""
+    """FixRes: trained at 16 px on 24 px images, evaluated, predicted and exported at 24
+    (test_scale 1.5)."""
     from convlab.evaluation.metrics import evaluate
     from convlab.models import with_free_size
 
     data = tiny_prepared(photo_size=32, size=24, shards=2)
-    run = train(TrainConfig(), data=str(data), precision="float32", test_image_size=24,
+    run = train(TrainConfig(), data=str(data), precision="float32", test_scale=1.5,
                 runs_dir=str(tmp_path / "runs"), report=False, progress=False, **TINY)
-    assert "at 16 px from 24 px images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "at 16 px from 24 px images" in out and "; evaluated at 24 px" in out
     assert json.loads((run / "config.json").read_text())["derived"]["test_image_size"] == 24
     assert run_info(run).image_size == 24
 
@@ -280,5 +282,5 @@ def test_a_larger_test_size_is_used_by_evaluate_predict_and_export(tiny_prepared
     assert list(interpreter.get_input_details()[0]["shape"][1:]) == [24, 24, 3]
     assert exported["verification"]["max_abs_diff"] <= TOLERANCES[None].max_abs_diff
 
-    with pytest.raises(ConvlabError, match="--test-image-size must be between 8 and"):
-        TrainConfig(test_image_size=4).validate()
+    with pytest.raises(ConvlabError, match="--test-scale must be between 0.5 and 4"):
+        TrainConfig(test_scale=0.2).validate()

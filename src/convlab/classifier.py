@@ -26,7 +26,7 @@ class Classifier:
         run: the run folder.
         classes: class names, in the model's output order.
         image_size: the size the model takes (inputs are resized to it): the run's test size,
-            which is its training size unless its config set `test_image_size`.
+            which is its training size unless its config set `test_scale`.
         model: the Keras model (best.keras or model.keras).
         which: "best" or "final".
     """

@@ -101,8 +101,8 @@ class RunRecord:
 
     @property
     def test_image_size(self) -> int:
-        """The size the model is evaluated, predicted and exported at: the config's
-        `test_image_size` (larger than the training size, FixRes), else the training size."""
+        """The size the model is evaluated, predicted and exported at: the training size
+        times the config's `test_scale` (larger than 1: FixRes)."""
         return int(self.derived.get("test_image_size") or self.image_size)
 
 

@@ -136,8 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--top-k", type=int, help="k of the top-k accuracy (min(3, classes-1))")
     _add_tta(ev)
     ev.add_argument("--image-size", type=int, metavar="PX",
-                    help="evaluate at this size (default: the run's test size, which is its "
-                    "training size unless the recipe sets test_image_size)")
+                    help="evaluate at this size (default: the run's test size: its training "
+                    "size times its test_scale, 1 unless the recipe sets it)")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = subparsers.add_parser(

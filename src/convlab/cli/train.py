@@ -101,7 +101,7 @@ def _train_overrides(args) -> dict:
     """Only the flags the user gave: they override the recipe (or the defaults)."""
     out = {}
     for flag, field in (("data", "data"), ("epochs", "epochs"), ("batch_size", "batch_size"),
-                        ("image_size", "image_size"), ("test_image_size", "test_image_size"),
+                        ("image_size", "image_size"), ("test_scale", "test_scale"),
                         ("optimizer", "optimizer"),
                         ("label_smoothing", "label_smoothing"),
                         ("class_weights", "class_weights"), ("precision", "precision"),
@@ -225,9 +225,9 @@ def _add_training_flags(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
     tr.add_argument("--image-size", type=int, help="default: the model's own")
-    tr.add_argument("--test-image-size", type=int, metavar="PX",
-                    help="evaluate, predict and export at this size (default: the training "
-                    "size; larger suits training's random zoom, FixRes)")
+    tr.add_argument("--test-scale", type=float, metavar="X",
+                    help="evaluate, predict and export at the image size times X (1: the "
+                    "training size; larger suits training's random zoom, FixRes)")
     tr.add_argument("--lr", type=float, help="learning rate (peak rate for schedules)")
     tr.add_argument("--schedule", choices=SCHEDULES)
     tr.add_argument("--optimizer", choices=OPTIMIZERS)

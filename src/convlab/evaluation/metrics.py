@@ -144,8 +144,8 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         batch_size: images per prediction batch.
         tta: test-time augmentation: None/"none", or "flip" (average over each image and its
             mirror image).
-        image_size: evaluate at this size instead of the run's test size (its config's
-            `test_image_size`, else the training size). Larger than trained at can score
+        image_size: evaluate at this size instead of the run's test size (its training
+            size times its config's `test_scale`). Larger than trained at can score
             better when training zoomed in (FixRes); the metrics record the size used.
         progress: progress bars (on stderr) while preparing a photo folder and predicting.
 

@@ -243,6 +243,11 @@ def _resume_point(run: Path, strategy) -> tuple[int, Path, keras.Model] | None:
                        "train the run again")
 
 
+def test_size(config: TrainConfig, image_size: int) -> int:
+    """The size the trained model is evaluated, predicted and exported at."""
+    return max(1, round(image_size * config.test_scale))
+
+
 def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
     """What this run will do, in one line."""
     s, ft = config.schedule, config.fine_tune_schedule
@@ -254,8 +259,8 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
     if config.fine_tune_epochs:
         what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
                  f"({ft.name})")
-    if config.test_image_size and config.test_image_size != image_size:
-        what += f"; evaluated at {config.test_image_size} px"
+    if test_size(config, image_size) != image_size:
+        what += f"; evaluated at {test_size(config, image_size)} px"
     return what
 
 
@@ -375,7 +380,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
             run = _run_dir(config)
             held.enter_context(_locked_run(run))
             derived = {"image_size": image_size,
-                       "test_image_size": config.test_image_size or image_size,
+                       "test_image_size": test_size(config, image_size),
                        "global_batch": global_batch,
                        "per_replica_batch": global_batch // replicas, "replicas": replicas,
                        "steps_per_epoch": steps, "steps_per_execution": per_call,
