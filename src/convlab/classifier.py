@@ -132,12 +132,13 @@ class Classifier:
     # -- the run's other tools, on this model --------------------------------------------
 
     def evaluate(self, data: str | os.PathLike | None = None, split: str | None = None, *,
-                 top_k: int | None = None, tta: str | None = None) -> dict:
+                 top_k: int | None = None, tta: str | None = None,
+                 image_size: int | None = None) -> dict:
         """`convlab.evaluate` on this model; see `convlab.evaluation.metrics.evaluate`."""
         from convlab.evaluation.metrics import evaluate
 
         return evaluate(self.run, data=data, split=split, model=self.which, top_k=top_k,
-                        tta=tta)
+                        tta=tta, image_size=image_size)
 
     def export(self, format: str = "keras", quantize: str | None = None,
                out: str | os.PathLike | None = None, **options) -> dict:
