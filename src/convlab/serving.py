@@ -72,23 +72,15 @@ CALIBRATION_IMAGES = 200
 
 
 def float32_model(model):
-    """A copy of `model` computing in float32 (e.g. one trained under mixed_bfloat16)."""
-    import keras
+    """A copy of `model` computing in float32 (e.g. one trained under mixed_bfloat16).
+    Mixed-precision layers keep float32 variables, so the weights carry over as they are."""
+    from convlab.models import rebuilt
 
-    def as_float32(obj):
-        if isinstance(obj, dict):
-            if obj.get("class_name") == "DTypePolicy":
-                return {**obj, "config": {**obj["config"], "name": "float32"}}
-            return {k: as_float32(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [as_float32(v) for v in obj]
-        return obj
+    def as_float32(node: dict) -> None:
+        if node.get("class_name") == "DTypePolicy":
+            node["config"] = {**node["config"], "name": "float32"}
 
-    config = as_float32(keras.saving.serialize_keras_object(model))
-    copy = keras.saving.deserialize_keras_object(config)
-    # Mixed-precision layers keep float32 variables, so the weights carry over as they are.
-    copy.set_weights(model.get_weights())
-    return copy
+    return rebuilt(model, as_float32)
 
 
 def serving_model(model_fp32, image_size: int):

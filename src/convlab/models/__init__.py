@@ -102,33 +102,43 @@ def model_options(name: str) -> dict:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def rebuilt(model, edit: Callable[[dict], None]):
+    """A copy of `model` with its weights, rebuilt from its serialized config after
+    `edit(node)` has changed, in place, every dict of that config (nested backbones
+    included). Every layer keeps the rest of its settings (trainable or not, batch norm
+    frozen or not), so the weights carry over in order."""
+    import keras
+
+    config = keras.saving.serialize_keras_object(model)
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            edit(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    copy = keras.saving.deserialize_keras_object(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def with_free_size(model):
     """The same network, weights and all, with free spatial input dimensions, so it runs on
     images of any size: its convolutions and global average pooling do not depend on the
     size, only the (fixed) shapes of its input layers do. Used to evaluate, predict and
-    export a model at a larger size than it was trained at (FixRes).
+    export a model at a larger size than it was trained at (FixRes)."""
 
-    Rebuilt from the model's own config (nested backbones included), so every layer keeps
-    its settings (trainable or not, batch norm frozen or not) and its weights in order.
-    """
-    config = model.get_config()
+    def free(node: dict) -> None:
+        if node.get("class_name") == "InputLayer":
+            shape = node["config"]["batch_shape"]
+            node["config"]["batch_shape"] = [shape[0], None, None, shape[-1]]
+        build = node.get("build_config")
+        if isinstance(build, dict) and len(build.get("input_shape") or ()) == 4:
+            shape = build["input_shape"]
+            build["input_shape"] = [shape[0], None, None, shape[3]]
 
-    def free(node) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") == "InputLayer":
-                shape = node["config"]["batch_shape"]
-                node["config"]["batch_shape"] = [shape[0], None, None, shape[-1]]
-            build = node.get("build_config")
-            if isinstance(build, dict) and len(build.get("input_shape") or ()) == 4:
-                shape = build["input_shape"]
-                build["input_shape"] = [shape[0], None, None, shape[3]]
-            for value in node.values():
-                free(value)
-        elif isinstance(node, list):
-            for value in node:
-                free(value)
-
-    free(config)
-    rebuilt = type(model).from_config(config)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    return rebuilt(model, free)

@@ -259,8 +259,8 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
     if config.fine_tune_epochs:
         what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
                  f"({ft.name})")
-    if test_size(config, image_size) != image_size:
-        what += f"; evaluated at {test_size(config, image_size)} px"
+    if (tested := test_size(config, image_size)) != image_size:
+        what += f"; evaluated at {tested} px"
     return what
 
 
