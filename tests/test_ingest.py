@@ -197,16 +197,23 @@ def test_killed_run_leaves_no_whole_looking_shard_and_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
     parts = out / ".convlab-parts"
-    while time.time() < deadline and not (parts.exists() and any(parts.glob("*.json"))):
+
+    def recorded():  # finished part records; `train00.tmp123.json` is one being written
+        return [p for p in parts.glob("*.json") if ".tmp" not in p.name] \
+            if parts.exists() else []
+
+    while time.time() < deadline and not recorded():
         assert proc.poll() is None, "prepare finished before it could be interrupted"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
     assert not (out / "manifest.json").exists()
-    done = {json.loads(p.read_text())["file"] for p in parts.glob("*.json")}
+    done = {json.loads(p.read_text())["file"] for p in recorded()}
     whole_looking = {p.name for p in out.glob("*.tfrec")}
-    assert whole_looking == done  # anything else is still under a .tmp name
+    # Anything else is still under a .tmp name, except at most the one shard renamed in
+    # the instant before its record was: the resumed run redoes that one.
+    assert done <= whole_looking and len(whole_looking - done) <= 1
     assert 1 <= len(done) < 16
     with pytest.raises(ConvlabError, match="interrupted"):
         read_manifest(out)
