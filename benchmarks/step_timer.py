@@ -6,6 +6,7 @@ off for a whole run (see BENCHMARKS.md), single slow steps cannot move a median.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -31,6 +32,12 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def parse_options(pairs: list[str]) -> dict:
-    """Model options from repeated --option KEY=VALUE flags ("true"/"false" become bools)."""
-    return {k: {"true": True, "false": False}.get(v.lower(), v)
-            for k, v in (o.split("=", 1) for o in pairs)}
+    """Model options from repeated --option KEY=VALUE flags: VALUE as JSON where it parses
+    (numbers, true/false, a layout list), else the string."""
+    def value(v: str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+
+    return {k: value(v) for k, v in (o.split("=", 1) for o in pairs)}

@@ -69,13 +69,13 @@ def test_strategy_detection_on_cpu_needs_no_tpu(monkeypatch):
 
 
 def test_auto_precision_follows_the_cpu_and_the_model(monkeypatch):
-    # No GPU here. bfloat16 only for models measured faster in it, on CPUs with AMX.
+    # No GPU here. bfloat16 only for models measured faster in it, on CPUs where it is fast.
     assert strategy_mod.resolve_precision("auto") == "float32"
     assert strategy_mod.resolve_precision("float32") == "float32"
     assert isinstance(strategy_mod.cpu_has_bfloat16(), bool)
-    assert not strategy_mod.cpu_has_amx() or strategy_mod.cpu_has_bfloat16()
+    assert not strategy_mod.cpu_bfloat16_is_fast() or strategy_mod.cpu_has_bfloat16()
     for native in (True, False):
-        monkeypatch.setattr(strategy_mod, "cpu_has_amx", lambda n=native: n)
+        monkeypatch.setattr(strategy_mod, "cpu_bfloat16_is_fast", lambda n=native: n)
         assert strategy_mod.resolve_precision("auto", model="squeezenet") == (
             "mixed_bfloat16" if native else "float32")
         assert strategy_mod.resolve_precision("auto", model="efficientnet_lite0") == "float32"

@@ -112,13 +112,13 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
 def resolve_precision(precision: str, info: StrategyInfo | None = None,
                       model: str | None = None) -> str:
     """`auto` -> bfloat16 on TPU, float16 on GPUs with tensor cores, float32 otherwise,
-    except bfloat16 on CPUs with AMX (Intel's matrix units) for `model`s marked
+    except bfloat16 on CPUs where it is fast (`cpu_bfloat16_is_fast`) for `model`s marked
     `cpu_bfloat16` in the registry.
 
-    Measured (BENCHMARKS.md, "Precision"): on a Xeon with AMX the plain convnet trains 2.8x
-    and SqueezeNet 1.4x faster in mixed_bfloat16, EfficientNet-Lite0 (frozen Keras batch
-    norm and ReLU6 in bfloat16) 1.4x slower; on a Xeon with AVX512-BF16 but no AMX the
-    convnet is slower in bfloat16 and SqueezeNet no faster, so float32 there. Ask for any
+    Measured (BENCHMARKS.md, "Precision"): on a Zen 5 EPYC (AVX512-BF16) the plain convnet
+    trains 2.1x and SqueezeNet 1.4-1.5x faster in mixed_bfloat16, EfficientNet-Lite0
+    (frozen Keras batch norm and ReLU6 in bfloat16) slower; on a Xeon with AVX512-BF16 but
+    no AMX the convnet is slower in bfloat16 and SqueezeNet no faster, so float32 there. Ask for any
     precision with `--precision`.
     """
     if precision not in PRECISIONS:
@@ -132,7 +132,7 @@ def resolve_precision(precision: str, info: StrategyInfo | None = None,
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "mixed_float16" if details.get("compute_capability", (0, 0))[0] >= 7 else "float32"
-    if model is not None and cpu_has_amx():
+    if model is not None and cpu_bfloat16_is_fast():
         from convlab.models import get_model_info
 
         if get_model_info(model).cpu_bfloat16:
@@ -195,10 +195,12 @@ def cpu_has_bfloat16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX matrix units for bfloat16 (x86 AMX-BF16 flag): the CPUs on
-    which bfloat16 training was measured faster than float32."""
-    return "amx_bf16" in _cpu_flags()
+def cpu_bfloat16_is_fast() -> bool:
+    """Whether bfloat16 training was measured faster than float32 on CPUs like this one:
+    Intel's with AMX matrix units (the AMX-BF16 flag), and AMD's with AVX512-BF16 (Zen 4
+    and 5 run its dot products at full width). Intel's AVX512-BF16 without AMX was slower."""
+    flags = _cpu_flags()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
 
 
 def hardware() -> str:
