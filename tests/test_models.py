@@ -103,6 +103,24 @@ def test_squeezenet_width_scales_every_conv():
     assert model.get_layer("fire1_concat").output.shape[-1] == 8
 
 
+def test_squeezenet_bypass_adds_each_fire_input_of_matching_width_to_its_output():
+    layout = ((8, 16), (8, 16), "pool", (8, 16), (8, 24))
+    plain = create_model("squeezenet", NUM_CLASSES, image_size=16, layout=layout)
+    model = create_model("squeezenet", NUM_CLASSES, image_size=16, layout=layout, bypass=True)
+    # the stem's 32 channels do not match fire1's 16, nor fire3's 16 fire4's 24
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)] == \
+        ["fire2_bypass", "fire3_bypass"]
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    assert model.count_params() == plain.count_params()  # a bypass has no weights
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in
+                                      ("fire1_concat", "fire2_concat", "fire2_bypass")])
+    x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    fire1, fire2, bypass = (np.asarray(t) for t in probe(x, training=False))
+    np.testing.assert_allclose(bypass, fire1 + fire2, rtol=1e-6, atol=1e-6)
+    # fire3's input is the pooled sum, so the residual path carries on through the pool
+    assert model.get_layer("pool1").input is model.get_layer("fire2_bypass").output
+
+
 def test_convnet_heads_differ_only_at_the_top():
     flatten = create_model("convnet", NUM_CLASSES, image_size=32, head="flatten")
     gap = create_model("convnet", NUM_CLASSES, image_size=32, head="gap")
