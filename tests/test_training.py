@@ -82,6 +82,19 @@ def test_auto_precision_follows_the_cpu_and_the_model(monkeypatch):
         assert strategy_mod.resolve_precision("float32", model="convnet") == "float32"
 
 
+@pytest.mark.parametrize(("flags", "fast"), [
+    ({"GenuineIntel", "avx512_bf16", "amx_bf16"}, True),   # a Xeon with AMX
+    ({"AuthenticAMD", "avx512_bf16"}, True),               # Zen 4/5
+    ({"GenuineIntel", "avx512_bf16", "avx512_fp16"}, False),  # AVX512-BF16 without AMX
+    ({"AuthenticAMD", "avx2"}, False),
+])
+def test_bfloat16_counts_as_fast_on_amx_and_on_amd_avx512_bf16(monkeypatch, flags, fast):
+    monkeypatch.setattr(strategy_mod, "_cpu_flags", lambda: flags)
+    assert strategy_mod.cpu_bfloat16_is_fast() is fast
+    assert strategy_mod.resolve_precision("auto", model="convnet") == (
+        "mixed_bfloat16" if fast else "float32")
+
+
 def test_every_recipe_is_a_valid_config():
     for name in RECIPES:
         config = recipe_config(name)

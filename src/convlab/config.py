@@ -289,11 +289,10 @@ STRONG_AUGMENT = {"flip": True, "saturation": (0.6, 1.4), "zoom": 0.75, "brightn
 # Milder than STRONG: a frozen backbone's head sees only a few cached views of each photo.
 TRANSFER_AUGMENT = {**CODELAB_AUGMENT, "saturation": (0.7, 1.3), "zoom": 0.85}
 AUGMENT_PRESETS = {"none": NO_AUGMENT, "codelab": CODELAB_AUGMENT, "strong": STRONG_AUGMENT}
-# The codelab's SqueezeNet layout with its 24-channel fire modules widened to 32: every
-# channel count a multiple of 16, which oneDNN's bfloat16 kernels need to run at full speed.
-# The codelab's five fire modules with 16-aligned widths, two more in the cheap 16 px and 8 px
-# stages (7 fire modules, as deep as the SqueezeNet paper's 8; 694k parameters, 434M
-# multiply-adds at 128 px against 131k and 362M for five).
+# The codelab's five fire modules with the 24-channel ones widened to 32 (every channel count
+# a multiple of 16, which oneDNN's bfloat16 kernels need to run at full speed), and two more,
+# twice as wide, in the cheap 16 px and 8 px stages: 7 fire modules, as deep as the SqueezeNet
+# paper's 8; 694k parameters, 434M multiply-adds at 128 px against 131k and 362M for five.
 SQUEEZENET_PLUS_LAYOUT = [[32, 64], "pool", [48, 96], "pool", [64, 128], "pool", [96, 192],
                           [96, 192], "pool", [128, 256], [128, 256]]
 
@@ -385,7 +384,7 @@ MEASURED = {
     "efficientnet-lite0-finetune": "96.45% final validation accuracy evaluated at 340 px "
                                    "(mean of 2 seeds; 96.1% at the 300 px trained at), 21.5 "
                                    "min, photos prepared at 300 px, 2-core CPU",
-    "squeezenet-plus": "87.15% final validation accuracy (mean of 2 seeds), 28-29 min, photos "
+    "squeezenet-plus": "87.15% final validation accuracy (mean of 2 seeds), 27.6-29.1 min, photos "
                        "prepared at 224 px, 2-core CPU",
     "convnet-plus": "83.5% final validation accuracy (mean of 2 seeds), 12.5 min, photos "
                     "prepared at 224 px, 2-core CPU",

@@ -12,8 +12,8 @@ One deliberate difference: every conv here runs conv (no bias) -> BN -> relu, wh
 ran conv (bias, relu) -> BN; BN momentum is the codelab's 0.9. `bypass=True` adds the SqueezeNet
 paper's "simple bypass" (Iandola et al. 2016, section 6): a fire module whose input has as many
 channels as it outputs adds its input to its output (a residual connection; +2.9 points ImageNet
-top-1 there). Batch norm trains with
-TensorFlow's fused kernel (`FusedBatchNormalization`): faster on CPU, same model.
+top-1 there). Batch norm trains with TensorFlow's fused kernel (`FusedBatchNormalization`):
+faster on CPU, same model.
 """
 
 from __future__ import annotations
