@@ -77,7 +77,10 @@ def test_two_workers_on_loopback_train_one_model(shards, tmp_path):
     """
     data = tmp_path / "data"
     prepare(str(shards.parent / "src"), data, size=16, shards=3, progress=False)
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # No byte-code caching: AutoGraph imports its generated modules from TMPDIR, and Python
+    # would leave their __pycache__ there, which is not a worker's file.
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONDONTWRITEBYTECODE": "1"}
     (tmp_path / "tmp").mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "convlab", "launch", "--workers", "2", "--", "train", *TRAIN,
