@@ -16,7 +16,7 @@ from convlab.data import (
     read_manifest,
     record_paths,
 )
-from convlab.data.augment import augment_batch
+from convlab.data.augment import augment_batch, mix_batch
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 
@@ -184,6 +184,62 @@ def test_augment_takes_uint8_or_float_and_repeats_with_a_seed(zoom):
     np.testing.assert_array_equal(from_uint8, augment_batch(as_uint8, aug, seed))
     other = augment_batch(as_uint8, aug, tf.constant([7, 9]))
     assert not np.allclose(from_uint8, other)
+
+
+def _distinct_batch(n=6, size=12):
+    """Images whose pixels say which image they come from (image k is all k / n), one-hot
+    labels, and sample weights 1..n."""
+    images = tf.range(n, dtype=tf.float32)[:, None, None, None] / n * tf.ones([n, size, size, 3])
+    return images, tf.one_hot(tf.range(n), n), tf.range(1, n + 1, dtype=tf.float32)
+
+
+def test_mixup_blends_images_and_labels_by_the_same_fraction():
+    images, labels, weights = _distinct_batch()
+    fractions = []
+    for k in range(8):
+        x, y, w = mix_batch(images, labels, tf.constant([3, k]), mixup=0.8, weights=weights)
+        fraction = float(y[0, 0])  # image 0's own share; its partner is the last image
+        assert float(y[0, -1]) == pytest.approx(1 - fraction, abs=1e-6)
+        np.testing.assert_allclose(y.numpy().sum(axis=1), 1.0, atol=1e-6)
+        expected = fraction * images + (1 - fraction) * tf.reverse(images, [0])
+        np.testing.assert_allclose(x, expected, atol=1e-6)
+        np.testing.assert_allclose(w, fraction * weights + (1 - fraction) * weights[::-1],
+                                   atol=1e-5)
+        fractions.append(fraction)
+        np.testing.assert_array_equal(x, mix_batch(images, labels, tf.constant([3, k]),
+                                                   mixup=0.8)[0])  # seeded
+    assert len({round(f, 6) for f in fractions}) == 8 and all(0 <= f <= 1 for f in fractions)
+
+
+def test_cutmix_pastes_a_box_and_labels_by_its_area():
+    images, labels, _ = _distinct_batch(size=16)
+    shares = []
+    for k in range(8):
+        x, y = mix_batch(images, labels, tf.constant([4, k]), cutmix=1.0)
+        first = x[0, :, :, 0].numpy()
+        own = np.isclose(first, 0.0)  # image 0 is all 0, its partner (image 5) all 5/6
+        assert np.all(own | np.isclose(first, 5 / 6))  # every pixel from one or the other
+        rows, cols = np.where(~own)
+        if rows.size:  # the partner's pixels form one rectangle
+            assert (~own)[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert float(y[0, 0]) == pytest.approx(own.mean(), abs=1e-6)
+        assert float(y[0, 5]) == pytest.approx(1 - own.mean(), abs=1e-6)
+        shares.append(own.mean())
+    assert min(shares) < 0.9 and len(set(shares)) > 4
+
+
+def test_mixup_and_cutmix_together_take_one_of_the_two_per_batch():
+    images, labels, _ = _distinct_batch(size=16)
+    kinds = set()
+    for k in range(24):
+        x, y = mix_batch(images, labels, tf.constant([5, k]), mixup=0.8, cutmix=1.0)
+        first = x[0, :, :, 0].numpy()
+        boxed = np.all(np.isclose(first, 0.0) | np.isclose(first, 5 / 6))
+        kinds.add("cutmix" if boxed and not np.isclose(y[0, 0], 1.0) else
+                  "mixup" if not boxed else "none")
+    assert {"mixup", "cutmix"} <= kinds
+    with pytest.raises(ConvlabError, match="mixup or cutmix > 0"):
+        mix_batch(images, labels, tf.constant([1, 2]))
 
 
 def test_simulated_open_latency_delays_every_file_and_changes_nothing(prepared):

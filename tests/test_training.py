@@ -320,3 +320,36 @@ def test_weights_moving_average_is_what_validation_and_the_saved_models_hold(tin
     for saved, average in zip(trainable(run / "best.keras"), averages(best_epoch)[1],
                               strict=True):
         np.testing.assert_allclose(saved, average, rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_batches_are_soft_labelled_and_resume_exactly(tiny_data):
+    from convlab.training.trainer import build_datasets
+
+    config = TrainConfig(**TINY).override(data=str(tiny_data), mixup=0.8, cutmix=1.0,
+                                          class_weights="balanced")
+
+    def batches(start_epoch, skip, take):
+        _, manifest, ds, _ = build_datasets(config, 16, 8, start_epoch=start_epoch,
+                                            progress=False)
+        return manifest, [[t.numpy() for t in batch] for batch in ds.skip(skip).take(take)]
+
+    manifest, whole = batches(0, 0, 3 * 9)
+    steps = manifest["counts"]["per_split"]["train"] // 8
+    assert steps == 9  # the fixture's 72 training photos
+    _, resumed = batches(2, 0, steps)
+    for a, b in zip(whole[2 * steps:], resumed, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    labels = np.concatenate([b[1] for b in whole])
+    weights = np.concatenate([b[2] for b in whole])
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    assert (labels.max(axis=1) < 0.99).mean() > 0.5  # most labels are mixtures
+    assert weights.min() > 0
+
+
+def test_training_with_mixup_and_cutmix_runs_and_says_so(tiny_data, tmp_path):
+    run = train(TrainConfig(**TINY), data=str(tiny_data), epochs=2, mixup=0.4, cutmix=1.0,
+                runs_dir=str(tmp_path), progress=False)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    assert "MixUp alpha 0.4, CutMix alpha 1" in (run / "summary.txt").read_text()

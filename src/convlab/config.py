@@ -116,6 +116,10 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     label_smoothing: float = 0.0
+    # >0: MixUp / CutMix of each training batch with itself reversed, the mixing fraction
+    # drawn from Beta(alpha, alpha) (timm's --mixup / --cutmix); both >0: one per batch
+    mixup: float = 0.0
+    cutmix: float = 0.0
     class_weights: str | None = None  # None or "balanced"
     augment: Augment | None = field(default_factory=Augment)
     precision: str = "auto"
@@ -162,6 +166,10 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConvlabError(f"--label-smoothing must be in [0, 1), received: "
                                f"{self.label_smoothing}")
+        for name in ("mixup", "cutmix"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ConvlabError(f"{name} must be a Beta alpha in [0, 10] (0: off; timm "
+                                   f"uses 0.8 / 1.0), received: {getattr(self, name)}")
         if self.class_weights not in (None, *CLASS_WEIGHTS):
             raise ConvlabError(f"--class-weights must be 'balanced' or omitted, received: "
                                f"{self.class_weights!r}")
@@ -175,6 +183,11 @@ class TrainConfig:
                                f"received: {self.ema_momentum}")
         self.schedule.validate()
         self.fine_tune_schedule.validate("fine-tune-schedule")
+
+    @property
+    def soft_labels(self) -> bool:
+        """Training labels are one-hot floats (label smoothing, MixUp or CutMix)."""
+        return bool(self.label_smoothing or self.mixup or self.cutmix)
 
     @property
     def total_epochs(self) -> int:

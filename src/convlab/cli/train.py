@@ -103,8 +103,8 @@ def _train_overrides(args) -> dict:
     for flag, field in (("data", "data"), ("epochs", "epochs"), ("batch_size", "batch_size"),
                         ("image_size", "image_size"), ("test_scale", "test_scale"),
                         ("optimizer", "optimizer"),
-                        ("label_smoothing", "label_smoothing"),
-                        ("class_weights", "class_weights"), ("precision", "precision"),
+                        ("label_smoothing", "label_smoothing"), ("mixup", "mixup"),
+                        ("cutmix", "cutmix"), ("class_weights", "class_weights"), ("precision", "precision"),
                         ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
                         ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
                         ("feature_views", "feature_views"),
@@ -204,7 +204,8 @@ def _say_defaults(parser: argparse.ArgumentParser) -> None:
     values = {
         "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.schedule.learning_rate,
         "schedule": c.schedule.name, "optimizer": c.optimizer,
-        "label_smoothing": c.label_smoothing, "class_weights": "none",
+        "label_smoothing": c.label_smoothing, "mixup": c.mixup, "cutmix": c.cutmix,
+        "class_weights": "none",
         "augment": "codelab", "weights": "imagenet", "fine_tune_epochs": c.fine_tune_epochs,
         "fine_tune_lr": c.fine_tune_schedule.learning_rate, "feature_views": c.feature_views,
         "precision": c.precision, "strategy": c.strategy,
@@ -232,6 +233,12 @@ def _add_training_flags(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--schedule", choices=SCHEDULES)
     tr.add_argument("--optimizer", choices=OPTIMIZERS)
     tr.add_argument("--label-smoothing", type=float)
+    tr.add_argument("--mixup", type=float, metavar="ALPHA",
+                    help="MixUp each training batch, fractions from Beta(ALPHA, ALPHA); "
+                         "timm uses 0.8")
+    tr.add_argument("--cutmix", type=float, metavar="ALPHA",
+                    help="CutMix each training batch (with --mixup: one of the two per "
+                         "batch); timm uses 1.0")
     tr.add_argument("--class-weights", choices=CLASS_WEIGHTS)
     tr.add_argument("--augment", choices=tuple(AUGMENT_PRESETS),
                     help="codelab: flip + saturation; strong: + zoom, brightness, contrast")

@@ -13,7 +13,7 @@ import tensorflow as tf
 from convlab.config import Augment
 from convlab.errors import ConvlabError
 
-__all__ = ["Augment", "augment_batch"]
+__all__ = ["Augment", "augment_batch", "mix_batch"]
 
 
 def augment_batch(images: tf.Tensor, aug: Augment, seed: tf.Tensor | None = None,
@@ -82,3 +82,78 @@ def _pointwise(aug: Augment):
 
 
 _GREY = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's weights
+
+
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, mixup: float = 0.0,
+              cutmix: float = 0.0, weights: tf.Tensor | None = None) -> tuple:
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with itself reversed.
+
+    One mixing fraction per batch, drawn from Beta(alpha, alpha), and the batch's reversal as
+    the partner, as timm's `Mixup` does. MixUp blends whole images; CutMix pastes a box of the
+    partner covering a (1 - fraction) of the image and mixes the labels by the box's actual
+    area. With both alphas > 0 each batch takes one of the two, with probability 1/2.
+
+    Args:
+        images: (batch, height, width, channels) float images.
+        labels: (batch, classes) one-hot (or already soft) float labels.
+        seed: a shape-[2] integer tensor; the same seed mixes the same way.
+        mixup, cutmix: the Beta distributions' alpha; 0 disables that kind.
+        weights: optional (batch,) sample weights, mixed as the labels are.
+
+    Returns:
+        (images, labels) or, with weights, (images, labels, weights).
+    """
+    if mixup < 0 or cutmix < 0 or not (mixup or cutmix):
+        raise ConvlabError(f"mix_batch needs mixup or cutmix > 0, received: mixup={mixup}, "
+                           f"cutmix={cutmix}")
+    seed = tf.cast(seed, tf.int32)
+    partner = tf.reverse(images, axis=[0])
+    use_cutmix = _uniform(seed, 10, []) < 0.5  # only consulted when both are on
+    if mixup and cutmix:
+        fraction = _beta(seed, tf.where(use_cutmix, cutmix, mixup))
+    else:
+        fraction = _beta(seed, cutmix or mixup)
+    blended = fraction * images + (1.0 - fraction) * partner if mixup else None
+    if cutmix:
+        boxed, box_fraction = _paste_box(images, partner, fraction, seed)
+        if mixup:
+            images = tf.where(use_cutmix, boxed, blended)
+            fraction = tf.where(use_cutmix, box_fraction, fraction)
+        else:
+            images, fraction = boxed, box_fraction
+    else:
+        images = blended
+
+    def blend(x):
+        return fraction * x + (1.0 - fraction) * tf.reverse(x, axis=[0])
+
+    labels = blend(tf.cast(labels, tf.float32))
+    return (images, labels) if weights is None else (images, labels, blend(weights))
+
+
+def _beta(seed, alpha) -> tf.Tensor:
+    """One draw of Beta(alpha, alpha), as the ratio of two Gamma(alpha) draws."""
+    alpha = tf.cast(alpha, tf.float32)
+    g = tf.random.stateless_gamma([2], tf.random.experimental.stateless_fold_in(seed, 11),
+                                  alpha)
+    return g[0] / tf.maximum(g[0] + g[1], 1e-12)
+
+
+def _paste_box(images, partner, fraction, seed):
+    """`images` with a random box of `partner` covering ~(1 - fraction) of the area (the box
+    is clipped at the borders), and the fraction of `images` that is left."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    side = tf.sqrt(1.0 - fraction)
+    centre = _uniform(seed, 12, [2]) * tf.stack([h, w])
+    low = tf.cast(tf.round(tf.maximum(centre - tf.stack([h, w]) * side / 2, 0.0)), tf.int32)
+    high = tf.cast(tf.round(tf.minimum(centre + tf.stack([h, w]) * side / 2, tf.stack([h, w]))),
+                   tf.int32)
+    rows = tf.range(height)
+    cols = tf.range(width)
+    inside_rows = (rows >= low[0]) & (rows < high[0])
+    inside_cols = (cols >= low[1]) & (cols < high[1])
+    box = inside_rows[:, None] & inside_cols[None, :]
+    pasted = tf.where(box[None, :, :, None], partner, images)
+    area = tf.cast(tf.reduce_sum(tf.cast(box, tf.int32)), tf.float32)
+    return pasted, 1.0 - area / (h * w)

@@ -84,6 +84,7 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     pipeline that reads only its part of the data (`tf.distribute`'s
     `distribute_datasets_from_function`); elsewhere one pipeline feeds all local replicas.
     """
+    from convlab.data.augment import mix_batch
     from convlab.data.ingest import read_manifest
     from convlab.data.pipeline import input_plan, load
     from convlab.data.resolve import resolve_data
@@ -98,13 +99,22 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     weights = _class_weights(config, manifest)
     tpu = strategy_info is not None and strategy_info.tpu
 
-    def finish(ds, training: bool):
+    def finish(ds, training: bool, batches_per_epoch: int = 0):
         if weights and training:
             table = tf.constant([weights.get(i, 0.0) for i in range(manifest["num_classes"])])
             ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
-        if config.label_smoothing:
+        if config.soft_labels:
             n = manifest["num_classes"]
             ds = ds.map(lambda x, y, *w: (x, tf.one_hot(y, n), *w))
+        if training and (config.mixup or config.cutmix):
+            # Seeded by the batch's number counted from epoch 0, so that a resumed run mixes
+            # exactly as an uninterrupted one does.
+            ds = ds.enumerate(start=start_epoch * batches_per_epoch).map(
+                lambda i, batch: mix_batch(*batch[:2], tf.stack([
+                    tf.constant(config.seed % 2**31, tf.int32), tf.cast(i, tf.int32)]),
+                    mixup=config.mixup, cutmix=config.cutmix,
+                    weights=batch[2] if len(batch) > 2 else None),
+                num_parallel_calls=tf.data.AUTOTUNE)
         return ds
 
     def make(split: str, context: tf.distribute.InputContext | None = None):
@@ -122,7 +132,7 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
                       start_epoch=start_epoch, batches_per_epoch=steps * local, **common)
         else:  # TPUs want fixed shapes: the last partial batch is left out there
             ds = load(prepared, "validation", drop_remainder=tpu, **common)
-        return finish(ds, training)
+        return finish(ds, training, steps * local)
 
     has_val = bool(manifest["counts"]["per_split"].get("validation"))
     strategy = strategy_info.strategy if strategy_info is not None else None
@@ -180,7 +190,7 @@ def _optimizer(config: TrainConfig, learning_rate):
 def _compile(model, config: TrainConfig, learning_rate, *, count_examples: bool = False,
              steps_per_execution: int = 1) -> None:
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-            if config.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
+            if config.soft_labels else keras.losses.SparseCategoricalCrossentropy())
     metrics = ["accuracy"] + ([ExampleCount()] if count_examples else [])
     model.compile(optimizer=_optimizer(config, learning_rate), loss=loss, metrics=metrics,
                   steps_per_execution=steps_per_execution)
@@ -582,9 +592,12 @@ def _write_summary(run, config, model, manifest, strategy_info, precision, wall,
     lines = [f"{k}: {_plain(v)}" for k, v in summary.items() if k not in ("final", "best")]
     lines.append("wall_seconds: fitting, validation and feature caching included; "
                  "train_images_per_second: training steps only (validation excluded)")
-    if config.label_smoothing:
-        lines.append(f"loss: cross-entropy with label smoothing {config.label_smoothing:g} "
-                     "(training's); `convlab evaluate` reports plain cross-entropy, lower")
+    if config.soft_labels:
+        soft = [f"{name} {value:g}" for name, value in (
+            ("label smoothing", config.label_smoothing), ("MixUp alpha", config.mixup),
+            ("CutMix alpha", config.cutmix)) if value]
+        lines.append(f"loss: cross-entropy with {', '.join(soft)} (training's); `convlab "
+                     "evaluate` reports plain cross-entropy, lower")
     for label in ("final", "best"):
         row = summary[label]
         lines.append(f"{label}: epoch {row.get('epoch', -1) + 1}, " + ", ".join(
