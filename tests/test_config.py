@@ -69,3 +69,10 @@ def test_config_round_trips_and_old_fine_tune_lr_is_read():
     config = TrainConfig.from_dict({**old, "fine_tune_lr": 2e-4})  # a run's older config.json
     assert config.fine_tune_schedule.learning_rate == 2e-4
     assert config.fine_tune_schedule.min_lr == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("field", ["mixup", "cutmix"])
+def test_a_negative_mixing_alpha_is_refused(field):
+    with pytest.raises(ConvlabError, match=rf"{field} must be a Beta alpha in \[0, 10\].*-0.5"):
+        TrainConfig(**{field: -0.5}).validate()
+    TrainConfig(**{field: 0.8}).validate()
