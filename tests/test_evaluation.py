@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,11 @@ def test_evaluations_on_other_data_go_beside_the_runs_own_and_the_report_labels_
     evaluate(run, split="train")
     assert (run / "evaluations" / f"{trained_name(run)}-train" / "metrics.json").exists()
     assert json.loads((run / "metrics.json").read_text()) == own
+    # another test size or test-time augmentation of the run's own split goes beside it too
+    flipped = evaluate(run, tta="flip", image_size=20)
+    assert flipped["evaluation"] == f"{trained_name(run)}-validation-20px-flip"
+    assert json.loads((run / "metrics.json").read_text()) == own
+    assert Path(flipped["metrics_file"]).parent.parent == run / "evaluations"
     page = report(run).read_text()
     assert "Other evaluations" in page and "phone-all" in page
     assert f"{saved['accuracy']:.4f}" in page and f"{own['accuracy']:.4f}" in page

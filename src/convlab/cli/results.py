@@ -128,7 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="metrics of a run's model: accuracy, per class, confusion matrix",
         description="Evaluate RUN's model on its validation split, or on --data (a prepared "
                     "folder or a folder of class subfolders, matched to the model's classes "
-                    "by name). Prints a table and writes RUN/metrics.json.")
+                    "by name). Prints a table and writes RUN/metrics.json (the run's own split "
+                    "at its test size), or RUN/evaluations/DATA-SPLIT[-SIZEpx][-TTA]/"
+                    "metrics.json for other data, splits, sizes or --tta.")
     add_run_args(ev)
     ev.add_argument("--data", help="prepared folder or photo folder (default: the run's data)")
     ev.add_argument("--split", choices=("train", "validation", "test", "all"),

@@ -51,17 +51,20 @@ def _resolve(data, record: RunRecord, split: str | None, size: int, progress: bo
     return prepared, split or ("validation" if prepared_already else "all")
 
 
-def _label(record: RunRecord, prepared, data, split: str) -> str | None:
-    """None for the run's own validation split (metrics.json in the run folder: what the
-    report headlines), else the name of the evaluation's folder: DATA-SPLIT."""
+def _label(record: RunRecord, prepared, data, split: str, variant: str = "") -> str | None:
+    """None for the run's own validation split as trained (metrics.json in the run folder:
+    what the report headlines), else the name of the evaluation's folder: DATA-SPLIT, plus
+    `variant` (e.g. "-340px-flip") for another test size or test-time augmentation, so
+    that trying those never replaces the run's own numbers."""
     own = record.prepared_data or ""
-    if split == "validation" and (data is None or str(prepared) == own or (
-            not isinstance(prepared, str) and own and Path(own).exists()
-            and Path(prepared).resolve() == Path(own).resolve())):
+    own_data = data is None or str(prepared) == own or (
+        not isinstance(prepared, str) and own and Path(own).exists()
+        and Path(prepared).resolve() == Path(own).resolve())
+    if split == "validation" and own_data and not variant:
         return None
     name = Path(str(data if data is not None else prepared).rstrip("/")).name or "data"
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "data"
-    return f"{name}-{split}"
+    return f"{name}-{split}{variant}"
 
 
 def _class_map(manifest: dict, known: list[str], data) -> np.ndarray:
@@ -128,9 +131,10 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
              progress: bool = True) -> dict:
     """Evaluate a run's model; write metrics.json and predictions.npz.
 
-    The run's own validation split writes them into the run folder (the report's headline);
-    any other data or split into RUN/evaluations/DATA-SPLIT/ (e.g. `flower_photos-all`),
-    beside it, so an evaluation on other photos never replaces the run's own numbers.
+    The run's own validation split, at the run's test size without test-time augmentation,
+    writes them into the run folder (the report's headline); any other data, split, size or
+    augmentation into RUN/evaluations/DATA-SPLIT[-SIZEpx][-TTA]/ (e.g. `flower_photos-all`,
+    `fp224-validation-144px-flip`), beside it, so those never replace the run's own numbers.
 
     Args:
         run: a run folder written by `convlab.train`.
@@ -193,7 +197,9 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=everyone,
                                                             average=avg, zero_division=0)
         averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
-    label = _label(record, prepared, data, split)
+    variant = (f"-{size}px" if size != record.test_image_size else "") + (
+        f"-{tta}" if tta != "none" else "")
+    label = _label(record, prepared, data, split, variant)
     where = RunFolder(run).evaluation(label)
     metrics = {
         "run": str(run), "evaluation": label, "metrics_file": str(where.metrics),
