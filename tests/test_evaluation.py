@@ -170,6 +170,7 @@ def test_evaluations_on_other_data_go_beside_the_runs_own_and_the_report_labels_
     assert flipped["evaluation"] == f"{trained_name(run)}-validation-20px-flip"
     assert json.loads((run / "metrics.json").read_text()) == own
     assert Path(flipped["metrics_file"]).parent.parent == run / "evaluations"
+    assert "best.keras + tta flip at 20 px" in report(run).read_text()
     page = report(run).read_text()
     assert "Other evaluations" in page and "phone-all" in page
     assert f"{saved['accuracy']:.4f}" in page and f"{own['accuracy']:.4f}" in page

@@ -179,7 +179,8 @@ def _other_evaluations(run: Path) -> str:
     body = "".join(
         f"<tr><td>{escape(m['evaluation'])}</td><td>{escape(m['data'])}</td>"
         f"<td>{escape(m['split'])}</td><td>{escape(m['model_file'])}"
-        f"{' + tta ' + escape(m['tta']) if m.get('tta', 'none') != 'none' else ''}</td>"
+        f"{' + tta ' + escape(m['tta']) if m.get('tta', 'none') != 'none' else ''}"
+        f"{' at ' + str(m['image_size']) + ' px' if m.get('image_size') else ''}</td>"
         f'<td class="n">{m["images"]:,}</td><td class="n">{m["accuracy"]:.4f}</td>'
         f'<td class="n">{m["top_k_accuracy"]:.4f} (top-{m["top_k"]})</td>'
         f'<td class="n">{m["loss"]:.4f}</td></tr>' for m in found)
