@@ -347,9 +347,11 @@ def test_mixed_batches_are_soft_labelled_and_resume_exactly(tiny_data):
     assert weights.min() > 0
 
 
-def test_training_with_mixup_and_cutmix_runs_and_says_so(tiny_data, tmp_path):
+def test_training_with_mixup_and_cutmix_runs_and_says_so(tiny_data, tmp_path, capsys):
     run = train(TrainConfig(**TINY), data=str(tiny_data), epochs=2, mixup=0.4, cutmix=1.0,
                 runs_dir=str(tmp_path), progress=False)
+    assert ("each training batch mixed by MixUp (alpha 0.4) or CutMix (alpha 1)"
+            in capsys.readouterr().out)
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     assert "MixUp alpha 0.4, CutMix alpha 1" in (run / "summary.txt").read_text()

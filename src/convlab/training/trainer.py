@@ -269,6 +269,9 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
     if config.fine_tune_epochs:
         what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
                  f"({ft.name})")
+    if mixes := [f"{name} (alpha {alpha:g})" for name, alpha in
+                 (("MixUp", config.mixup), ("CutMix", config.cutmix)) if alpha]:
+        what += "; each training batch mixed by " + " or ".join(mixes)
     if (tested := test_size(config, image_size)) != image_size:
         what += f"; evaluated at {tested} px"
     return what
