@@ -107,22 +107,22 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, mixup: f
         raise ConvlabError(f"mix_batch needs mixup or cutmix > 0, received: mixup={mixup}, "
                            f"cutmix={cutmix}")
     seed = tf.cast(seed, tf.int32)
-    partner = tf.reverse(images, axis=[0])
     use_cutmix = _uniform(seed, 10, []) < 0.5  # only consulted when both are on
     if mixup and cutmix:
         fraction = _beta(seed, tf.where(use_cutmix, cutmix, mixup))
     else:
         fraction = _beta(seed, cutmix or mixup)
-    blended = fraction * images + (1.0 - fraction) * partner if mixup else None
-    if cutmix:
-        boxed, box_fraction = _paste_box(images, partner, fraction, seed)
-        if mixup:
-            images = tf.where(use_cutmix, boxed, blended)
-            fraction = tf.where(use_cutmix, box_fraction, fraction)
-        else:
-            images, fraction = boxed, box_fraction
+
+    def blended():
+        return fraction * images + (1.0 - fraction) * tf.reverse(images, axis=[0]), fraction
+
+    def boxed():
+        return _paste_box(images, fraction, seed)
+
+    if mixup and cutmix:  # only the one chosen is computed
+        images, fraction = tf.cond(use_cutmix, boxed, blended)
     else:
-        images = blended
+        images, fraction = boxed() if cutmix else blended()
 
     def blend(x):
         return fraction * x + (1.0 - fraction) * tf.reverse(x, axis=[0])
@@ -139,21 +139,22 @@ def _beta(seed, alpha) -> tf.Tensor:
     return g[0] / tf.maximum(g[0] + g[1], 1e-12)
 
 
-def _paste_box(images, partner, fraction, seed):
-    """`images` with a random box of `partner` covering ~(1 - fraction) of the area (the box
-    is clipped at the borders), and the fraction of `images` that is left."""
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+def _paste_box(images, fraction, seed):
+    """`images` with a random box of their batch-reversed partners covering ~(1 - fraction)
+    of the area (the box is clipped at the borders), and the fraction of `images` that is
+    left. Built from slices and concatenations: one copy of the batch, several times faster
+    on CPU than a masked select over every pixel."""
+    shape = tf.shape(images)
+    hw = tf.cast(shape[1:3], tf.float32)
     side = tf.sqrt(1.0 - fraction)
-    centre = _uniform(seed, 12, [2]) * tf.stack([h, w])
-    low = tf.cast(tf.round(tf.maximum(centre - tf.stack([h, w]) * side / 2, 0.0)), tf.int32)
-    high = tf.cast(tf.round(tf.minimum(centre + tf.stack([h, w]) * side / 2, tf.stack([h, w]))),
-                   tf.int32)
-    rows = tf.range(height)
-    cols = tf.range(width)
-    inside_rows = (rows >= low[0]) & (rows < high[0])
-    inside_cols = (cols >= low[1]) & (cols < high[1])
-    box = inside_rows[:, None] & inside_cols[None, :]
-    pasted = tf.where(box[None, :, :, None], partner, images)
-    area = tf.cast(tf.reduce_sum(tf.cast(box, tf.int32)), tf.float32)
-    return pasted, 1.0 - area / (h * w)
+    centre = _uniform(seed, 12, [2]) * hw
+    low = tf.cast(tf.round(tf.maximum(centre - hw * side / 2, 0.0)), tf.int32)
+    high = tf.cast(tf.round(tf.minimum(centre + hw * side / 2, hw)), tf.int32)
+    band = images[:, low[0]:high[0]]
+    pasted = tf.concat([band[:, :, :low[1]],
+                        tf.reverse(band[:, :, low[1]:high[1]], axis=[0]),
+                        band[:, :, high[1]:]], axis=2)
+    out = tf.concat([images[:, :low[0]], pasted, images[:, high[0]:]], axis=1)
+    out = tf.ensure_shape(out, images.shape)
+    area = tf.cast((high[0] - low[0]) * (high[1] - low[1]), tf.float32)
+    return out, 1.0 - area / (hw[0] * hw[1])
