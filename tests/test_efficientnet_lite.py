@@ -138,6 +138,36 @@ def test_random_init_contract_and_keras_roundtrip(tmp_path):
     assert id(backbone.get_layer("stem_bn").gamma) not in trainable  # statistics stay frozen
 
 
+def test_drop_path_is_stochastic_depth_in_training_only(tmp_path):
+    x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
+    plain = create_model("efficientnet_lite0", 3, image_size=32, weights=None, dropout=0.0)
+    model = create_model("efficientnet_lite0", 3, image_size=32, weights=None, dropout=0.0,
+                         drop_path=0.5)
+    drops = [layer for layer in model.get_layer("backbone").layers if "drop_path" in layer.name]
+    # One per residual block; the rate rises with depth: block i of 16 gets 0.5 * i / 16.
+    assert [layer.rate for layer in drops] == [0.5 * int(layer.name[5:].split("_")[0]) / 16
+                                               for layer in drops]
+    assert len(drops) == 9 and (drops[-1].name, drops[-1].rate) == ("block14_drop_path", 0.4375)
+    model.set_weights(plain.get_weights())  # no weights of its own: same network to load into
+    np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-6)
+
+    # In training each image skips residual branches at random (batch norm trains here, on
+    # the same batch each time, so only the dropped paths can tell two calls apart).
+    set_backbone_trainable(model, True)
+    set_backbone_trainable(plain, True)
+    # The new head starts at zero, so compare the features.
+    features, plain_features = model.get_layer("backbone"), plain.get_layer("backbone")
+    np.testing.assert_array_equal(plain_features(x, training=True),
+                                  plain_features(x, training=True))
+    first, second = features(x, training=True).numpy(), features(x, training=True).numpy()
+    assert np.abs(first - second).max() > 1e-2 * np.abs(first).max()  # random init: tiny
+
+    path = tmp_path / "lite0_drop_path.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
 def test_mixed_precision_keeps_float32_output():
     with precision_policy("mixed_float16"):
         model = create_model("efficientnet_lite0", 4, image_size=32, weights=None)
@@ -149,6 +179,7 @@ def test_mixed_precision_keeps_float32_output():
     ("options", "quoted"),
     [
         ({"dropout": 1.5}, "dropout=1.5"),
+        ({"drop_path": 1.0}, "drop_path=1.0"),
         ({"weights": "imagenett"}, "weights='imagenett'"),
         ({"imagenet_head": True}, "num_classes=5"),
         ({"widht": 2}, "'widht'"),

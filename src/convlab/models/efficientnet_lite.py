@@ -118,7 +118,7 @@ def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool = T
     return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if act else x
 
 
-def _mbconv(x, stage: _Stage, stride: int, index: int):
+def _mbconv(x, stage: _Stage, stride: int, index: int, drop_path: float = 0.0):
     name, in_filters = f"block{index}", x.shape[-1]
     inputs = x
     if stage.expand != 1:
@@ -130,20 +130,30 @@ def _mbconv(x, stage: _Stage, stride: int, index: int):
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
     x = _conv_bn(x, stage.filters, 1, 1, f"{name}_project", act=False)
     if stride == 1 and in_filters == stage.filters:
+        if drop_path:
+            # Stochastic depth: in training, each image skips this block's residual branch
+            # with probability `drop_path` (the survivors are scaled by 1/(1 - drop_path)).
+            x = keras.layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1),
+                                     name=f"{name}_drop_path")(x)
         x = keras.layers.Add(name=f"{name}_add")([inputs, x])
     return x
 
 
-def build_backbone(image_size: int, variant: str = "lite0") -> keras.Model:
-    """EfficientNet-Lite without its classifier: [0, 1] images -> (s/32, s/32, 1280) features."""
+def build_backbone(image_size: int, variant: str = "lite0", drop_path: float = 0.0) -> keras.Model:
+    """EfficientNet-Lite without its classifier: [0, 1] images -> (s/32, s/32, 1280) features.
+
+    `drop_path`: stochastic depth for the residual blocks, the rate rising linearly with depth
+    from 0 to `drop_path` at the last block (as EfficientNet's `drop_connect_rate`, which the
+    Lite weights were trained with at 0.2). No layers are added at 0."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     # The TF-trained weights expect (x * 255 - 127) / 128.
     x = keras.layers.Rescaling(255 / 128, offset=-127 / 128, name="rescale")(inputs)
     x = _conv_bn(x, 32, 3, 2, "stem")
-    index = 0
+    index, blocks = 0, sum(stage.repeats for stage in stages(variant))
     for stage in stages(variant):
         for repeat in range(stage.repeats):
-            x = _mbconv(x, stage, stage.stride if repeat == 0 else 1, index)
+            x = _mbconv(x, stage, stage.stride if repeat == 0 else 1, index,
+                        drop_path * index / blocks)
             index += 1
     x = _conv_bn(x, 1280, 1, 1, "head")
     return keras.Model(inputs, x, name="backbone")
@@ -223,9 +233,9 @@ def _imagenet_weights_file(variant: str) -> Path:
 
 
 def _build(variant: str, num_classes: int, image_size: int, dropout: float,
-           pretrained: bool) -> keras.Model:
+           pretrained: bool, drop_path: float = 0.0) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    backbone = build_backbone(image_size, variant)
+    backbone = build_backbone(image_size, variant, drop_path)
     # Pretrained statistics stay in inference mode. training=False states that intent, but an
     # outer training=True overrides it in Keras 3: the non-trainable BN layers enforce it.
     x = backbone(inputs, training=False) if pretrained else backbone(inputs)
@@ -242,6 +252,7 @@ def _efficientnet_lite(
     imagenet_head: bool = False,
     trainable_backbone: bool = False,
     dropout: float | None = None,
+    drop_path: float = 0.0,
 ):
     """EfficientNet-Lite for transfer learning (frozen backbone by default).
 
@@ -255,6 +266,10 @@ def _efficientnet_lite(
         trainable_backbone: train the backbone too. Pretrained batch norm stays frozen either
             way (see `set_backbone_trainable`); with random init it trains.
         dropout: dropout rate before the classifier; default: the variant's (0.2, 0.2, 0.3).
+        drop_path: stochastic depth (0 <= drop_path < 1): the probability, rising linearly
+            with depth to this value at the last block, that an image skips a residual
+            block whenever the backbone runs in training mode: fine-tuning, and head epochs
+            through the frozen backbone (not those on cached features).
 
     Raises:
         ConvlabError: a bad option value, or ImageNet weights requested but not installed.
@@ -265,13 +280,15 @@ def _efficientnet_lite(
                               suffixes=(".pth", ".weights.h5"))
     check_min_size(name, image_size, 32)
     check_dropout(dropout)
+    check_dropout(drop_path, "drop_path")
     if imagenet_head and (num_classes != 1000 or weights is None):
         raise ConvlabError(
             "imagenet_head=True needs num_classes=1000 and pretrained weights, received: "
             f"num_classes={num_classes}, weights={weights!r}"
         )
 
-    model = _build(variant, num_classes, image_size, dropout, pretrained=weights is not None)
+    model = _build(variant, num_classes, image_size, dropout, pretrained=weights is not None,
+                   drop_path=drop_path)
     if weights is not None:
         _load_weights(model, variant, weights, imagenet_head)
     set_backbone_trainable(model, trainable_backbone, train_batch_norm=weights is None)

@@ -75,10 +75,10 @@ def classifier_head(x, num_classes: int, *, dropout: float = 0.0, pool: bool = T
                               name="predictions")(x)
 
 
-def check_dropout(dropout) -> None:
-    """A one-line error unless 0 <= dropout < 1."""
+def check_dropout(dropout, name: str = "dropout") -> None:
+    """A one-line error unless 0 <= dropout < 1 (`name`: the option's name in it)."""
     if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise ConvlabError(f"dropout must be in [0, 1), received: dropout={dropout!r}")
+        raise ConvlabError(f"{name} must be in [0, 1), received: {name}={dropout!r}")
 
 
 def check_min_size(name: str, image_size: int, min_size: int, why: str = "") -> None:
