@@ -114,7 +114,7 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, mixup: f
         fraction = _beta(seed, cutmix or mixup)
 
     def blended():
-        return fraction * images + (1.0 - fraction) * tf.reverse(images, axis=[0]), fraction
+        return _blend(images, fraction), fraction
 
     def boxed():
         return _paste_box(images, fraction, seed)
@@ -123,12 +123,13 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, mixup: f
         images, fraction = tf.cond(use_cutmix, boxed, blended)
     else:
         images, fraction = boxed() if cutmix else blended()
+    labels = _blend(tf.cast(labels, tf.float32), fraction)
+    return (images, labels) if weights is None else (images, labels, _blend(weights, fraction))
 
-    def blend(x):
-        return fraction * x + (1.0 - fraction) * tf.reverse(x, axis=[0])
 
-    labels = blend(tf.cast(labels, tf.float32))
-    return (images, labels) if weights is None else (images, labels, blend(weights))
+def _blend(x, fraction):
+    """`fraction` of `x` plus the rest of its batch-reversed partner."""
+    return fraction * x + (1.0 - fraction) * tf.reverse(x, axis=[0])
 
 
 def _beta(seed, alpha) -> tf.Tensor:

@@ -149,8 +149,9 @@ def build_backbone(image_size: int, variant: str = "lite0", drop_path: float = 0
     # The TF-trained weights expect (x * 255 - 127) / 128.
     x = keras.layers.Rescaling(255 / 128, offset=-127 / 128, name="rescale")(inputs)
     x = _conv_bn(x, 32, 3, 2, "stem")
-    index, blocks = 0, sum(stage.repeats for stage in stages(variant))
-    for stage in stages(variant):
+    layout = stages(variant)
+    index, blocks = 0, sum(stage.repeats for stage in layout)
+    for stage in layout:
         for repeat in range(stage.repeats):
             x = _mbconv(x, stage, stage.stride if repeat == 0 else 1, index,
                         drop_path * index / blocks)
