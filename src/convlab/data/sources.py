@@ -232,7 +232,16 @@ def fetch_flowers(root: Path | None = None, *, url: str = FLOWERS_URL,
                 "the file was removed, try again"
             )
     with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(tmp, filter="data")
+        else:  # Python < 3.11.4 has no extraction filters: refuse what "data" would
+            inside = Path(tmp).resolve()
+            for member in tar.getmembers():
+                if not (member.isfile() or member.isdir()) or not (
+                        inside / member.name).resolve().is_relative_to(inside):
+                    raise ConvlabError(f"{archive}: refusing archive member {member.name!r} "
+                                       "(a link, a device or a path outside the archive)")
+            tar.extractall(tmp)
         if folder.exists():
             import shutil
 
