@@ -111,3 +111,83 @@ def test_large_photo_is_decoded_at_reduced_scale():
     decoded = decode_and_resize(encode(big, "JPEG", quality=50), 32)
     assert decoded.source_size == (6000, 4000)
     assert tuple(rgb(decoded.jpeg)[16, 16]) == pytest.approx((10, 200, 30), abs=10)
+
+
+# ---- formats beyond the web's: TIFF (aerial and scanned images), HEIC (phones), AVIF ----
+
+
+def tiff_bytes(entries: list[tuple[int, int, int, list[int]]], pixels: bytes, width: int,
+               height: int) -> bytes:
+    """A little-endian TIFF written by hand (Pillow cannot write every layout a real TIFF
+    may have, e.g. 5 bands): one strip, the IFD after the pixels. `entries` are
+    (tag, type, count, values) besides the strip and size tags."""
+    import struct
+
+    header = 8
+    ifd_at = header + len(pixels)
+    tags = sorted([(256, 3, 1, [width]), (257, 3, 1, [height]), (273, 4, 1, [header]),
+                   (278, 3, 1, [height]), (279, 4, 1, [len(pixels)]), *entries])
+    body = struct.pack("<H", len(tags))
+    extra = b""
+    extra_at = ifd_at + 2 + 12 * len(tags) + 4
+    for tag, kind, count, values in tags:
+        fmt = {3: "H", 4: "I"}[kind]
+        packed = struct.pack("<" + fmt * count, *values)
+        if len(packed) <= 4:
+            body += struct.pack("<HHI", tag, kind, count) + packed.ljust(4, b"\0")
+        else:
+            body += struct.pack("<HHII", tag, kind, count, extra_at + len(extra))
+            extra += packed
+    return b"II*\0" + struct.pack("<I", ifd_at) + pixels + body + b"\0\0\0\0" + extra
+
+
+def test_tiff_16_bit_rgb_is_scaled_not_clipped():
+    # 16-bit RGB (a scanner's or an aerial camera's): values around 40000 of 65535
+    rgb16 = np.full((12, 16, 3), 40000, "<u2")
+    data = tiff_bytes([(258, 3, 3, [16, 16, 16]), (259, 3, 1, [1]), (262, 3, 1, [2]),
+                       (277, 3, 1, [3])], rgb16.tobytes(), 16, 12)
+    decoded = decode_and_resize(data, 8)
+    assert decoded.source_format == "TIFF"
+    assert abs(rgb(decoded.jpeg).mean() - 40000 / 257) < 3
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
+def test_tiff_grey_rgb_rgba_and_16_bit_grey_decode(mode):
+    if mode == "I;16":
+        img = Image.fromarray(np.full((20, 30), 30000, np.uint16))
+        expected = 30000 / 257
+    else:
+        img = Image.new(mode, (30, 20), {"L": 90, "RGB": (90, 90, 90),
+                                         "RGBA": (90, 90, 90, 255)}[mode])
+        expected = 90
+    decoded = decode_and_resize(encode(img, "TIFF", compression="tiff_lzw"), 10)
+    assert decoded.source_format == "TIFF"
+    assert abs(rgb(decoded.jpeg).mean() - expected) < 3
+
+
+def test_multi_page_tiff_gives_its_first_page():
+    first, second = Image.new("RGB", (20, 20), (250, 0, 0)), Image.new("RGB", (20, 20),
+                                                                        (0, 0, 250))
+    data = encode(first, "TIFF", save_all=True, append_images=[second])
+    pixels = rgb(decode_and_resize(data, 8).jpeg)
+    assert pixels[..., 0].mean() > 200 and pixels[..., 2].mean() < 50
+
+
+def test_tiff_with_more_than_4_bands_is_skipped_with_that_reason():
+    five = np.full((6, 8, 5), 100, np.uint8)
+    data = tiff_bytes([(258, 3, 5, [8] * 5), (259, 3, 1, [1]), (262, 3, 1, [2]),
+                       (277, 3, 1, [5]), (338, 3, 2, [0, 0])], five.tobytes(), 8, 6)
+    with pytest.raises(SkipImage) as err:
+        decode_and_resize(data, 8)
+    assert err.value.reason == "too many bands" and "5 bands" in err.value.detail
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats_heic_and_avif_decode(fmt):
+    if fmt == "HEIF":
+        pytest.importorskip("pillow_heif")
+    data = encode(halves(64, 48), fmt, quality=90)
+    decoded = decode_and_resize(data, 16)
+    assert decoded.source_format == fmt and decoded.source_size == (64, 48)
+    pixels = rgb(decoded.jpeg)
+    assert pixels[8, 2, 0] > 180 and pixels[8, 13, 2] > 180  # red left, blue right

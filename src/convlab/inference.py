@@ -122,7 +122,8 @@ def predict(
     Args:
         run: a run folder written by `convlab.train`.
         inputs: image files and folders (walked recursively; non-photos like `*.txt` ignored).
-            Any format the ingest accepts (JPEG, PNG, BMP, GIF, WEBP), sniffed by content.
+            Any format the ingest accepts (JPEG, PNG, HEIC, AVIF, WEBP, TIFF, BMP,
+            GIF), sniffed by content.
         top_k: classes reported per image (at most the number of classes).
         batch_size: images per model call.
         model: "best" (best validation accuracy) or "final" (last epoch).

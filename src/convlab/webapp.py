@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlab.data.decode import SkipImage, sniff
+from convlab.data.decode import ACCEPTED_NAMES, SkipImage, sniff
 from convlab.errors import ConvlabError
 
 MAX_BYTES = 20 * 2**20  # per upload
@@ -112,8 +112,8 @@ class Demo:
                     "too large": f"is too large ({skip.detail})",
                     "empty": "is empty"}.get(skip.reason, f"is a broken image ({skip.reason}: "
                                                         f"{skip.detail})")
-            raise UploadError(status, f"{name} {what}; send a JPEG, PNG, BMP, GIF or WEBP "
-                                      "photo") from None
+            raise UploadError(status, f"{name} {what}; send a {ACCEPTED_NAMES} photo") \
+                from None
 
     # -- predictions -------------------------------------------------------------------
 
@@ -362,8 +362,8 @@ def build_ui(demo: Demo):
     with gr.Blocks(title=f"convlab: {demo.info.path.name}") as blocks:
         gr.Markdown(f"## {demo.info.path.name}\n{_run_markdown(demo)}", elem_id="cl-header")
         with gr.Tab("Classify photos"):
-            files = gr.File(file_count="multiple", label="Drop or pick photos (JPEG, PNG, BMP, "
-                            "GIF, WEBP; phone photos are turned upright)", elem_id="cl-upload")
+            files = gr.File(file_count="multiple", label=f"Drop or pick photos ({ACCEPTED_NAMES}; "
+                            "phone photos are turned upright)", elem_id="cl-upload")
             results = gr.HTML(classify_files(demo, []), elem_id="cl-results")
             files.upload(on_files, files, results)
         with gr.Tab("Validation photos"):

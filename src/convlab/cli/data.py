@@ -51,6 +51,8 @@ def print_prepare_summary(manifest: dict, out) -> None:
         con.print(f"[yellow]note:[/] {counts['enlarged']} of {counts['total']} photos are "
                   f"smaller than {manifest['image_size'][0]} px on their short side and were "
                   "enlarged (upsampled: no more detail than the original)")
+    for note in manifest.get("notes", []):
+        con.print(f"[yellow]note:[/] {plain(note)}", highlight=False)
     for label in manifest["empty_classes"]:
         con.print(f"[yellow]warning:[/] class folder {plain(repr(label))} has no usable images; "
                       "it is not a class of this dataset")

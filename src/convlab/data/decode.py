@@ -8,10 +8,24 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
-# The formats convlab accepts, as Pillow names them after sniffing the bytes.
-ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO"})
+try:  # HEIC/HEIF, the format of phone photos: Pillow reads it through this plugin
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - a dependency; without it HEIC is reported unsupported
+    pillow_heif = None
+
+# The formats convlab accepts, as Pillow names them after sniffing the bytes. AVIF is
+# Pillow's own (11.3+); TIFF: 8 or 16 bit, grey, RGB or with alpha, the first page.
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO", "TIFF", "HEIF",
+                              "AVIF"})
+# The same list as people name the formats, for messages and page labels.
+ACCEPTED_NAMES = "JPEG, PNG, HEIC, AVIF, WEBP, TIFF, BMP or GIF"
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+SAMPLES_PER_PIXEL, SAMPLE_FORMAT = 277, 339  # TIFF tags
+MAX_BANDS = 4  # grey, grey + alpha, RGB, RGBA: more (multispectral) has no RGB meaning
 
 # A 60-megapixel photo decodes to ~180 MB of RGB; larger images are decoded at a reduced
 # scale (JPEG draft mode) or refused, instead of letting one file take the machine's memory.
@@ -45,6 +59,8 @@ def sniff(data: bytes) -> tuple[str, tuple[int, int]]:
     """
     if not data:
         raise SkipImage("empty", "zero-byte file")
+    if data[:4] in TIFF_MAGIC:
+        _check_tiff_layout(data)
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, size = img.format, img.size
@@ -59,14 +75,40 @@ def sniff(data: bytes) -> tuple[str, tuple[int, int]]:
     return fmt, size
 
 
+def _check_tiff_layout(data: bytes) -> None:
+    """Refuse, with the reason, a TIFF whose first page has more than 4 bands
+    (multispectral: no RGB meaning) or float colour samples, which Pillow cannot read or
+    would read wrongly (it keeps the first 3 of 5 bands without a word)."""
+    try:
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+        fp = io.BytesIO(data)
+        fp.seek(ifd.next)
+        ifd.load(fp)
+    except Exception:  # a damaged header: let Pillow's open say what is wrong
+        return
+    bands = ifd.get(SAMPLES_PER_PIXEL, 1)
+    bands = bands[0] if isinstance(bands, tuple) else bands
+    if bands > MAX_BANDS:
+        raise SkipImage("too many bands", f"TIFF with {bands} bands per pixel; convlab reads "
+                        f"grey, RGB and RGBA (at most {MAX_BANDS}); export an RGB composite")
+    sample_format = ifd.get(SAMPLE_FORMAT, (1,))
+    sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+    if sample_format == 3 and bands > 1:
+        raise SkipImage("unsupported format", f"TIFF with {bands} float bands; save it as "
+                        "8- or 16-bit integer RGB")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, compositing transparency over white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale down to 8 bits rather than clipping at 255.
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit or float greyscale: scale down to 8 bits rather than clipping at 255
+        # (floats in [0, 1] as such, larger values as 8- or 16-bit ranges).
         import numpy as np
 
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = float(arr.max()) if arr.size else 0.0
+        peak = (1.0 if img.mode == "F" and top <= 1.0 else
+                65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0)
         img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype("uint8"), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -106,8 +148,8 @@ def decode_and_resize(data: bytes, size: int, quality: int = 90) -> Decoded:
             # Decode at the smallest DCT scale still >= 2x the target: far less memory and
             # time for big photos, and still enough pixels for a good downsample.
             img.draft("RGB", (size * 2, size * 2))
-        if fmt == "GIF":
-            img.seek(0)
+        if fmt in ("GIF", "TIFF"):
+            img.seek(0)  # animations and multi-page files: the first frame
         img.load()
         if (fmt == "JPEG" and mode == "RGB" and img.size == (size, size)
                 and img.getexif().get(ORIENTATION, 1) == 1):

@@ -94,14 +94,19 @@ def _decode(path: str, size: int, quality: int) -> tuple[str, object]:
 # ---- planning ----
 
 
-def _dedupe(probes: list[dict], label_of: dict[str, str]) -> tuple[list[dict], list[dict], list]:
-    """Keep one copy of byte-identical files within a class; drop copies across classes."""
+def _dedupe(probes: list[dict], label_of: dict[str, str],
+            split_of: dict[str, str | None] | None = None) -> tuple[list[dict], list[dict], list]:
+    """Keep one copy of byte-identical files within a class (the training split's, where the
+    source gives splits: a copy in validation or test would measure memory, not skill); drop
+    copies across classes."""
+    order = {None: 0, "train": 0, "validation": 1, "test": 2}
+    split_of = split_of or {}
     by_hash = defaultdict(list)
     for p in probes:
         by_hash[p["sha256"]].append(p)
     kept, skipped, groups = [], [], []
     for digest, group in by_hash.items():
-        group.sort(key=lambda p: p["path"])
+        group.sort(key=lambda p: (order[split_of.get(p["path"])], p["path"]))
         classes = sorted({label_of[p["path"]] for p in group})
         if len(classes) > 1:
             groups.append({"sha256": digest, "kind": "ambiguous", "classes": classes,
@@ -121,20 +126,42 @@ def _dedupe(probes: list[dict], label_of: dict[str, str]) -> tuple[list[dict], l
     return kept, skipped, groups
 
 
-def _split(items: list[dict], opts: PrepareOptions) -> dict[str, list[list[dict]]]:
-    """Stratified split by class, then shuffle each split and cut it into shards."""
+def _split(items: list[dict], opts: PrepareOptions,
+           given: dict[str, str] | None = None) -> dict[str, list[list[dict]]]:
+    """Stratified split by class, then shuffle each split and cut it into shards.
+
+    Items from a source that gives splits (`item["split"]`) keep theirs; a validation or test
+    split the source does not give is drawn from its training photos, stratified, at the
+    options' fractions (a given test split is never added to)."""
     rng = random.Random(opts.seed)
-    by_class = defaultdict(list)
-    for item in sorted(items, key=lambda i: i["path"]):
-        by_class[item["class"]].append(item)
+    given = given or {}
     splits = {name: [] for name in SPLITS}
+    pool = []
+    for item in sorted(items, key=lambda i: i["path"]):
+        if item.get("split") in ("validation", "test") or (
+                item.get("split") == "train" and "validation" in given and "test" in given):
+            splits[item["split"]].append(item)
+        else:
+            pool.append(item)
+    val_fraction = 0.0 if "validation" in given else opts.val_fraction
+    test_fraction = 0.0 if "test" in given else opts.test_fraction
+    by_class = defaultdict(list)
+    for item in pool:
+        by_class[item["class"]].append(item)
     for label in sorted(by_class):
         group = by_class[label]
         rng.shuffle(group)
-        n_val = round(len(group) * opts.val_fraction)
-        n_test = round(len(group) * opts.test_fraction)
-        if opts.val_fraction > 0 and n_val == 0 and len(group) > 1:
+        n_val = round(len(group) * val_fraction)
+        n_test = round(len(group) * test_fraction)
+        if val_fraction > 0 and n_val == 0 and len(group) > 1:
             n_val = 1  # a class never seen in validation hides its errors
+        # every class keeps at least one training photo: a class the model never sees
+        # cannot be learnt, and its validation photos would only count as errors
+        while n_val + n_test > len(group) - 1 and n_val + n_test > 0:
+            if n_test >= n_val and n_test:
+                n_test -= 1
+            else:
+                n_val -= 1
         splits["validation"] += group[:n_val]
         splits["test"] += group[n_val:n_val + n_test]
         splits["train"] += group[n_val + n_test:]
@@ -147,6 +174,41 @@ def _split(items: list[dict], opts: PrepareOptions) -> dict[str, list[list[dict]
         sharded[name] = [members[i * len(members) // k:(i + 1) * len(members) // k]
                          for i in range(k)]
     return sharded
+
+
+def split_notes(plan: dict[str, list[list[dict]]], classes: list[str],
+                given: dict[str, str]) -> list[str]:
+    """What a person should know about the split: which splits were given and which drawn,
+    class sets that differ between splits, and classes too small to measure."""
+    counts = {s: Counter(i["class"] for shard in shards for i in shard)
+              for s, shards in plan.items()}
+    notes = []
+    if given:
+        drawn = [s for s in ("validation",) if s not in given and s in plan]
+        notes.append("splits given by the source: " + ", ".join(
+            f"{s} (from {given[s]!r})" for s in SPLITS if s in given) + (
+            f"; {', '.join(drawn)} drawn from train, stratified" if drawn else ""))
+    for split in plan:
+        if split == "train":
+            continue
+        absent = [c for c in classes if counts[split][c] == 0]
+        if absent and (split in given or len(absent) < len(classes)):
+            notes.append(f"{len(absent)} of {len(classes)} classes have no {split} photos: "
+                         + _some(absent))
+    no_train = [c for c in classes if counts.get("train", Counter())[c] == 0]
+    if no_train:
+        notes.append(f"{len(no_train)} class(es) have no training photos (the model cannot "
+                     f"learn them): {_some(no_train)}")
+    tiny = [c for c in classes if 0 < sum(counts[s][c] for s in plan) < 4]
+    if tiny:
+        notes.append(f"{len(tiny)} class(es) have fewer than 4 photos (too few to learn or "
+                     f"measure well): {_some(tiny)}")
+    return notes
+
+
+def _some(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _fingerprint(opts: PrepareOptions, classes: list[str], plan: dict) -> str:
@@ -305,6 +367,7 @@ def prepare(
     started = time.time()
     scan = scan_source(src)
     label_of = {c.path: c.label for c in scan.candidates}
+    split_of = {c.path: c.split for c in scan.candidates}
     pool = _pool(workers)
     try:
         with _progress(progress) as bar:
@@ -317,7 +380,7 @@ def prepare(
                                     "reason": result["reason"], "detail": result["detail"]})
                 else:
                     probes.append(result)
-        kept, dup_skipped, dup_groups = _dedupe(probes, label_of)
+        kept, dup_skipped, dup_groups = _dedupe(probes, label_of, split_of)
         skipped += dup_skipped
         classes = sorted({label_of[p["path"]] for p in kept})
         empty = sorted(set(scan.empty_classes) | (set(scan.labels) - set(classes)))
@@ -327,9 +390,9 @@ def prepare(
                 f"({len(skipped)} skipped, {len(scan.ignored)} ignored); a classifier needs "
                 "image files in at least 2 class subfolders"
             )
-        items = [{"path": p["path"], "class": label_of[p["path"]], "sha256": p["sha256"]}
-                 for p in kept]
-        plan = _split(items, opts)
+        items = [{"path": p["path"], "class": label_of[p["path"]], "sha256": p["sha256"],
+                  "split": split_of[p["path"]]} for p in kept]
+        plan = _split(items, opts, scan.given_splits)
         fingerprint = _fingerprint(opts, classes, plan)
         with _exclusive(out):
             done = _claim_output(out, fingerprint, scan.source, overwrite)
@@ -470,6 +533,9 @@ def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup
         "duplicates": sorted(dup_groups, key=lambda g: g["dropped"][0]),
         "ignored": sorted(scan.ignored),
         "empty_classes": empty,
+        # the splits the source gave (split -> its folder or labels value); {} when drawn
+        "given_splits": dict(scan.given_splits),
+        "notes": split_notes(plan, classes, scan.given_splits),
         "inputs": [dict(m, split=r["split"], shard=r["file"]) for r in records
                    for m in r["members"]],
     }

@@ -1,12 +1,14 @@
-"""Where photos come from: a folder of class subfolders, a glob, a gs:// pattern, or `flowers`.
+"""Where photos come from: a folder of class subfolders (optionally inside split folders such
+as train/ and test/), a labels file (CSV), a glob, a gs:// pattern, or `flowers`.
 
-A source is scanned into candidates (path + class label from the folder name). Nothing is
-decoded here; files that are clearly not photos are counted and set aside, and every other
-file is a candidate that ingest sniffs by content.
+A source is scanned into candidates (path + class label, and the split when the source gives
+one). Nothing is decoded here; files that are clearly not photos are counted and set aside,
+and every other file is a candidate that ingest sniffs by content.
 """
 
 from __future__ import annotations
 
+import csv
 import glob as globlib
 import hashlib
 import os
@@ -36,10 +38,26 @@ NOT_PHOTO_SUFFIXES = frozenset(
 )
 
 
+# Split folder names as datasets spell them (any case) -> convlab's split names.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "validation",
+                 "valid": "validation", "validation": "validation", "dev": "validation",
+                 "test": "test", "testing": "test"}
+# A labels file's columns, as Kaggle-style CSVs name them (any case), first match wins.
+PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "image",
+                "image_path", "image_id", "img", "id")
+LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "labels", "species",
+                 "breed")
+SPLIT_COLUMNS = ("split", "subset", "set")
+# Tried after a labels file's path that names no file, for ids listed without an extension.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic",
+                  ".heif", ".avif", ".gif")
+
+
 @dataclass(frozen=True)
 class Candidate:
     path: str
     label: str
+    split: str | None = None  # train / validation / test when the source gives it
 
 
 @dataclass
@@ -51,10 +69,20 @@ class Scan:
     ignored: list[str] = field(default_factory=list)  # clearly not photos
     skipped: list[dict] = field(default_factory=list)  # {path, class, reason, detail}
     empty_classes: list[str] = field(default_factory=list)
+    # split layouts: convlab's split name -> the folder (or labels value) that gave it
+    given_splits: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return sorted({c.label for c in self.candidates})
+
+    def classes_by_split(self) -> dict[str, list[str]]:
+        """The classes found in each given split (empty when the source gives no split)."""
+        found: dict[str, set[str]] = {s: set() for s in self.given_splits}
+        for c in self.candidates:
+            if c.split is not None:
+                found[c.split].add(c.label)
+        return {s: sorted(v) for s, v in found.items()}
 
 
 def is_remote(path: str) -> bool:
@@ -100,18 +128,58 @@ def walk_files(folder: str | os.PathLike) -> Iterator[tuple[str, str | None]]:
             yield path, file_kind(path)
 
 
-def _add_file(scan: Scan, path: str, label: str, kind: str | None) -> None:
+def _add_file(scan: Scan, path: str, label: str, kind: str | None,
+              split: str | None = None) -> None:
     if kind == "ignored":
         scan.ignored.append(path)
     elif kind is not None:
         detail = os.readlink(path) if kind == "broken link" else ""
         scan.skipped.append({"path": path, "class": label, "reason": kind, "detail": detail})
     else:
-        scan.candidates.append(Candidate(path, label))
+        scan.candidates.append(Candidate(path, label, split))
+
+
+def _subfolders(folder: Path, scan: Scan, where: str) -> list[Path]:
+    """The visible subfolders of `folder`; its loose files are ignored or reported."""
+    dirs = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            dirs.append(entry)
+        elif not entry.is_dir():
+            if clearly_not_photo(entry.name):
+                scan.ignored.append(str(entry))
+            else:
+                scan.skipped.append(
+                    {"path": str(entry), "class": None, "reason": f"outside {where}",
+                     "detail": "put each image in a subfolder named after its class"})
+    return dirs
+
+
+def split_layout(root: Path) -> dict[str, Path] | None:
+    """{split: folder} when `root`'s subfolders are all split folders (train/, val/, test/
+    ..., any case) and the train one holds class subfolders; else None (plain class folders).
+    A dataset with classes really named 'train' and 'test' has photos directly inside them,
+    so it stays a folder of classes."""
+    dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if not dirs or any(d.name.lower() not in SPLIT_FOLDERS for d in dirs):
+        return None
+    found: dict[str, Path] = {}
+    for d in sorted(dirs):
+        split = SPLIT_FOLDERS[d.name.lower()]
+        if split in found:
+            raise ConvlabError(f"'{root}' has two {split} folders, {found[split].name!r} and "
+                               f"{d.name!r}; keep one")
+        found[split] = d
+    if "train" not in found or not any(
+            c.is_dir() and not c.name.startswith(".") for c in found["train"].iterdir()):
+        return None
+    return found
 
 
 def scan_folder(root: str | os.PathLike) -> Scan:
-    """List a folder of class subfolders; files in nested folders count for their class.
+    """List a folder of class subfolders, or of split folders (train/, val/ or validation/,
+    test/) each holding the same class subfolders; files in nested folders count for their
+    class.
 
     Raises:
         ConvlabError: the path is missing, is a file, or has no class subfolders.
@@ -124,18 +192,18 @@ def scan_folder(root: str | os.PathLike) -> Scan:
             f"'{root}' is a file, not a folder; give a folder with one subfolder per class"
         )
     scan = Scan(source=str(root.resolve()))
-    class_dirs = []
-    for entry in sorted(root.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            class_dirs.append(entry)
-        elif not entry.is_dir():
-            if clearly_not_photo(entry.name):
-                scan.ignored.append(str(entry))
-            else:
-                scan.skipped.append(
-                    {"path": str(entry), "class": None, "reason": "outside class folders",
-                     "detail": "put each image in a subfolder named after its class"}
-                )
+    splits = split_layout(root)
+    if splits is None:
+        _scan_classes(scan, root, _subfolders(root, scan, "class folders"), None)
+        return scan
+    _subfolders(root, scan, "split folders")  # README, LICENSE beside train/ and test/
+    for split, folder in splits.items():
+        scan.given_splits[split] = folder.name
+        _scan_classes(scan, folder, _subfolders(folder, scan, "class folders"), split)
+    return scan
+
+
+def _scan_classes(scan: Scan, root: Path, class_dirs: list[Path], split: str | None) -> None:
     if not class_dirs:
         raise ConvlabError(
             f"no class subfolders in '{root}'; expected one folder per class, e.g. "
@@ -144,10 +212,93 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     for class_dir in class_dirs:
         before = len(scan.candidates)
         for path, kind in walk_files(class_dir):
-            _add_file(scan, path, class_dir.name, kind)
-        if len(scan.candidates) == before:
+            _add_file(scan, path, class_dir.name, kind, split)
+        if len(scan.candidates) == before and split in (None, "train"):
             scan.empty_classes.append(class_dir.name)
+
+
+def _column(header: list[str], choices: tuple[str, ...]) -> str | None:
+    lower = {h.strip().lower(): h for h in header}
+    return next((lower[c] for c in choices if c in lower), None)
+
+
+def scan_labels(file: str | os.PathLike) -> Scan:
+    """List the photos of a labels file: a CSV (or TSV) with a path column and a label column
+    (and optionally a split column: train / val / test), paths relative to the file's folder
+    (the Kaggle layout). Ids listed without an extension are matched to an image file.
+
+    Raises:
+        ConvlabError: unreadable, no recognisable columns, or no listed file found.
+    """
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConvlabError(f"cannot read labels file '{file}': "
+                           f"{getattr(err, 'strerror', None) or err}") from None
+    delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    header = rows[0] if rows else []
+    path_col, label_col = _column(header, PATH_COLUMNS), _column(header, LABEL_COLUMNS)
+    if path_col is None or label_col is None:
+        raise ConvlabError(
+            f"labels file '{file}' has columns {', '.join(map(repr, header)) or 'none'}; "
+            f"it needs a path column ({', '.join(PATH_COLUMNS[:5])}, ...) and a label column "
+            f"({', '.join(LABEL_COLUMNS[:4])}, ...): rename its header")
+    split_col = _column(header, SPLIT_COLUMNS)
+    index = {name: header.index(name) for name in (path_col, label_col, split_col) if name}
+    base = file.resolve().parent
+    scan = Scan(source=str(file.resolve()))
+    missing = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            raise ConvlabError(f"labels file '{file}' line {number} has {len(row)} of "
+                               f"{len(header)} columns; fix or remove that line")
+        name, label = row[index[path_col]].strip(), row[index[label_col]].strip()
+        split = None
+        if split_col:
+            value = row[index[split_col]].strip()
+            split = SPLIT_FOLDERS.get(value.lower())
+            if split is None:
+                raise ConvlabError(f"labels file '{file}' line {number}: split {value!r} is "
+                                   f"not one of {', '.join(sorted(SPLIT_FOLDERS))}")
+            scan.given_splits.setdefault(split, value)
+        if not label:
+            scan.skipped.append({"path": name, "class": None, "reason": "no label",
+                                 "detail": f"line {number} of {file.name}"})
+            continue
+        path = _listed_file(base, name)
+        if path is None:
+            missing.append(name)
+            scan.skipped.append({"path": str(base / name), "class": label,
+                                 "reason": "listed but missing",
+                                 "detail": f"line {number} of {file.name}"})
+            continue
+        _add_file(scan, str(path), label, file_kind(str(path)), split)
+    if not scan.candidates:
+        raise ConvlabError(
+            f"labels file '{file}' lists {len(rows) - 1} row(s) but none names an existing "
+            f"file (e.g. {missing[0]!r} under '{base}')" if missing else
+            f"labels file '{file}' lists no photos")
     return scan
+
+
+def _listed_file(base: Path, name: str) -> Path | None:
+    path = base / name
+    if path.is_file():
+        return path
+    if not path.suffix:
+        for suffix in IMAGE_SUFFIXES:
+            for spelled in (suffix, suffix.upper()):
+                if (found := path.with_name(path.name + spelled)).is_file():
+                    return found
+    return None
+
+
+def is_labels_file(src: str) -> bool:
+    return src.lower().endswith((".csv", ".tsv")) and not is_remote(src) and os.path.isfile(src)
 
 
 def scan_pattern(pattern: str) -> Scan:
@@ -176,14 +327,17 @@ def scan_pattern(pattern: str) -> Scan:
 
 
 def scan_source(src: str) -> Scan:
-    """Scan `flowers`, `synthetic`, a folder of class subfolders, or a glob / gs:// pattern."""
+    """Scan `flowers`, `synthetic`, a folder of class (or split) subfolders, a labels file, or
+    a glob / gs:// pattern (a path that exists is a path, even with `[` or `?` in it)."""
     if src == "flowers":
         return scan_folder(fetch_flowers())
     if src == "synthetic":
         from convlab.data import synthetic
 
         return scan_folder(synthetic.make_folder(cache_dir() / "datasets" / "synthetic"))
-    if is_remote(src) or any(ch in src for ch in "*?["):
+    if is_labels_file(src):
+        return scan_labels(src)
+    if is_remote(src) or (not os.path.exists(src) and any(ch in src for ch in "*?[")):
         return scan_pattern(src)
     return scan_folder(src)
 
