@@ -142,6 +142,9 @@ class TrainConfig:
     report: bool = True  # evaluate and write report.html at the end
     name: str | None = None  # run name; default: recipe or model name
     recipe: str | None = None
+    # `convlab train --data D` with no model: what was chosen from the data and the machine,
+    # and why (budget, size, phases, the timings measured); see training/auto.py
+    plan: dict | None = None
 
     def validate(self) -> None:
         for flag, value in {"epochs": self.epochs, "batch-size": self.batch_size,

@@ -62,8 +62,8 @@ def _base_config(args):
                                "fields (e.g. a tune folder's best.json)")
         return TrainConfig.from_dict(values.get("config", values))  # also a run's config.json
     if not args.model:
-        raise ConvlabError("name a model or recipe to train (see `convlab models` and "
-                           "`convlab recipes`), --config FILE, or --resume RUN")
+        raise ConvlabError("name a model or recipe (see `convlab models` and `convlab "
+                           "recipes`) or --config FILE")
     return named_config(args.model)
 
 
@@ -135,11 +135,25 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    import time
+
     from convlab.runs import RunFolder
     from convlab.training.trainer import resume, train
 
+    started = time.time()
+    if args.budget_minutes is not None and (args.model or args.config or args.resume):
+        raise ConvlabError("--budget-minutes is for `convlab train --data D` without a model "
+                           "or recipe (the approach chosen within it); a recipe sets its epochs")
     if args.resume:
         run = resume(args.resume, progress=not args.quiet)
+    elif not args.model and not args.config:
+        from convlab.training.auto import plan
+
+        overrides = _train_overrides(args)
+        config = plan(overrides.pop("data", "flowers"), budget_minutes=args.budget_minutes,
+                      progress=not args.quiet, started=started)
+        run = train(config.override(**overrides).with_settings(args.set or []),
+                    progress=not args.quiet)
     else:
         config = _base_config(args).override(**_train_overrides(args))
         config = config.with_settings(args.set or [])
@@ -284,8 +298,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "train", help="train a model or recipe; writes a run folder",
         description="Train MODEL (see `convlab models`) or RECIPE (see `convlab recipes`). "
-                    "Flags override the recipe's settings. Writes runs/<time>-<name>/.")
-    tr.add_argument("model", nargs="?", help="model or recipe name")
+                    "Flags override the recipe's settings. Without MODEL or RECIPE the "
+                    "approach is chosen from the data and this machine within "
+                    "--budget-minutes: pretrained EfficientNet-Lite0, its size from the "
+                    "photos' sizes, frozen then fine-tuned as far as the budget allows. "
+                    "Writes runs/<time>-<name>/.")
+    tr.add_argument("model", nargs="?", help="model or recipe name (none: chosen from the data)")
+    tr.add_argument("--budget-minutes", type=float, metavar="M",
+                    help="without MODEL: the time budget, preparing the photos included "
+                         "(default: 20)")
     tr.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
     tr.add_argument("--config", metavar="FILE",
                     help="train from a config file instead of a recipe: a tune folder's "

@@ -203,12 +203,15 @@ def _set_backbone(model, trainable: bool) -> None:
 
 
 def train(config: TrainConfig | str | None = None, *, progress: bool = True,
-          **overrides) -> Path | None:
+          budget_minutes: float | None = None, **overrides) -> Path | None:
     """Train a model (or a recipe) and write a run folder.
 
     Args:
-        config: a `TrainConfig`, a recipe or model name, or None for the defaults.
+        config: a `TrainConfig`, a recipe or model name, or None: with no `model` among the
+            overrides, the approach is chosen from the data and this machine within
+            `budget_minutes` (see `convlab.training.auto`).
         progress: show progress bars (else one line per epoch).
+        budget_minutes: the time budget of a chosen approach (default 20).
         **overrides: fields of `TrainConfig` to replace (`schedule`/`augment` take dicts).
 
     Returns:
@@ -221,6 +224,11 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
     """
     if isinstance(config, str):
         config = named_config(config)
+    elif config is None and "model" not in overrides and "recipe" not in overrides:
+        from convlab.training.auto import plan
+
+        config = plan(overrides.pop("data", TrainConfig().data),
+                      budget_minutes=budget_minutes, progress=progress)
     config = (config or TrainConfig()).override(**overrides)
     config.validate()
     if Path(config.data).exists():
@@ -274,6 +282,9 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
         what += "; each training batch mixed by " + " or ".join(mixes)
     if (tested := test_size(config, image_size)) != image_size:
         what += f"; evaluated at {tested} px"
+    if config.plan:
+        what += (f"; chosen for the data and this machine within {config.plan['budget_minutes']:g}"
+                 f" min (expected ~{config.plan['expected_minutes']:g})")
     return what
 
 
