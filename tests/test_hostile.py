@@ -318,3 +318,41 @@ def test_resuming_a_run_that_is_being_trained_is_refused(interrupted):
         result = convlab("train", "--resume", interrupted, "--quiet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is being trained by another process right now" in result.stderr
+
+
+# ---- class names that would break outputs (issue "Reliability, round 2", items 2-4) ----
+
+
+def _two_classes(root, names):
+    import random
+
+    from convlab.data.synthetic import draw
+
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            draw("circle", 16, random.Random(i + len(name))).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_class_name_with_a_newline_is_refused_with_one_line(tmp_path):
+    src = _two_classes(tmp_path / "src", ["daisy", "tu\nlip"])
+    result = convlab("data", "prepare", src, tmp_path / "out", "--size", "16", "--quiet")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("convlab")]
+    assert "'tu\\nlip'" in line and "control characters" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_name_written_two_ways_is_one_clash_naming_both_folders(tmp_path):
+    src = _two_classes(tmp_path / "src", ["caf\u00e9", "cafe\u0301", "tea"])
+    with pytest.raises(ConvlabError, match="same name written two ways") as err:
+        prepare(str(src), tmp_path / "out", size=16, progress=False)
+    assert "caf\u00e9" in str(err.value) and "cafe\u0301" in str(err.value)
+
+
+def test_a_hidden_class_folder_is_reported_not_dropped_unsaid(tmp_path):
+    src = _two_classes(tmp_path / "src", ["rose", "tulip", "..."])
+    manifest = prepare(str(src), tmp_path / "out", size=16, progress=False)
+    assert manifest["classes"] == ["rose", "tulip"]
+    assert manifest["skipped_by_reason"] == {"hidden folder": 1}

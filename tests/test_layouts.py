@@ -184,3 +184,62 @@ def test_100_classes_of_2_photos_and_a_class_of_1(tmp_path):
     notes = " | ".join(manifest["notes"])
     assert "101 class(es) have fewer than 4 photos" in notes
     assert "1 of 101 classes have no validation photos: 'lonely'" in notes
+
+
+def test_many_classes_stay_readable_and_a_split_folder_run_scores_its_test_split(tmp_path):
+    """40 classes in train/ and test/ folders (one class with a single photo): the run
+    trains, its report scores the given test split, shows the top confusions instead of a
+    40 x 40 matrix, and puts balanced accuracy and macro F1 beside accuracy; the terminal
+    table shows the extremes."""
+    import json
+
+    from convlab.evaluation.metrics import format_metrics, other_evaluations
+    from convlab.training.trainer import train
+
+    per_class = {f"kind{i:02d}": 4 for i in range(39)}
+    per_class["single"] = 1
+    root = tmp_path / "many"
+    class_folders(root / "train", per_class, fmt="JPEG", suffix=".jpg")
+    class_folders(root / "test", {c: 1 for c in per_class}, seed=9, fmt="JPEG", suffix=".jpg")
+    run = train("squeezenet", data=str(root), image_size=16, batch_size=8, epochs=1,
+                precision="float32", runs_dir=str(tmp_path / "runs"), progress=False,
+                model_options={"layout": [[8, 16], "pool", [8, 16]]})
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["classes"]) == 40
+    assert metrics["absent_classes"] == ["single"]  # its one photo is in train
+    assert 0 <= metrics["balanced_accuracy"] <= 1 and "macro_f1" in metrics
+    assert (run / "plots" / "top_confusions.png").exists()
+    assert not (run / "plots" / "confusion_matrix.png").exists()
+    html = (run / "report.html").read_text()
+    assert "balanced accuracy" in html and "top_confusions.png" in html
+    tests = [m for m in other_evaluations(run) if m["split"] == "test"]
+    assert len(tests) == 1 and tests[0]["images"] == 40
+    text = format_metrics(metrics)
+    assert "balanced accuracy" in text and "... 20 more" in text
+    assert len(text.splitlines()) < 40
+
+
+def test_inspect_counts_a_split_folder_per_split(tmp_path):
+    from convlab.data.inspect import counts
+
+    root = tmp_path / "d"
+    class_folders(root / "train", {"a": 3, "b": 2})
+    class_folders(root / "test", {"a": 1, "b": 1}, seed=1)
+    info = counts(root)
+    assert info["classes"] == ["a", "b"] and info["splits"] == ["train", "test"]
+    assert info["per_class"] == {"a": {"train": 3, "test": 1}, "b": {"train": 2, "test": 1}}
+
+
+def test_prepare_takes_a_labels_file_as_a_flag_and_refuses_two_sources(tmp_path, capsys):
+    import json
+
+    from convlab.cli import main
+
+    csv = labels_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--labels", str(csv), str(out), "--size", "16",
+                 "--quiet"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"]["total"] == 12
+    assert main(["data", "prepare", str(tmp_path), "--labels", str(csv), str(tmp_path / "o2"),
+                 "--quiet"]) == 2
+    assert "one of the two" in capsys.readouterr().err

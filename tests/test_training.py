@@ -177,6 +177,28 @@ def test_two_phase_fine_tuning_unfreezes_the_backbone(tiny_data, tmp_path):
     assert len(json.loads((run / "history.json").read_text())) == 2
 
 
+def test_partial_fine_tuning_keeps_the_early_blocks_frozen(tiny_data, tmp_path):
+    run = train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
+                batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1, report=False,
+                fine_tune_from="block5_", runs_dir=str(tmp_path), progress=False,
+                model_options={"weights": None})
+    before = keras.models.load_model(run / "checkpoints" / "epoch-001.keras")
+    after = keras.models.load_model(run / "model.keras")
+    layers = lambda m: {x.name: x for x in m.get_layer("backbone").layers}  # noqa: E731
+    old, new = layers(before), layers(after)
+    for name in ("stem_conv", "block0_dwconv", "block4_project_conv"):  # before block5
+        np.testing.assert_array_equal(old[name].get_weights()[0], new[name].get_weights()[0])
+    assert not np.array_equal(old["block5_expand_conv"].get_weights()[0],
+                              new["block5_expand_conv"].get_weights()[0])
+    assert json.loads((run / "config.json").read_text())["config"]["fine_tune_from"] == \
+        "block5_"
+    with pytest.raises(ConvlabError, match="no layer whose name starts with 'blok5_'"):
+        train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
+              batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1, report=False,
+              fine_tune_from="blok5_", runs_dir=str(tmp_path), progress=False,
+              model_options={"weights": None})
+
+
 def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
     script = textwrap.dedent(f"""
         import json, tensorflow as tf

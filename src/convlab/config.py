@@ -128,6 +128,10 @@ class TrainConfig:
     fine_tune_epochs: int = 0  # >0: a second phase with the backbone unfrozen
     # the second phase's own schedule (it starts from step 0 of its own)
     fine_tune_schedule: ScheduleConfig = field(default_factory=_fine_tune_default)
+    # the second phase trains the backbone from its first layer whose name starts with this
+    # (e.g. "block5_" for EfficientNet-Lite: the stem and early blocks, at the largest
+    # feature maps, stay frozen and need no backward pass); None: the whole backbone
+    fine_tune_from: str | None = None
     # >0: the head-only epochs train on backbone features cached from this many augmented
     # passes over the training split (frozen pretrained backbones; see training/features.py)
     feature_views: int = 0

@@ -13,7 +13,10 @@ from convlab.errors import ConvlabError
 def cmd_data_prepare(args) -> int:
     from convlab.data import prepare
 
-    manifest = prepare(args.src, args.out, size=args.size, shards=args.shards,
+    if (args.src is None) == (args.labels is None):
+        raise ConvlabError("give the photos as SRC or as --labels FILE.csv (one of the two), "
+                           f"received: SRC={args.src!r}, --labels={args.labels!r}")
+    manifest = prepare(args.src or args.labels, args.out, size=args.size, shards=args.shards,
                        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                        quality=args.quality, seed=args.seed, workers=args.workers,
                        overwrite=args.overwrite, progress=not args.quiet)
@@ -34,7 +37,17 @@ def print_prepare_summary(manifest: dict, out) -> None:
     for split in splits:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
-    for label, per_split in manifest["counts"]["per_class"].items():
+    per_class = manifest["counts"]["per_class"]
+    shown = list(per_class)
+    if len(shown) > 30:  # a wall of rows: the smallest classes (where trouble is) and the largest
+        shown = sorted(shown, key=lambda c: (sum(per_class[c].values()), c))
+        table.title += f"; the 15 smallest and 5 largest of {len(shown)} classes"
+        shown = shown[:15] + [None] + shown[-5:]
+    for label in shown:
+        if label is None:
+            table.add_row(f"... {len(per_class) - 20} more (manifest.json)")
+            continue
+        per_split = per_class[label]
         table.add_row(plain(label), *(str(per_split.get(s, 0)) for s in splits),
                       str(sum(per_split.values())))
     table.add_row("[bold]all", *(f"[bold]{manifest['counts']['per_split'][s]}" for s in splits),
@@ -121,11 +134,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep = dsub.add_parser(
         "prepare", help="photos -> validated, deduplicated, sharded TFRecords + manifest.json",
         description="Validate, deduplicate, resize and shard photos into TFRecords. SRC is a "
-                    "folder of class subfolders, a glob or gs:// pattern (class = parent "
-                    "folder), 'flowers' (the public 5-class set, downloaded once) or "
-                    "'synthetic' (generated shapes, for offline demos).")
-    prep.add_argument("src")
-    prep.add_argument("out")
+                    "folder of class subfolders, a folder of split folders (train/, val/, "
+                    "test/) holding them, a labels file (--labels), a glob or gs:// pattern "
+                    "(class = parent folder), 'flowers' (the public 5-class set, downloaded "
+                    "once) or 'synthetic' (generated shapes, for offline demos).")
+    prep.add_argument("src", nargs="?", help="the photos (or give --labels FILE.csv instead)")
+    prep.add_argument("out", help="the output folder (created; resumable)")
+    prep.add_argument("--labels", metavar="FILE.csv",
+                      help="a labels file as the source: a path column and a label column "
+                           "(optionally a split column), paths relative to the file")
     prep.add_argument("--size", type=int, default=192, help="output image size in px")
     prep.add_argument("--shards", type=int, default=16, help="TFRecord files per split")
     prep.add_argument("--val-fraction", type=float, default=0.2,

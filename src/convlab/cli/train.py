@@ -100,6 +100,11 @@ def cmd_tune(args) -> int:
 def _train_overrides(args) -> dict:
     """Only the flags the user gave: they override the recipe (or the defaults)."""
     out = {}
+    if getattr(args, "labels", None) is not None:
+        if args.data is not None:
+            raise ConvlabError(f"give --data or --labels, not both; received: --data "
+                               f"{args.data!r}, --labels {args.labels!r}")
+        out["data"] = args.labels
     for flag, field in (("data", "data"), ("epochs", "epochs"), ("batch_size", "batch_size"),
                         ("image_size", "image_size"), ("test_scale", "test_scale"),
                         ("optimizer", "optimizer"),
@@ -235,8 +240,12 @@ def _say_defaults(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_flags(tr: argparse.ArgumentParser) -> None:
     """The flags that override a recipe's settings (train and tune share them)."""
-    tr.add_argument("--data", help="prepared folder, folder of class subfolders, 'flowers' "
-                                   "(download) or 'synthetic' (default: flowers)")
+    tr.add_argument("--data", help="prepared folder, folder of class subfolders (or of "
+                                   "train/ val/ test/ folders holding them), labels CSV, "
+                                   "'flowers' (download) or 'synthetic' (default: flowers)")
+    tr.add_argument("--labels", metavar="FILE.csv",
+                    help="a labels file as the data: a path column and a label column, paths "
+                         "relative to the file (the same as --data FILE.csv)")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
     tr.add_argument("--image-size", type=int, help="default: the model's own")

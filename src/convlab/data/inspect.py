@@ -24,10 +24,12 @@ def counts(path: str | os.PathLike) -> dict:
     from convlab.data.sources import scan_folder
 
     scan = scan_folder(path)
-    per_class = {label: {"files": 0} for label in scan.labels}
+    # a folder of split folders: its classes' files per given split
+    splits = [s for s in ("train", "validation", "test") if s in scan.given_splits] or ["files"]
+    per_class = {label: dict.fromkeys(splits, 0) for label in scan.labels}
     for c in scan.candidates:
-        per_class[c.label]["files"] += 1
-    return {"classes": scan.labels, "per_class": per_class, "splits": ["files"],
+        per_class[c.label][c.split or "files"] += 1
+    return {"classes": scan.labels, "per_class": per_class, "splits": splits,
             "prepared": False, "skipped": len(scan.skipped), "ignored": len(scan.ignored)}
 
 

@@ -15,6 +15,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -139,11 +140,43 @@ def _add_file(scan: Scan, path: str, label: str, kind: str | None,
         scan.candidates.append(Candidate(path, label, split))
 
 
+def class_name(name: str, where: str | os.PathLike) -> str:
+    """A folder's or a labels file's class name as convlab uses it: Unicode NFC (so `café`
+    typed two ways is one class).
+
+    Raises:
+        ConvlabError: the name holds control characters (a newline would break labels.txt;
+            an escape sequence would act on a terminal).
+    """
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        raise ConvlabError(f"class name {name!r} (from {str(where)!r}) holds control "
+                           "characters; rename it to plain text")
+    return unicodedata.normalize("NFC", name).strip() or name
+
+
+def _check_clashes(dirs: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for d in dirs:
+        label = class_name(d.name, d)
+        if label in seen:
+            raise ConvlabError(f"class folders {str(seen[label])!r} and {str(d)!r} have the "
+                               "same name written two ways (Unicode normalisation); merge or "
+                               "rename one")
+        seen[label] = d
+
+
 def _subfolders(folder: Path, scan: Scan, where: str) -> list[Path]:
-    """The visible subfolders of `folder`; its loose files are ignored or reported."""
+    """The visible subfolders of `folder`; its loose files are ignored or reported, and so
+    are hidden folders other than tools' own (a class named `...` is not dropped unsaid)."""
     dirs = []
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and entry.name.startswith("."):
+            if entry.name.strip(".") == "" or not entry.name[1:2].isalpha():
+                scan.skipped.append({"path": str(entry), "class": None,
+                                     "reason": "hidden folder",
+                                     "detail": "names starting with '.' are skipped; rename "
+                                               "it to use it as a class"})
+        elif entry.is_dir():
             dirs.append(entry)
         elif not entry.is_dir():
             if clearly_not_photo(entry.name):
@@ -209,12 +242,14 @@ def _scan_classes(scan: Scan, root: Path, class_dirs: list[Path], split: str | N
             f"no class subfolders in '{root}'; expected one folder per class, e.g. "
             f"{root}/daisy/*.jpg, {root}/tulip/*.jpg"
         )
+    _check_clashes(class_dirs)
     for class_dir in class_dirs:
+        label = class_name(class_dir.name, class_dir)
         before = len(scan.candidates)
         for path, kind in walk_files(class_dir):
-            _add_file(scan, path, class_dir.name, kind, split)
+            _add_file(scan, path, label, kind, split)
         if len(scan.candidates) == before and split in (None, "train"):
-            scan.empty_classes.append(class_dir.name)
+            scan.empty_classes.append(label)
 
 
 def _column(header: list[str], choices: tuple[str, ...]) -> str | None:
@@ -256,7 +291,8 @@ def scan_labels(file: str | os.PathLike) -> Scan:
         if len(row) < len(header):
             raise ConvlabError(f"labels file '{file}' line {number} has {len(row)} of "
                                f"{len(header)} columns; fix or remove that line")
-        name, label = row[index[path_col]].strip(), row[index[label_col]].strip()
+        name = row[index[path_col]].strip()
+        label = class_name(row[index[label_col]].strip(), f"{file.name} line {number}")
         split = None
         if split_col:
             value = row[index[split_col]].strip()
@@ -318,7 +354,7 @@ def scan_pattern(pattern: str) -> Scan:
     for path in paths:
         if isdir(path):
             continue
-        label = os.path.basename(os.path.dirname(path.rstrip("/")))
+        label = class_name(os.path.basename(os.path.dirname(path.rstrip("/"))), path)
         remote = "ignored" if clearly_not_photo(os.path.basename(path)) else None
         _add_file(scan, path, label, remote if is_remote(path) else file_kind(path))
     if not scan.candidates and not scan.skipped:

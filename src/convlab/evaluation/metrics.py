@@ -192,9 +192,12 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     everyone = list(range(n))
     p, r, f1, support = skm.precision_recall_fscore_support(y, pred, labels=everyone,
                                                             zero_division=0)
+    # Averages over the classes present in the data evaluated: a class with no photo here
+    # has no recall to average (counting it as 0 would understate every macro figure).
+    present = sorted(set(y.tolist()))
     averages = {}
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=everyone,
+        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=present,
                                                             average=avg, zero_division=0)
         averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     variant = (f"-{size}px" if size != record.test_image_size else "") + (
@@ -207,6 +210,10 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "split": split, "images": int(len(y)), "classes": classes, "tta": tta,
         "image_size": size,
         "accuracy": float(skm.accuracy_score(y, pred)),
+        # the mean of the per-class recalls: what accuracy would be with balanced classes
+        "balanced_accuracy": averages["macro"]["recall"],
+        "macro_f1": averages["macro"]["f1"],
+        "absent_classes": [classes[i] for i in everyone if i not in set(present)],
         "top_k": k,
         "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
         if n > 2 else float(skm.accuracy_score(y, pred)),
@@ -314,8 +321,27 @@ def summary_line(metrics: dict) -> str:
     size = f" at {metrics['image_size']} px" if metrics.get("image_size") else ""
     return (f"{metrics['model_file']}{tta} on {metrics['images']} {metrics['split']} images"
             f"{size} of "
-            f"{metrics['data']}: accuracy {metrics['accuracy']:.4f}, top-{metrics['top_k']} "
-            f"accuracy {metrics['top_k_accuracy']:.4f}, loss {metrics['loss']:.4f}")
+            f"{metrics['data']}: accuracy {metrics['accuracy']:.4f}"
+            + (f", balanced accuracy {metrics['balanced_accuracy']:.4f}, macro F1 "
+               f"{metrics['macro_f1']:.4f}" if "balanced_accuracy" in metrics else "")
+            + f", top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f}, loss "
+            f"{metrics['loss']:.4f}" + (
+                f"; {len(metrics['absent_classes'])} class(es) have no photo here and are left "
+                "out of the averages" if metrics.get("absent_classes") else ""))
+
+
+# Past this many classes a per-class table or matrix is a wall: show the extremes instead.
+MANY_CLASSES = 30
+
+
+def shown_classes(per_class: dict, most: int = 20) -> tuple[list[str], int]:
+    """The classes a table of many shows: the weakest by F1 (where to look first) and the
+    strongest; and how many are left out."""
+    if len(per_class) <= MANY_CLASSES:
+        return list(per_class), 0
+    ranked = sorted(per_class, key=lambda c: (per_class[c]["f1"], c))
+    shown = ranked[:most - 5] + ranked[-5:]
+    return shown, len(per_class) - len(shown)
 
 
 def metrics_table(metrics: dict):
@@ -328,9 +354,16 @@ def metrics_table(metrics: dict):
         table.add_column(col, justify="right")
     from rich.markup import escape
 
-    for name, row in metrics["per_class"].items():
+    shown, left_out = shown_classes(metrics["per_class"])
+    if left_out:
+        table.title = (f"per-class metrics: the {len(shown) - 5} weakest and 5 strongest of "
+                       f"{len(metrics['per_class'])} classes by F1 (all in metrics.json)")
+    for name in shown:
+        row = metrics["per_class"][name]
         table.add_row(escape(name), *(f"{row[c]:.3f}" for c in ("precision", "recall", "f1")),
                       str(row["support"]))
+        if left_out and name == shown[-6]:
+            table.add_row(f"... {left_out} more", "", "", "", "")
     table.add_section()
     for avg in ("macro", "weighted"):
         row = metrics[avg]

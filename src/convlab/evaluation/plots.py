@@ -62,13 +62,20 @@ def training_curves(run: str | os.PathLike) -> Path:
 
 
 def confusion_matrix(run: str | os.PathLike, metrics: dict | None = None) -> Path:
-    """Heat map of the row-normalised confusion matrix, each cell labelled count and %."""
+    """Heat map of the row-normalised confusion matrix, each cell labelled count and %; with
+    more than 30 classes (a matrix nobody can read), the most frequent confusions instead."""
+    from convlab.evaluation.metrics import MANY_CLASSES
+
     run = Path(run)
     metrics = metrics or json.loads(RunFolder(run).metrics.read_text())
     counts = np.array(metrics["confusion_matrix"])
     norm = np.array(metrics["confusion_matrix_normalized"])
     classes = metrics["classes"]
     n = len(classes)
+    RunFolder(run).plot("top_confusions").unlink(missing_ok=True)
+    RunFolder(run).plot("confusion_matrix").unlink(missing_ok=True)
+    if n > MANY_CLASSES:
+        return top_confusions(run, metrics)
     side = min(max(4.5, 0.7 * n + 2.5), 24)
     fig = figure(figsize=(side + 1.2, side))
     ax = fig.subplots()
@@ -89,6 +96,35 @@ def confusion_matrix(run: str | os.PathLike, metrics: dict | None = None) -> Pat
                  f"accuracy {metrics['accuracy']:.1%}")
     fig.tight_layout()
     return _save(fig, RunFolder(run).plot("confusion_matrix"))
+
+
+def top_confusions(run: Path, metrics: dict, most: int = 25) -> Path:
+    """The most frequent (true -> predicted) confusions as bars, each with its count and its
+    share of the true class."""
+    counts = np.array(metrics["confusion_matrix"])
+    norm = np.array(metrics["confusion_matrix_normalized"])
+    classes = metrics["classes"]
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    pairs = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off), strict=True)]
+    pairs = sorted(pairs, key=lambda p: (-p[0], -norm[p[1], p[2]]))[:most]
+    fig = figure(figsize=(10, 1.2 + 0.32 * max(len(pairs), 1)))
+    ax = fig.subplots()
+    labels = [f"{_short(literal(classes[i]))}  ->  {_short(literal(classes[j]))}"
+              for _, i, j in pairs]
+    ax.barh(range(len(pairs)), [c for c, _, _ in pairs], color=WRONG)
+    for y, (c, i, j) in enumerate(pairs):
+        ax.text(c, y, f" {c} ({norm[i, j]:.0%} of {_short(literal(classes[i]), 18)})",
+                va="center", fontsize=8)
+    ax.set_yticks(range(len(pairs)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("photos (true class -> predicted class)")
+    ax.set_title(f"the {len(pairs)} most frequent confusions of {len(classes)} classes: "
+                 f"{metrics['images']} {metrics['split']} images, accuracy "
+                 f"{metrics['accuracy']:.1%}" if pairs else "no confusions")
+    ax.margins(x=0.25)
+    fig.tight_layout()
+    return _save(fig, RunFolder(run).plot("top_confusions"))
 
 
 def _predictions(run: Path) -> dict:

@@ -52,6 +52,9 @@ FIGURES = (
     ("lr_schedule.png", "The learning-rate schedule, step by step."),
     ("confusion_matrix.png", "Confusion matrix: rows are true classes; each cell gives the "
                              "count and the share of its row."),
+    ("top_confusions.png", "The most frequent confusions (too many classes for a readable "
+                           "matrix): true class -> predicted class, with the share of the "
+                           "true class's photos."),
     ("predictions.png", "Predictions on evaluation images; red titles are mistakes, with the "
                         "true class."),
     ("mistakes.png", "The most confident mistakes: predicted class and p, true class and p."),
@@ -73,9 +76,10 @@ def _rows(pairs) -> str:
 
 def _cards(metrics: dict, summary: dict) -> str:
     cards = [(f"{metrics['accuracy']:.4f}", "accuracy"),
+             (f"{metrics['macro']['recall']:.4f}", "balanced accuracy"),
+             (f"{metrics['macro']['f1']:.4f}", "macro F1"),
              (f"{metrics['top_k_accuracy']:.4f}", f"top-{metrics['top_k']} accuracy"),
-             (f"{metrics['loss']:.4f}", "loss (cross-entropy)"),
-             (f"{metrics['macro']['f1']:.4f}", "macro F1")]
+             (f"{metrics['loss']:.4f}", "loss (cross-entropy)")]
     if summary:
         cards += [(f"{summary.get('train_images_per_second', 0):,.0f}", "training images/s"),
                   (f"{summary.get('wall_seconds', 0):,.1f} s", "training wall time")]
@@ -94,7 +98,8 @@ def _run_table(record: RunRecord, summary: dict) -> str:
                        f"trainable)" if "parameters" in summary else "-"),
         ("data", summary.get("data", config.data)),
         ("prepared data", record.prepared_data),
-        ("classes", ", ".join(record.classes)),
+        ("classes", f"{len(record.classes)}: " + ", ".join(record.classes[:40]) + (
+            f" and {len(record.classes) - 40} more" if len(record.classes) > 40 else "")),
         ("images", ", ".join(f"{k} {v:,}" for k, v in images.items()) or "-"),
         ("image size", f"{record.image_size} px" + (
             f" (evaluated at {record.test_image_size} px)"
@@ -218,6 +223,28 @@ def _model_summary(run: Path, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def test_split(record) -> dict | None:
+    """The metrics of the run's model on its prepared data's test split (a split folder's
+    test/, or --test-fraction), evaluated once at the run's test size; None without one."""
+    from convlab.data.ingest import read_manifest
+    from convlab.errors import ConvlabError
+
+    if not record.prepared_data:
+        return None
+    try:
+        manifest = read_manifest(record.prepared_data)
+    except ConvlabError:  # the prepared data has moved: nothing to evaluate on
+        return None
+    if not manifest["counts"]["per_split"].get("test"):
+        return None
+    for m in other_evaluations(record.path):
+        if (m.get("split") == "test" and m.get("data") == str(record.prepared_data)
+                and m.get("image_size") == record.test_image_size
+                and m.get("tta", "none") == "none"):
+            return m
+    return evaluate(record.path, split="test", progress=False)
+
+
 def report(run: str | os.PathLike) -> Path:
     """Write RUN/report.html: summary, metrics, per-class table, plots, model and config.
 
@@ -240,6 +267,7 @@ def report(run: str | os.PathLike) -> Path:
     metrics = load_metrics(run)
     if metrics is None or not RunFolder(run).predictions.exists():
         metrics = evaluate(run)
+    test_split(record)
     make_plots(run)
     summary_path = RunFolder(run).summary_json
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

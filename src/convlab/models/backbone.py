@@ -14,8 +14,27 @@ import keras
 from convlab.errors import ConvlabError
 
 
+def first_trainable_index(model: keras.Model, prefix: str | None) -> int:
+    """The index in the backbone's layers of the first one whose name starts with `prefix`
+    (0 for None).
+
+    Raises:
+        ConvlabError: no such layer (the message names the first and last layer names).
+    """
+    if not prefix:
+        return 0
+    names = [layer.name for layer in model.get_layer("backbone").layers]
+    start = next((i for i, n in enumerate(names) if n.startswith(prefix)), None)
+    if start is None:
+        raise ConvlabError(f"the backbone of {model.name!r} has no layer whose name starts "
+                           f"with {prefix!r}; received: fine_tune_from={prefix!r} (its layers "
+                           f"run from {names[1]!r} to {names[-1]!r})")
+    return start
+
+
 def set_backbone_trainable(
-    model: keras.Model, trainable: bool, *, train_batch_norm: bool = False
+    model: keras.Model, trainable: bool, *, train_batch_norm: bool = False,
+    first_trainable: str | None = None,
 ) -> None:
     """Freeze or unfreeze the "backbone" sub-model, e.g. before a second, fine-tuning phase.
 
@@ -27,9 +46,13 @@ def set_backbone_trainable(
         train_batch_norm: also train the BatchNormalization layers (gamma, beta and moving
             statistics). Leave False for a pretrained backbone: its BN layers then stay in
             inference mode, as the Keras fine-tuning guide recommends.
+        first_trainable: with `trainable`, the layers before the first one whose name starts
+            with this stay frozen (e.g. "block5_" for EfficientNet-Lite): no backward pass
+            through the early, largest feature maps. None: the whole backbone.
 
     Raises:
-        ConvlabError: the model has no layer named "backbone".
+        ConvlabError: the model has no layer named "backbone", or none of its layers starts
+            with `first_trainable`.
     """
     try:
         backbone = model.get_layer("backbone")
@@ -39,9 +62,13 @@ def set_backbone_trainable(
             "only pretrained-backbone models (mobilenetv2, xception, efficientnet_lite0/1/2) have one"
         ) from err
     backbone.trainable = bool(trainable)
+    start = first_trainable_index(model, first_trainable) if trainable else 0
     # Set every layer explicitly: with the TensorFlow backend, setting `trainable` to its
     # current value is a no-op that never reaches the layers inside.
-    for layer in backbone.layers:
+    for index, layer in enumerate(backbone.layers):
+        if index < start:
+            layer.trainable = False
+            continue
         # A non-trainable BN layer runs in inference mode. This is what keeps pretrained BN
         # statistics intact during fine-tuning: Keras 3 lets the training flag of the outer
         # call override `training=False` on the backbone (keras-team/keras#20285).

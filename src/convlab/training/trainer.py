@@ -196,10 +196,10 @@ def _compile(model, config: TrainConfig, learning_rate, *, count_examples: bool 
                   steps_per_execution=steps_per_execution)
 
 
-def _set_backbone(model, trainable: bool) -> None:
+def _set_backbone(model, trainable: bool, first_trainable: str | None = None) -> None:
     from convlab.models.backbone import set_backbone_trainable
 
-    set_backbone_trainable(model, trainable)
+    set_backbone_trainable(model, trainable, first_trainable=first_trainable)
 
 
 def train(config: TrainConfig | str | None = None, *, progress: bool = True,
@@ -276,7 +276,8 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
         what += f", the head on cached features of {config.feature_views} augmented views"
     if config.fine_tune_epochs:
         what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
-                 f"({ft.name})")
+                 f"({ft.name})" + (f" of the backbone from {config.fine_tune_from}"
+                                   if config.fine_tune_from else ""))
     if mixes := [f"{name} (alpha {alpha:g})" for name, alpha in
                  (("MixUp", config.mixup), ("CutMix", config.cutmix)) if alpha]:
         what += "; each training batch mixed by " + " or ".join(mixes)
@@ -392,6 +393,10 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
             else:
                 options = dict(config.model_options)
                 model = create_model(config.model, manifest["num_classes"], image_size, **options)
+                if config.fine_tune_epochs and config.fine_tune_from:
+                    from convlab.models.backbone import first_trainable_index
+
+                    first_trainable_index(model, config.fine_tune_from)  # a typo: now
                 _compile(model, config, schedule, count_examples=multi_worker,
                          steps_per_execution=per_call)
             if multi_worker and (synced := synchronize_batch_norm(model)):
@@ -503,7 +508,7 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         if first == config.epochs:  # a fresh start of the phase (a resumed one is compiled)
             # The whole network, at a lower rate, with a new optimizer.
             with strategy.scope():
-                _set_backbone(model, True)
+                _set_backbone(model, True, config.fine_tune_from)
                 _compile(model, config, _fine_tune_schedule(config, steps,
                                                             strategy_info.replicas),
                          count_examples=is_multi_worker(strategy),
@@ -549,9 +554,13 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
     _write_summary(run, config, model, plan.manifest, strategy_info, plan.precision, wall,
                    throughput, feature_seconds)
     if config.report:
-        from convlab.evaluation.report import report
+        from convlab.evaluation.metrics import load_metrics, summary_line
+        from convlab.evaluation.report import report, test_split
 
         print(f"report: {report(run)}")
+        print(f"validation split: {summary_line(load_metrics(run))}")
+        if (tested := test_split(read_record(run))) is not None:
+            print(f"test split: {summary_line(tested)}")
     return run
 
 
