@@ -328,10 +328,10 @@ def _two_classes(root, names):
 
     from convlab.data.synthetic import draw
 
-    for name in names:
+    for k, name in enumerate(names):
         (root / name).mkdir(parents=True)
         for i in range(4):
-            draw("circle", 16, random.Random(i + len(name))).save(root / name / f"{i}.png")
+            draw("circle", 16, random.Random(100 * k + i)).save(root / name / f"{i}.png")
     return root
 
 

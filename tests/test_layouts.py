@@ -240,6 +240,6 @@ def test_prepare_takes_a_labels_file_as_a_flag_and_refuses_two_sources(tmp_path,
     assert main(["data", "prepare", "--labels", str(csv), str(out), "--size", "16",
                  "--quiet"]) == 0
     assert json.loads((out / "manifest.json").read_text())["counts"]["total"] == 12
-    assert main(["data", "prepare", str(tmp_path), "--labels", str(csv), str(tmp_path / "o2"),
+    assert main(["data", "prepare", str(tmp_path), str(tmp_path / "o2"), "--labels", str(csv),
                  "--quiet"]) == 2
     assert "one of the two" in capsys.readouterr().err
