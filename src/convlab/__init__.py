@@ -1,6 +1,7 @@
 """convlab: from a folder of photos to a well-tuned convolutional image classifier.
 
     import convlab
+    run = convlab.train(data="photos/")                    # chosen from the photos, <= 20 min
     convlab.prepare("photos/", "data/photos", size=224)   # validated, sharded TFRecords
     run = convlab.train("efficientnet-lite0-transfer", data="data/photos")
     clf = convlab.load(run)                                # the trained model, loaded once
@@ -38,7 +39,9 @@ def prepare(src, out, **options) -> dict:
 
 
 def train(config=None, **overrides):
-    """Train a model or recipe; returns the run folder. See `convlab.training.trainer.train`."""
+    """Train a model or recipe, or with neither (`train(data=D, budget_minutes=20)`) the
+    approach chosen from the data and this machine; returns the run folder. See
+    `convlab.training.trainer.train`."""
     return _with_tensorflow("convlab.training.trainer", "train")(config, **overrides)
 
 

@@ -38,6 +38,7 @@ MAX_BYTES = 20 * 2**20  # per upload
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo passes; a decompression bomb does not
 TOP_K = 5
 GALLERY_PER_CLASS = 6
+GALLERY_MOST = 120  # photos in the gallery at most, whatever the number of classes
 MAX_BATCH = 16  # requests that queue up share one model call, up to this many
 
 
@@ -158,10 +159,12 @@ class Demo:
                 "heat_maps": self.heat_maps is not None}
 
     def gallery(self, per_class: int = GALLERY_PER_CLASS) -> list[tuple[np.ndarray, str, str]]:
-        """Up to `per_class` validation photos of each class from the run's prepared data:
-        (pixels at the model's size, label, file name); empty when that data is gone."""
+        """Up to `per_class` validation photos of each class from the run's prepared data
+        (fewer per class with many classes: ~120 photos in all at most): (pixels at the
+        model's size, label, file name); empty when that data is gone."""
         from convlab.data.pipeline import load, record_paths
 
+        per_class = max(1, min(per_class, GALLERY_MOST // len(self.classifier.classes)))
         prepared = self.info.prepared
         if prepared is None:
             return []
@@ -310,8 +313,11 @@ def _run_markdown(demo: Demo) -> str:
     accuracy = (f"{s['validation_accuracy']:.1%} on {s['validation_images']:,} validation "
                 "photos" if s["validation_accuracy"] is not None else
                 f"not evaluated yet (`convlab evaluate {demo.info.path}`)")
+    classes = s["classes"]
+    shown = ", ".join(escape(c) for c in classes[:30]) + (
+        f" and {len(classes) - 30} more" if len(classes) > 30 else "")
     return (f"{s['model_file']} at {s['image_size']} px, validation accuracy {accuracy}. "
-            f"Classes: {', '.join(s['classes'])}."
+            f"{len(classes)} classes: {shown}."
             + ("" if s["heat_maps"] else " This model has no feature map: no heat maps."))
 
 
