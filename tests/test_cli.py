@@ -259,7 +259,10 @@ def test_ctrl_c_stops_training_within_seconds_and_names_the_resume_command(prepa
     proc = subprocess.Popen(
         [sys.executable, "-m", "convlab", "train", "squeezenet", "--data", str(prepared),
          "--epochs", "200", "--batch-size", "8", "--image-size", "16", "--runs-dir", str(runs),
-         "--quiet", "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--quiet", "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and a
+        # Python started so never raises KeyboardInterrupt: give the child Ctrl-C back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while time.time() < deadline and not list(runs.glob("*/state.json")):
         assert proc.poll() is None, proc.communicate()
