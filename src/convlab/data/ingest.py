@@ -176,19 +176,20 @@ def _split(items: list[dict], opts: PrepareOptions,
     return sharded
 
 
-def split_notes(plan: dict[str, list[list[dict]]], classes: list[str],
-                given: dict[str, str]) -> list[str]:
-    """What a person should know about the split: which splits were given and which drawn,
-    class sets that differ between splits, and classes too small to measure."""
-    counts = {s: Counter(i["class"] for shard in shards for i in shard)
-              for s, shards in plan.items()}
+def split_notes(per_class: dict[str, dict[str, int]], given: dict[str, str]) -> list[str]:
+    """What a person should know about the split, from the manifest's counts per class and
+    split (photos written): which splits were given and which drawn, class sets that differ
+    between splits, and classes too small to measure."""
+    classes = list(per_class)
+    splits = list(next(iter(per_class.values()), {}))
+    counts = {s: Counter({c: n[s] for c, n in per_class.items()}) for s in splits}
     notes = []
     if given:
-        drawn = [s for s in ("validation",) if s not in given and s in plan]
+        drawn = [s for s in ("validation",) if s not in given and s in splits]
         notes.append("splits given by the source: " + ", ".join(
             f"{s} (from {given[s]!r})" for s in SPLITS if s in given) + (
             f"; {', '.join(drawn)} drawn from train, stratified" if drawn else ""))
-    for split in plan:
+    for split in splits:
         if split == "train":
             continue
         absent = [c for c in classes if counts[split][c] == 0]
@@ -199,7 +200,7 @@ def split_notes(plan: dict[str, list[list[dict]]], classes: list[str],
     if no_train:
         notes.append(f"{len(no_train)} class(es) have no training photos (the model cannot "
                      f"learn them): {_some(no_train)}")
-    tiny = [c for c in classes if 0 < sum(counts[s][c] for s in plan) < 4]
+    tiny = [c for c in classes if 0 < sum(per_class[c].values()) < 4]
     if tiny:
         notes.append(f"{len(tiny)} class(es) have fewer than 4 photos (too few to learn or "
                      f"measure well): {_some(tiny)}")
@@ -535,7 +536,7 @@ def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup
         "empty_classes": empty,
         # the splits the source gave (split -> its folder or labels value); {} when drawn
         "given_splits": dict(scan.given_splits),
-        "notes": split_notes(plan, classes, scan.given_splits),
+        "notes": split_notes(per_class, scan.given_splits),
         "inputs": [dict(m, split=r["split"], shard=r["file"]) for r in records
                    for m in r["members"]],
     }

@@ -77,14 +77,6 @@ class Scan:
     def labels(self) -> list[str]:
         return sorted({c.label for c in self.candidates})
 
-    def classes_by_split(self) -> dict[str, list[str]]:
-        """The classes found in each given split (empty when the source gives no split)."""
-        found: dict[str, set[str]] = {s: set() for s in self.given_splits}
-        for c in self.candidates:
-            if c.split is not None:
-                found[c.split].add(c.label)
-        return {s: sorted(v) for s, v in found.items()}
-
 
 def is_remote(path: str) -> bool:
     return "://" in path
@@ -154,7 +146,12 @@ def class_name(name: str, where: str | os.PathLike) -> str:
     return unicodedata.normalize("NFC", name).strip() or name
 
 
-def _check_clashes(dirs: list[Path]) -> None:
+def _class_labels(dirs: list[Path]) -> dict[str, Path]:
+    """{class name: its folder}, each name checked and normalised once (`class_name`).
+
+    Raises:
+        ConvlabError: two folders whose names normalise to the same class name.
+    """
     seen: dict[str, Path] = {}
     for d in dirs:
         label = class_name(d.name, d)
@@ -163,6 +160,7 @@ def _check_clashes(dirs: list[Path]) -> None:
                                "same name written two ways (Unicode normalisation); merge or "
                                "rename one")
         seen[label] = d
+    return seen
 
 
 def _subfolders(folder: Path, scan: Scan, where: str) -> list[Path]:
@@ -178,13 +176,12 @@ def _subfolders(folder: Path, scan: Scan, where: str) -> list[Path]:
                                                "it to use it as a class"})
         elif entry.is_dir():
             dirs.append(entry)
-        elif not entry.is_dir():
-            if clearly_not_photo(entry.name):
-                scan.ignored.append(str(entry))
-            else:
-                scan.skipped.append(
-                    {"path": str(entry), "class": None, "reason": f"outside {where}",
-                     "detail": "put each image in a subfolder named after its class"})
+        elif clearly_not_photo(entry.name):
+            scan.ignored.append(str(entry))
+        else:
+            scan.skipped.append(
+                {"path": str(entry), "class": None, "reason": f"outside {where}",
+                 "detail": "put each image in a subfolder named after its class"})
     return dirs
 
 
@@ -242,9 +239,7 @@ def _scan_classes(scan: Scan, root: Path, class_dirs: list[Path], split: str | N
             f"no class subfolders in '{root}'; expected one folder per class, e.g. "
             f"{root}/daisy/*.jpg, {root}/tulip/*.jpg"
         )
-    _check_clashes(class_dirs)
-    for class_dir in class_dirs:
-        label = class_name(class_dir.name, class_dir)
+    for label, class_dir in _class_labels(class_dirs).items():
         before = len(scan.candidates)
         for path, kind in walk_files(class_dir):
             _add_file(scan, path, label, kind, split)

@@ -213,7 +213,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         # the mean of the per-class recalls: what accuracy would be with balanced classes
         "balanced_accuracy": averages["macro"]["recall"],
         "macro_f1": averages["macro"]["f1"],
-        "absent_classes": [classes[i] for i in everyone if i not in set(present)],
+        "absent_classes": [classes[i] for i in sorted(set(everyone) - set(present))],
         "top_k": k,
         "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
         if n > 2 else float(skm.accuracy_score(y, pred)),

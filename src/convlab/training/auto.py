@@ -231,8 +231,8 @@ def plan(data: str, *, budget_minutes: float | None = None, progress: bool = Tru
         phase_reasons.append(f"{trial} px instead of {size}: the frozen backbone at {size} px "
                              "would not fit the budget")
     if expected > left:
-        phase_reasons.append(f"over the budget even so (~{expected / 60:.0f} min left to "
-                             f"spend, {max(left, 0) / 60:.0f} min left): raise --budget-minutes")
+        phase_reasons.append(f"over the budget even so (~{expected / 60:.0f} min needed, "
+                             f"{max(left, 0) / 60:.0f} min left): raise --budget-minutes")
     reasons = phase_reasons + reasons
     base = recipe_config(overrides.pop("recipe"))
     config = base.override(data=str(data), image_size=trial, name="auto", batch_size=batch,
