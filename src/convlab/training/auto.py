@@ -39,8 +39,9 @@ FALLBACK_SIZES = (192, 160, 128)
 FINE_TUNE_STEPS = 8 * 86
 FINE_TUNE_EPOCHS = (2, 15)
 # Fine-tuning leaves the stem and blocks 0-4 (the 150, 75 and 38 px stages at 300 px) frozen:
-# no backward pass through the largest feature maps, 1.04 s instead of 1.44 s a step at 300 px
-# (batch 32, this CPU), so more epochs fit the budget; their ImageNet features are generic.
+# no backward pass through the largest feature maps, 1.04-1.07 s instead of 1.44-1.49 s a
+# step at 300 px (batch 32, a 2-core Zen 4; benchmarks/fine_tune_from.py), so more epochs fit
+# the budget; their ImageNet features are generic.
 FINE_TUNE_FROM = "block5_"
 # Real epochs take longer than the bare steps timed here (the input pipeline shares the
 # cores, validation, checkpoints): 1.04x on clothing-small's fine-tuning epochs (156 s real,
