@@ -3,6 +3,7 @@ traceback. User errors run as real `convlab` processes; odd files are real files
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -26,12 +27,12 @@ LAYOUT = ["--set", 'model_options.layout=[[8, 16], "pool", [8, 16]]']
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    """Photos whose class names are rich markup and matplotlib mathtext, prepared, plus one
-    tiny run trained on them."""
+    """Photos whose class names are rich markup, matplotlib mathtext and a spreadsheet
+    formula, prepared, plus one tiny run trained on them."""
     root = tmp_path_factory.mktemp("hostile")
     photos = make_folder(root / "photos", num_classes=3, per_class=16, size=24)
     for old, new in zip(sorted(p.name for p in photos.iterdir()), ["[bold]x", "$\\frac$",
-                                                                    "plain"], strict=True):
+                                                                    "=1+2"], strict=True):
         (photos / old).rename(photos / new)
     prepare(str(photos), root / "data", size=16, shards=2, progress=False)
     runs = root / "runs"
@@ -53,6 +54,12 @@ def user_errors(h) -> list[tuple[list, dict | None, str]]:
              "--runs-dir", root / "unused"]
     (root / "a-file").write_text("x")
     cluster = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}
+    deep = root / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    foreign = root / "their-export"
+    foreign.mkdir(exist_ok=True)
+    (foreign / "labels.txt").write_text("theirs\n")
+    photos = h["photos"]
     return [
         ([*train, "--image-size", "0"], None, "--image-size must be between 1 and 4096"),
         ([*train, "--image-size", "-5"], None, "received: -5"),
@@ -73,6 +80,26 @@ def user_errors(h) -> list[tuple[list, dict | None, str]]:
         (train, {"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid JSON"),
         (["launch", "--workers", "100", "--", *train], None, "--workers 100 on a machine"),
         (["predict", run, root / "a-file"], None, "none of the 1 input file(s)"),
+        # issue "Reliability, round 2"
+        (["data", "prepare", photos, root / "w0", "--workers", "0"], None,
+         "--workers must be at least 1, received: 0"),
+        (["data", "prepare", photos, root / "w3", "--workers", "-3"], None, "received: -3"),
+        ([*train, "--name", "nl\nname"], None, "control characters), received: 'nl\\nname'"),
+        ([*train, "--set", "schedule=5"], None, "config field schedule must be an object"),
+        ([*train, "--set", "augment=5"], None, "config field augment must be an object"),
+        ([*train, "--set", "model_options=[1,2]"], None, "received: [1, 2]"),
+        ([*train, "--set", "augment.saturation=5"], None, "must be [float, float] or null"),
+        (["train", "--config", deep], None, "is nested too deep"),
+        ([*train, "--lr", "inf"], None, "--lr (schedule.learning_rate) must be a positive "
+                                        "number, received: inf"),
+        ([*train, "--lr", "nan"], None, "received: nan"),
+        ([*train, "--set", "weight_decay=NaN"], None, "weight_decay must be a number >= 0"),
+        (["export", run, "--format", "keras", "--out", "/proc/convlab-export"], None,
+         "cannot make the export folder '/proc/convlab-export'"),
+        (["export", run, "--format", "keras", "--out", root / "a-file" / "x"], None,
+         "cannot make the export folder"),
+        (["export", run, "--format", "keras", "--out", foreign], None,
+         "already holds labels.txt and is not a convlab export folder"),
     ]
 
 
@@ -107,7 +134,9 @@ def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile,
         assert len(errors) == 1 and message in errors[0], (args, err[-1000:])
     assert not (hostile["root"] / "unused").exists() or not any(
         (hostile["root"] / "unused").iterdir())  # no half-made run folder anywhere
-    assert len(cases) == 18
+    assert len(cases) == 32
+    assert (hostile["root"] / "their-export" / "labels.txt").read_text() == "theirs\n"
+    assert not (hostile["root"] / "w0").exists() and not (hostile["root"] / "w3").exists()
 
 
 def test_markup_and_mathtext_in_class_and_file_names_are_shown_literally(hostile, capsys,
@@ -356,3 +385,227 @@ def test_a_hidden_class_folder_is_reported_not_dropped_unsaid(tmp_path):
     manifest = prepare(str(src), tmp_path / "out", size=16, progress=False)
     assert manifest["classes"] == ["rose", "tulip"]
     assert manifest["skipped_by_reason"] == {"hidden folder": 1}
+
+
+# ---- issue "Reliability, round 2": files lost or silently wrong, output that can be abused ----
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_overwrite_deletes_only_what_convlab_wrote(tmp_path, capsys):
+    src = make_folder(tmp_path / "src", num_classes=2, per_class=6, size=24)
+    theirs = tmp_path / "theirs"  # another tool's folder: a manifest, shards, a README
+    theirs.mkdir()
+    (theirs / "README.txt").write_text("mine")
+    (theirs / "manifest.json").write_text('{"tool": "other", "shards": ["a.tfrec"]}')
+    (theirs / "a.tfrec").write_bytes(b"their records")
+    (theirs / "train00-5.tfrec").write_bytes(b"named like ours")
+    before = _snapshot(theirs)
+    for flags in ([], ["--overwrite"]):
+        assert main(["data", "prepare", str(src), str(theirs), "--size", "16", "--quiet",
+                     *flags]) == 2
+        err = capsys.readouterr().err
+        assert "is not a convlab dataset" in err and "--overwrite" not in err, err
+        assert _snapshot(theirs) == before and not (theirs / ".convlab.lock").exists()
+    (theirs / "manifest.json").write_text('{"shards": [')  # unreadable, beside a README
+    assert main(["data", "prepare", str(src), str(theirs), "--size", "16", "--quiet",
+                 "--overwrite"]) == 2
+    assert "unreadable and it holds 'README.txt'" in capsys.readouterr().err
+    assert (theirs / "a.tfrec").exists() and (theirs / "README.txt").exists()
+    # training on it names the foreign manifest and advises nothing destructive
+    (theirs / "manifest.json").write_text('{"tool": "other"}')
+    assert main(["train", "squeezenet", "--data", str(theirs), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "was not written by convlab" in err and "--overwrite" not in err
+
+    # convlab's own dataset with the user's notes beside it: --overwrite replaces the
+    # dataset's files, and only those
+    ours = tmp_path / "ours"
+    prepare(str(src), ours, size=16, shards=2, progress=False)
+    (ours / "notes.txt").write_text("keep me")
+    replaced = prepare(str(src), ours, size=20, shards=3, overwrite=True, progress=False)
+    assert sorted(p.name for p in ours.iterdir()) == sorted(
+        ["manifest.json", "notes.txt"] + [s["file"] for s in replaced["shards"]])
+    # a refused prepare into a new folder leaves no folder behind
+    assert main(["data", "prepare", str(tmp_path / "nothing-here"), str(tmp_path / "new"),
+                 "--quiet"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_tune_overwrite_never_empties_a_folder_it_did_not_make(tmp_path, capsys):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    result = convlab("tune", "squeezenet", "--data", tmp_path, "--out", folder, "--overwrite",
+                     "--trials", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds no search of convlab's" in result.stderr
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_run_without_a_validation_split_trains_and_says_what_is_not_measured(hostile, capsys,
+                                                                              tmp_path):
+    data = tmp_path / "no-val"
+    prepare(str(hostile["photos"]), data, size=16, val_fraction=0, progress=False)
+    flags = [a for a in TINY if a != "--no-report"]
+    assert main(["train", "squeezenet", "--data", str(data), "--runs-dir", str(tmp_path / "r"),
+                 *flags, *LAYOUT]) == 0
+    out = capsys.readouterr().out
+    assert "no validation split: nothing measures the model" in out
+    assert "report: not written, as the data has no validation split" in out
+    assert "best: epoch 1, accuracy" in out  # the summary, from the training accuracy
+    # nearly everything in validation: every class still keeps a photo to train on
+    most = prepare(str(hostile["photos"]), tmp_path / "v99", size=16, val_fraction=0.99,
+                   progress=False)
+    assert all(c["train"] >= 1 for c in most["counts"]["per_class"].values())
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_and_no_nan_model_is_saved(hostile, tmp_path):
+    runs = tmp_path / "r"
+    result = convlab("train", "squeezenet", "--data", hostile["data"], "--runs-dir", runs,
+                     *TINY, *LAYOUT, "--epochs", "3", "--lr", "1e30")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("convlab:")]
+    assert "the loss became nan in epoch 1" in line and "(1e+30) is likely too high" in line
+    (run,) = runs.iterdir()
+    assert not (run / "best.keras").exists() and not (run / "model.keras").exists()
+    assert not list((run / "checkpoints").iterdir())
+
+
+def test_inspect_writes_nothing_into_a_photo_folder(hostile, tmp_path, monkeypatch, capsys):
+    before = _snapshot(hostile["photos"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "inspect", str(hostile["photos"]), "--count", "4"]) == 0
+    assert _snapshot(hostile["photos"]) == before
+    assert (tmp_path / "samples-photos.png").stat().st_size > 0
+    assert "samples-photos.png" in capsys.readouterr().out
+
+
+FORMULAS = ["=cmd|' -c calc'!A0.png", "@SUM(1).png", "+1+2.png", "-2.png", "'=x.png"]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(hostile, tmp_path, capsys):
+    import csv
+    import io
+
+    from PIL import Image
+
+    from convlab.usertext import csv_cell, from_csv_cell
+
+    for name in FORMULAS:
+        Image.new("RGB", (24, 24), (20, 200, 30)).save(tmp_path / name)
+    assert main(["predict", str(hostile["run"]), str(tmp_path), "--format", "csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]
+    cells = [c for row in rows for c in [row[0], *row[1::2]]]  # paths and class names
+    assert len(rows) == len(FORMULAS)
+    assert not [c for c in cells if c[:1] in "=+-@\t\r"], cells
+    assert {from_csv_cell(r[0]) for r in rows} == {str(tmp_path / n) for n in FORMULAS}
+    assert "'=1+2" in cells  # the class named =1+2
+    # mistakes.csv: the class name quoted in the file, given back as it is where shown
+    assert main(["evaluate", str(hostile["run"])]) == 0
+    out = capsys.readouterr().out
+    mistakes = (hostile["run"] / "mistakes.csv").read_text()
+    assert "'=1+2" in mistakes and not any(
+        c.startswith("=") for line in mistakes.splitlines() for c in line.split(","))
+    assert "labelled =1+2" in out or "predicted =1+2" in out
+    for text in ("=1", "'=1", "''=1", "'x", "plain", "-", "'", "\t1"):
+        assert from_csv_cell(csv_cell(text)) == text
+
+
+def test_control_characters_in_file_names_are_printed_visibly(hostile, tmp_path, capsys):
+    from PIL import Image
+
+    evil = tmp_path / "a\x1b[2Jb\x1b]0;title\x07.png"
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(evil)
+    assert main(["predict", str(hostile["run"]), str(evil)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[2J" not in out and "\x07" not in out and "\\x1b[2J" in out
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert main(["predict", str(hostile["run"]), str(tmp_path / "empty.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no empty table before the error
+    assert main(["data", "inspect", str(tmp_path / "no\x1b[31mwhere")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "no\\x1b[31mwhere" in err
+
+
+def test_a_crafted_model_file_is_refused_as_unsafe_not_called_damaged(interrupted):
+    import keras
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(
+        interrupted / "best.keras")
+    result = convlab("evaluate", interrupted)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds Python code (a Lambda layer)" in result.stderr
+    assert "damaged" not in result.stderr
+
+
+def test_a_link_to_another_class_folder_is_reported_not_followed(tmp_path):
+    src = _two_classes(tmp_path / "src", ["daisy", "rose"])
+    (src / "daisy" / "loop").symlink_to("..", target_is_directory=True)
+    manifest = prepare(str(src), tmp_path / "out", size=16, progress=False)
+    assert manifest["skipped_by_reason"] == {"link to another class's folder": 1}
+    (skip,) = manifest["skipped"]
+    assert skip["path"].endswith("daisy/loop") and skip["detail"] == ".."
+    assert manifest["counts"]["total"] == 8 and not manifest["duplicates"]
+
+
+def test_export_after_the_data_moved_names_where_it_was(hostile, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(hostile["run"], moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["derived"]["prepared_data"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    result = convlab("export", moved, "--format", "keras")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"prepared data ('{tmp_path / 'gone'}') is not there any more" in result.stderr
+
+
+def test_emoji_and_cjk_class_names_draw_without_boxes_or_warnings():
+    import warnings
+
+    from convlab.files import figure, literal
+
+    assert literal("\N{ROSE} rose") == "[rose] rose" and literal("\u82b1") == "U+82B1"
+    assert literal("caf\u00e9 $x$") == "caf\u00e9 \\$x\\$" and literal("a\nb") == "a\\nb"
+    fig = figure(figsize=(2, 1))
+    fig.add_subplot().set_title(literal("\N{ROSE}\ufe0f \u82b1 rose"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font" would raise
+        fig.savefig(io.BytesIO(), format="png")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A tmpfs mounted read-only once filled (needs root): yields a function that copies a
+    folder in and remounts read-only."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()[:80]})")
+
+    def freeze(folder: Path) -> Path:
+        copy = Path(shutil.copytree(folder, disk / folder.name))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        return copy
+
+    try:
+        yield freeze
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_read_only_run_gets_one_line_from_evaluate_report_and_export(hostile, read_only):
+    run = read_only(hostile["run"])
+    for args in (["evaluate", run, "--split", "train"], ["report", run],
+                 ["export", run, "--format", "keras"]):
+        result = convlab(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("convlab:")]
+        assert "Read-only file system" in line and str(run) in line, line

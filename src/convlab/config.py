@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 
@@ -47,14 +49,17 @@ class ScheduleConfig:
         if self.name not in SCHEDULES:
             raise ConvlabError(f"--{flag} must be one of {', '.join(SCHEDULES)}, "
                                f"received: {self.name!r}")
-        if not self.learning_rate > 0:
-            raise ConvlabError(f"{flag} learning_rate must be positive, received: "
-                               f"{self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            option = "--lr" if flag == "schedule" else "--fine-tune-lr"
+            raise ConvlabError(f"{option} ({flag}.learning_rate) must be a positive number, "
+                               f"received: {self.learning_rate}")
         if not 0 < self.decay <= 1:
             raise ConvlabError(f"{flag} decay must be in (0, 1], received: {self.decay}")
-        if self.min_lr < 0 or self.warmup_epochs < 0:
-            raise ConvlabError(f"{flag} min_lr and warmup_epochs must be >= 0, received: "
-                               f"min_lr={self.min_lr}, warmup_epochs={self.warmup_epochs}")
+        if not (0 <= self.min_lr < math.inf and 0 <= self.start_lr < math.inf
+                and 0 <= self.warmup_epochs < math.inf):
+            raise ConvlabError(f"{flag} min_lr, start_lr and warmup_epochs must be numbers >= 0, "
+                               f"received: min_lr={self.min_lr}, start_lr={self.start_lr}, "
+                               f"warmup_epochs={self.warmup_epochs}")
 
 
 @dataclass(frozen=True)
@@ -161,9 +166,11 @@ class TrainConfig:
             raise ConvlabError(f"--test-scale must be between 0.5 and 4 (1: evaluate at the "
                                f"training size), received: {self.test_scale}")
         if self.name is not None and (not self.name or self.name in (".", "..")
-                                      or any(c in self.name for c in "/\\\0")):
-            raise ConvlabError(f"--name must be one plain folder name (no '/', '\\', '..'), "
-                               f"received: {self.name!r}")
+                                      or any(c in self.name for c in "/\\\0")
+                                      or any(ord(c) < 32 or 127 <= ord(c) < 160
+                                             for c in self.name)):
+            raise ConvlabError(f"--name must be one plain folder name (no '/', '\\', '..' or "
+                               f"control characters), received: {self.name!r}")
         for flag, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
                                      ("precision", self.precision, PRECISIONS),
                                      ("strategy", self.strategy, STRATEGIES)):
@@ -185,6 +192,11 @@ class TrainConfig:
                             ("keep-checkpoints", self.keep_checkpoints)):
             if value < 0:
                 raise ConvlabError(f"--{flag} must be >= 0, received: {value}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConvlabError(f"weight_decay must be a number >= 0, received: "
+                               f"{self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConvlabError(f"momentum must be in [0, 1), received: {self.momentum}")
         if not 0 <= self.ema_momentum < 1:
             raise ConvlabError(f"ema_momentum must be in [0, 1) (0: no moving average), "
                                f"received: {self.ema_momentum}")
@@ -254,6 +266,8 @@ class TrainConfig:
                 value = json.loads(text)
             except json.JSONDecodeError:
                 value = text
+            except RecursionError:
+                raise ConvlabError(f"--set {key}: the value is nested too deep") from None
             head, dot, sub = key.partition(".")
             if not dot:
                 changes[head] = value
@@ -281,23 +295,47 @@ def _build(cls, values: dict, where: str):
 _SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
+def _fits(hint, value) -> bool:
+    """Whether a plain value (from JSON, --set or Python) has the type of a config field."""
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(h, value) for h in typing.get_args(hint))
+    if hint in _SIMPLE:
+        return isinstance(value, _SIMPLE[hint]) and (hint is bool or not isinstance(value, bool))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, tuple | list) and len(value) == len(args) and all(
+            _fits(a, v) for a, v in zip(args, value, strict=True))
+    if hint is dict or typing.get_origin(hint) is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)  # built from its dict before this check
+    return True
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"[{', '.join(_describe(a) for a in typing.get_args(hint))}]"
+    if dataclasses.is_dataclass(hint) or hint is dict or typing.get_origin(hint) is dict:
+        return "an object of fields"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
 def _check_types(cls, values: dict, prefix: str) -> None:
-    """A one-line error for a value of the wrong type (e.g. `--set epochs=ten`)."""
+    """A one-line error for a value of the wrong type (e.g. `--set epochs=ten`,
+    `--set schedule=5`); ints given for float fields become floats."""
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        allowed = [t for t in typing.get_args(hints[key]) or (hints[key],)]
-        if value is None and type(None) in allowed:
-            continue
-        simple = [t for t in allowed if t in _SIMPLE]
-        if not simple or len(simple) != len([t for t in allowed if t is not type(None)]):
-            continue  # nested or compound: checked where it is built
-        ok = any(isinstance(value, _SIMPLE[t]) and not (t is not bool and isinstance(value, bool))
-                 for t in simple)
-        if not ok:
-            names = " or ".join(t.__name__ for t in simple)
-            raise ConvlabError(f"config field {prefix}{key} must be {names}, received: "
-                               f"{value!r}")
-        if float in simple and isinstance(value, int):
+        if not _fits(hints[key], value):
+            nested = (f" (set one with --set {prefix}{key}.FIELD=VALUE)"
+                      if key in NESTED and not prefix else "")
+            raise ConvlabError(f"config field {prefix}{key} must be {_describe(hints[key])}"
+                               f"{nested}, received: {value!r}"[:300])
+        if hints[key] in (float, float | None) and isinstance(value, int) and not isinstance(
+                value, bool):
             values[key] = float(value)
 
 

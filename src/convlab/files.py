@@ -1,11 +1,13 @@
 """Small helpers every layer shares: convlab's cache folder, atomic file writes, figures.
 
-A leaf module: it imports nothing from convlab but its error type, so any module may use it.
+A leaf module: it imports nothing from convlab but its error type and `usertext` (itself a
+leaf), so any module may use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +47,11 @@ LOCK = ".convlab.lock"  # the lock file a folder being written holds
 
 
 @contextlib.contextmanager
-def locked(folder: str | os.PathLike, busy: str) -> Iterator[None]:
+def locked(folder: str | os.PathLike, busy: str, *, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (an flock on its `.convlab.lock`, released by the
     kernel however the process ends); if another process holds it, a one-line error: `busy`.
+    `remove`: delete the lock file when the block ends, while still holding it (a process
+    that opened it meanwhile fails to lock it; one that comes later makes a new one).
     """
     import fcntl
 
@@ -59,7 +63,11 @@ def locked(folder: str | os.PathLike, busy: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConvlabError(busy) from None
-        yield
+        try:
+            yield
+        finally:
+            if remove:
+                Path(folder, LOCK).unlink(missing_ok=True)
     finally:
         handle.close()
 
@@ -80,5 +88,37 @@ def figure(**kwargs):
 
 def literal(text) -> str:
     """User text (class names, run names) for a matplotlib label, drawn as typed: `$` is
-    escaped, so `$\\frac$` is not parsed as mathtext (which fails on it)."""
-    return str(text).replace("$", r"\$")
+    escaped, so `$\\frac$` is not parsed as mathtext (which fails on it); control characters
+    are written out (`\\n`); a character the plots' font has no glyph for (an emoji, CJK
+    with the default font) is written as its name or code point (`[rose]`, `U+82B1`) instead
+    of an empty box and a "Glyph missing" warning."""
+    from convlab.usertext import visible
+
+    text = visible(text)
+    if not text.isascii():
+        text = "".join(c if _drawable(c) else _spelled(c) for c in text)
+    return text.replace("$", r"\$")
+
+
+@functools.cache
+def _drawable(char: str) -> bool:
+    from matplotlib.ft2font import FT2Font
+
+    return FT2Font(_default_font()).get_char_index(ord(char)) != 0
+
+
+@functools.cache
+def _default_font() -> str:
+    from matplotlib import font_manager
+
+    return font_manager.findfont(font_manager.FontProperties())
+
+
+def _spelled(char: str) -> str:
+    import unicodedata
+
+    kind = unicodedata.category(char)
+    if kind in ("Mn", "Me", "Cf"):  # a combining mark, variation selector or joiner: drop
+        return ""
+    name = unicodedata.name(char, "")
+    return f"[{name.lower()}]" if kind == "So" and name else f"U+{ord(char):04X}"

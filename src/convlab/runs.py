@@ -74,7 +74,7 @@ def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
                            "give the folder `convlab train` printed")
     try:
         return folder.path, json.loads(folder.config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ConvlabError(f"'{folder.config}' is damaged ({getattr(err, 'msg', err)}); the "
                            "run's settings are lost: train it again") from None
 
@@ -129,7 +129,7 @@ def read_state(run: str | os.PathLike) -> dict | None:
     """state.json ({"epoch": finished epochs, "best": ...}); None if absent or damaged."""
     try:
         state = json.loads(RunFolder(run).state.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return state if isinstance(state, dict) and isinstance(state.get("epoch"), int) else None
 
@@ -158,13 +158,15 @@ def last_checkpoint(run: str | os.PathLike) -> tuple[int, Path] | None:
 
 
 def history_rows(run: str | os.PathLike) -> list[dict]:
-    """The per-epoch rows of history.csv (epoch counted from 0, as Keras writes it)."""
+    """The per-epoch rows of history.csv (epoch counted from 0, as Keras writes it). What an
+    epoch did not measure (Keras writes `NA`: e.g. val_* of a run without a validation split)
+    is left out of its row."""
     path = RunFolder(run).history_csv
     if not path.exists():
         return []
     with open(path) as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()
+                 if v not in ("NA", "", None)} for row in csv.DictReader(f)]
 
 
 @dataclass(frozen=True)
@@ -228,14 +230,28 @@ def load_run_model(run: str | os.PathLike, which: str = "best", image_size: int 
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # a truncated or overwritten file: zip, h5 or config errors
         other = " (or try --model final)" if which == "best" else ""
-        raise ConvlabError(f"cannot load '{path}': the file is damaged ({type(err).__name__}); "
-                           f"train the run again{other}") from None
+        raise ConvlabError(f"cannot load '{path}': {why_not_loaded(err)}; train the run "
+                           f"again{other}") from None
     size = image_size or read_record(run).test_image_size
     if model.input_shape[1:3] not in ((size, size), (None, None)):
         from convlab.models import with_free_size
 
         model = with_free_size(model)
     return model, path
+
+
+def why_not_loaded(err: Exception) -> str:
+    """Why Keras could not load a model file, for a person: refused as unsafe (code inside),
+    refused as foreign (layers convlab does not make), or damaged."""
+    text = str(err)
+    if "safe_mode" in text or "arbitrary code" in text:
+        return ("it holds Python code (a Lambda layer) that loading would run, so Keras' safe "
+                "mode refused it; convlab has no option to allow that, as its own models never "
+                "hold code: this file was not written by convlab, or was altered")
+    if "could not be deserialized" in text or "Could not locate" in text:
+        return ("it describes layers convlab does not make, so it was refused unloaded: this "
+                "file was not written by convlab, or was altered")
+    return f"the file is damaged ({type(err).__name__})"
 
 
 TTA_MODES = ("none", "flip")

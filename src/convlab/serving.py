@@ -36,7 +36,7 @@ import numpy as np
 
 from convlab.errors import ConvlabError
 from convlab.progress import progress_bar
-from convlab.runs import RunFolder, RunInfo, load_run_model, run_info
+from convlab.runs import RunFolder, RunInfo, load_run_model, read_record, run_info
 from convlab.tfimport import muted_stderr
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
@@ -299,15 +299,45 @@ def export(
     if data is not None:
         info = replace(info, prepared=Path(data))
     if info.prepared is None or not (info.prepared / "manifest.json").is_file():
-        raise ConvlabError(f"the run's prepared data ({info.prepared}) is gone; exports are "
-                           "verified on it: pass data=/--data with the prepared folder")
+        trained_on = read_record(info.path).prepared_data if data is None else data
+        raise ConvlabError(f"the run's prepared data ('{trained_on}') is not there any more; "
+                           "exports are verified on it: pass --data (data=) with the prepared "
+                           "folder where it is now")
     out = Path(out) if out is not None else (
         RunFolder(info.path).export / (format + (f"-{quantize}" if quantize else "")))
-    out.mkdir(parents=True, exist_ok=True)
-    artifact = out / ARTIFACTS[format]
-    if artifact.is_dir():
-        shutil.rmtree(artifact)
+    artifact = _claim_export_folder(out, format)
+    try:
+        return _export_into(out, artifact, info, format, quantize, model, samples, tol,
+                            progress)
+    except OSError as err:
+        raise ConvlabError(f"cannot write the export into '{out}': "
+                           f"{err.strerror or err}; give a writable folder with --out") from None
 
+
+def _claim_export_folder(out: Path, format: str) -> Path:
+    """Make `out` ready for an export; the artifact's path. A folder that holds files an
+    export writes, but no export.json, is someone else's: refused, nothing replaced."""
+    artifact = out / ARTIFACTS[format]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConvlabError(f"cannot make the export folder '{out}': {err.strerror or err}; "
+                           "give a writable folder with --out") from None
+    ours = (out / "export.json").is_file()
+    taken = [p.name for p in (artifact, out / "labels.txt")
+             if not ours and (p.exists() or p.is_symlink())]
+    if taken:
+        raise ConvlabError(f"'{out}' already holds {taken[0]} and is not a convlab export "
+                           "folder (no export.json); convlab replaces nothing there: give "
+                           "another --out")
+    if artifact.is_dir() and not artifact.is_symlink():
+        shutil.rmtree(artifact)  # a previous export of this format (export.json says so)
+    return artifact
+
+
+def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, samples,
+                 tol, progress) -> dict:
+    """Write, verify and describe one export (see `export`)."""
     trained, _ = load_run_model(info.path, model)
     keras_fp32 = float32_model(trained)  # exported, and the reference it is verified against
     serving = serving_model(keras_fp32, info.image_size)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from convlab.usertext import visible
+
 MODEL_CHOICES = ("best", "final")
 
 
@@ -21,7 +23,7 @@ def plain(text) -> str:
     literally `[bold]x` instead of being read as markup (or crashing on `x[/b]`)."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(visible(text))
 
 
 def add_run_args(parser: argparse.ArgumentParser, model: bool = True) -> None:

@@ -90,9 +90,9 @@ def cmd_data_inspect(args) -> int:
     con = console()
     con.print(table)
     con.print(f"skipped: {info['skipped']}, ignored: {info['ignored']}")
-    out = args.out or Path(args.path) / "samples.png"
-    if not args.out and not os.access(args.path, os.W_OK):
-        out = Path(f"samples-{Path(args.path).name}.png")
+    # Into a prepared folder (convlab's own), never into a folder of the user's photos.
+    out = args.out or (Path(args.path) / "samples.png" if info["prepared"] and os.access(
+        args.path, os.W_OK) else Path(f"samples-{Path(args.path).resolve().name}.png"))
     png = sample_grid(args.path, out, split=args.split, count=args.count)
     con.print(f"sample grid: {plain(png)}")
     return 0
@@ -158,7 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     insp = dsub.add_parser("inspect", help="counts per class/split and a PNG grid of samples")
     insp.add_argument("path", help="prepared folder or folder of class subfolders")
-    insp.add_argument("--out", default=None, help="PNG path (default PATH/samples.png)")
+    insp.add_argument("--out", default=None,
+                      help="PNG path (default: PATH/samples.png for a prepared folder, else "
+                           "samples-NAME.png here; nothing is written into a photo folder)")
     insp.add_argument("--split", default="train", help="the split to draw samples from")
     insp.add_argument("--count", type=int, default=25, help="images in the grid")
     insp.set_defaults(func=cmd_data_inspect)

@@ -10,6 +10,7 @@ from convlab.cli import data, lrfind, results, serve, train
 from convlab.cli.console import show_defaults
 from convlab.errors import ConvlabError
 from convlab.tfimport import import_tensorflow
+from convlab.usertext import visible
 from convlab.version import __version__
 
 
@@ -40,7 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConvlabError as err:
-        print(f"convlab: error: {err}", file=sys.stderr)
+        print(f"convlab: error: {visible(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A file the system refused (a read-only run folder, a path under a file, /proc):
+        # the file and the reason. With --verbose, the traceback instead.
+        if err.filename is None or args.verbose:
+            raise
+        print(f"convlab: error: cannot write or read '{visible(err.filename)}': "
+              f"{err.strerror or err}; check that the path is right and that you may write "
+              "there (--verbose shows where it happened)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convlab: interrupted; re-run the same command to resume (for training: "

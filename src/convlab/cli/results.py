@@ -11,6 +11,7 @@ from convlab.cli.console import add_run_args, console, plain
 from convlab.errors import ConvlabError
 from convlab.runs import TTA_MODES
 from convlab.serving import FORMATS, QUANTIZE
+from convlab.usertext import csv_row, visible
 
 
 def cmd_evaluate(args) -> int:
@@ -26,15 +27,17 @@ def cmd_evaluate(args) -> int:
 
 def _print_mistakes(metrics: dict, shown: int = 10) -> None:
     """The most confident mistakes with their files (all of them are in mistakes.csv)."""
-    with open(metrics["mistakes_file"], newline="") as f:
-        rows = list(csv.DictReader(f))
+    from convlab.evaluation.metrics import read_mistakes
+
+    rows = read_mistakes(metrics["mistakes_file"])
     if not rows:
         print("no mistakes")
         return
-    print(f"{len(rows)} mistakes, the most confident first (all in {metrics['mistakes_file']}):")
+    print(f"{len(rows)} mistakes, the most confident first (all in "
+          f"{visible(metrics['mistakes_file'])}):")
     for row in rows[:shown]:
-        print(f"  {row['path'] or '(file unknown)'}: labelled {row['label']}, predicted "
-              f"{row['predicted']} (p={float(row['p_predicted']):.2f})")
+        print(f"  {visible(row['path'] or '(file unknown)')}: labelled {visible(row['label'])}, "
+              f"predicted {visible(row['predicted'])} (p={float(row['p_predicted']):.2f})")
 
 
 def cmd_review(args) -> int:
@@ -46,9 +49,12 @@ def cmd_review(args) -> int:
           f"{result['seconds']:.0f} s: {result['flagged']} suspected label error(s); "
           f"probabilities: {result['method']} (accuracy {result['accuracy']:.1%})")
     for issue in result["issues"][:args.top]:
-        print(f"  #{issue['rank']} {issue['path']}: labelled {issue['label']} "
-              f"(p={issue['p_label']:.2f}), looks like {issue['suggested']} "
+        print(f"  #{issue['rank']} {visible(issue['path'])}: labelled "
+              f"{visible(issue['label'])} (p={issue['p_label']:.2f}), looks like "
+              f"{visible(issue['suggested'])} "
               f"(p={issue['p_suggested']:.2f})")
+    for note in result.get("notes", []):
+        print(f"note: {visible(note)}")
     groups = result["duplicates"]
     if groups:
         print(f"{len(groups)} duplicate group(s) from the ingest (on the page)")
@@ -68,16 +74,17 @@ def cmd_predict(args) -> int:
 
     rows, skipped = predict(args.run, args.inputs, top_k=args.top_k,
                             batch_size=args.batch_size, model=args.model, tta=args.tta)
+    # Machine-readable stdout stays clean: skipped files go to stderr.
+    for s in skipped:
+        print(visible(f"skipped {s['path']}: {s['reason']}" + (
+            f" ({s['detail']})" if s["detail"] else "")), file=sys.stderr)
+    if not rows:  # an error, and no empty table before it
+        raise ConvlabError(f"none of the {len(skipped)} input file(s) could be classified "
+                           "(reasons above); give image files or folders of them")
     if args.format == "json":
         print(json.dumps({"predictions": rows, "skipped": skipped}, indent=1))
     elif args.format == "csv":
-        k = max((len(r["predictions"]) for r in rows), default=0)
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path"] + [f"{name}_{i}" for i in range(1, k + 1)
-                                    for name in ("class", "probability")])
-        for r in rows:
-            writer.writerow([r["path"]] + [v for p in r["predictions"]
-                                           for v in (p["class"], f"{p['probability']:.6f}")])
+        _print_csv(rows)
     else:
         from rich.table import Table
 
@@ -88,14 +95,18 @@ def cmd_predict(args) -> int:
             table.add_row(plain(r["path"]), ", ".join(
                 f"{plain(p['class'])} {p['probability']:.1%}" for p in r["predictions"]))
         console().print(table)
-    # Machine-readable stdout stays clean: skipped files go to stderr.
-    for s in skipped:
-        print(f"skipped {s['path']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""),
-              file=sys.stderr)
-    if not rows:
-        raise ConvlabError(f"none of the {len(skipped)} input file(s) could be classified "
-                           "(reasons above); give image files or folders of them")
     return 0
+
+
+def _print_csv(rows: list[dict]) -> None:
+    """predict's CSV on stdout; names a spreadsheet would run as formulas are quoted."""
+    k = max((len(r["predictions"]) for r in rows), default=0)
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path"] + [f"{name}_{i}" for i in range(1, k + 1)
+                                for name in ("class", "probability")])
+    for r in rows:
+        writer.writerow(csv_row([r["path"]] + [v for p in r["predictions"] for v in (
+            p["class"], f"{p['probability']:.6f}")]))
 
 
 def cmd_export(args) -> int:

@@ -57,6 +57,9 @@ def _base_config(args):
         except json.JSONDecodeError as err:
             raise ConvlabError(f"--config '{args.config}' is not JSON ({err.msg}, line "
                                f"{err.lineno})") from None
+        except RecursionError:
+            raise ConvlabError(f"--config '{args.config}' is nested too deep to be a config "
+                               "(it holds JSON objects or lists inside each other)") from None
         if not isinstance(values, dict):
             raise ConvlabError(f"--config '{args.config}' must hold a JSON object of config "
                                "fields (e.g. a tune folder's best.json)")

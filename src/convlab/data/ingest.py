@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -28,7 +29,7 @@ from convlab.data.sources import (
     read_bytes,
     scan_source,
 )
-from convlab.errors import ConvlabError
+from convlab.errors import ConvlabError, check_at_least
 from convlab.files import LOCK, cache_dir, locked, write_text_atomic
 
 MANIFEST = "manifest.json"
@@ -225,64 +226,98 @@ def _fingerprint(opts: PrepareOptions, classes: list[str], plan: dict) -> str:
 @contextlib.contextmanager
 def _exclusive(out: Path):
     """Hold an exclusive lock on OUT while preparing into it: a second `prepare` into the
-    same folder stops at once with a clear error instead of mixing its shards in."""
+    same folder stops at once with a clear error instead of mixing its shards in. The lock
+    file goes when the job ends (removed while still held), and so does OUT if this job made
+    it and left it empty: a refused prepare leaves nothing behind."""
     if out.exists() and not out.is_dir():
         raise ConvlabError(f"output '{out}' is a file; give a folder (it will be created)")
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / LOCK).touch()
     except OSError as err:
         raise ConvlabError(f"cannot write to output folder '{out}': {err.strerror}") from None
-    with locked(out, f"another `convlab data prepare` is writing '{out}' right now; wait for "
-                     "it to finish, or prepare into another folder"):
-        yield
+    try:
+        with locked(out, f"another `convlab data prepare` is writing '{out}' right now; wait "
+                         "for it to finish, or prepare into another folder", remove=True):
+            yield
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
-def _convlab_files(out: Path) -> list[Path]:
-    return [p for p in out.iterdir()
-            if p.name in (MANIFEST, STATE, PARTS) or p.name.endswith((".tfrec", ".tfrec.tmp"))]
+# The names convlab gives what it writes into a prepared folder; nothing else is ever deleted.
+SHARD_FILE = re.compile(r"(train|validation|test)\d{2}(-\d+\.tfrec|\.tfrec\.tmp)")
 
 
-def _claim_output(out: Path, fingerprint: str, source: str, overwrite: bool) -> dict | None:
+def _strangers(out: Path) -> list[str]:
+    """Names in OUT that convlab would not have written there."""
+    return sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, STATE, PARTS, LOCK)
+                  and not SHARD_FILE.fullmatch(p.name))
+
+
+def _previous(out: Path) -> dict | None:
+    """The manifest (or, for an interrupted job, the state) convlab left in OUT; None when
+    there is neither; {"damaged": name} when convlab's file there is cut short or garbled.
+
+    Raises:
+        ConvlabError: OUT holds a manifest or state that some other tool wrote, or a damaged
+            one beside files convlab does not write: not a convlab dataset, nothing deleted.
+    """
+    for name in (MANIFEST, STATE):
+        file = out / name
+        if not file.exists():
+            continue
+        try:
+            value = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            value = None
+        if isinstance(value, dict) and (value.get("format") == FORMAT
+                                        or name == STATE and "fingerprint" in value):
+            return value
+        strangers = _strangers(out)
+        if value is not None or strangers:
+            what = f"its {name} was not written by convlab" if value is not None else (
+                f"its {name} is unreadable and it holds {strangers[0]!r}")
+            raise ConvlabError(f"output folder '{out}' is not a convlab dataset ({what}); "
+                               "convlab deletes nothing there: choose an empty or new folder")
+        return {"damaged": name}
+    return None
+
+
+def _claim_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None:
     """Make OUT (an existing folder, locked by `_exclusive`) ready for this plan. Returns the
-    existing manifest if it is already done."""
-    if out.is_dir():
-        previous = None
-        for name in (MANIFEST, STATE):
-            if (out / name).exists():
-                try:
-                    previous = _load_json(out / name, (out / name).read_text())
-                except ConvlabError:
-                    if not overwrite:
-                        raise
-                    previous = {"damaged": name}  # --overwrite repairs it
-                break
-        same_plan = previous is not None and previous.get("fingerprint") == fingerprint
-        if same_plan and (out / MANIFEST).exists():
-            damaged = verify_shards(out, previous, checksums=True)
-            if not damaged:
-                return previous  # done already, and every shard proved intact
-            if not overwrite:
-                raise ConvlabError(f"'{out}' holds this dataset but {damaged[0]} "
-                                   f"({len(damaged)} damaged shard(s)); pass --overwrite to "
-                                   "make it again")
-            same_plan = False
-        if not same_plan:  # same plan without a manifest: an interrupted run, resume it
-            if overwrite:
-                for p in _convlab_files(out):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-            elif previous is not None:
-                raise ConvlabError(
-                    f"'{out}' already holds a different prepared dataset (from "
-                    f"{previous.get('source')}, size {previous.get('options', {}).get('size')});"
-                    " choose another output folder or pass --overwrite"
-                )
-            others = [p.name for p in out.iterdir() if p.name != LOCK]
-            if others:
-                raise ConvlabError(
-                    f"output folder '{out}' is not empty and is not a convlab dataset "
-                    f"(has {others[0]!r}); choose an empty or new folder"
-                )
+    existing manifest if it is already done. Whose files are in OUT is decided before anything
+    is deleted, and only files convlab wrote are: `--overwrite` replaces a convlab dataset,
+    never a folder of something else."""
+    previous = _previous(out)
+    if previous is not None and "damaged" in previous and not overwrite:
+        _load_json(out / previous["damaged"], (out / previous["damaged"]).read_text(
+            errors="replace"))  # raises, naming what is wrong and the fix
+    same_plan = previous is not None and previous.get("fingerprint") == fingerprint
+    if same_plan and (out / MANIFEST).exists():
+        damaged = verify_shards(out, previous, checksums=True)
+        if not damaged:
+            return previous  # done already, and every shard proved intact
+        if not overwrite:
+            raise ConvlabError(f"'{out}' holds this dataset but {damaged[0]} ({len(damaged)} "
+                               "damaged shard(s)); pass --overwrite to make it again")
+        same_plan = False
+    if previous is None:
+        others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        if others:
+            raise ConvlabError(f"output folder '{out}' is not empty and is not a convlab "
+                               f"dataset (has {others[0]!r}); choose an empty or new folder")
+    elif not same_plan:  # same plan without a manifest: an interrupted run, resume it
+        if not overwrite:
+            raise ConvlabError(
+                f"'{out}' already holds a different prepared dataset (from "
+                f"{previous.get('source')}, size {previous.get('options', {}).get('size')}); "
+                "choose another output folder or pass --overwrite"
+            )
+        for p in out.iterdir():
+            if p.name in (MANIFEST, STATE, PARTS) or SHARD_FILE.fullmatch(p.name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         (out / PARTS).mkdir(parents=True, exist_ok=True)
         probe = out / ".convlab-write-test"
@@ -362,6 +397,8 @@ def prepare(
     """
     opts = PrepareOptions(size, shards, val_fraction, test_fraction, quality, seed)
     opts.validate()
+    if workers is not None:
+        check_at_least("workers", workers, 1)
     if is_remote(str(out)):
         return _prepare_remote(src, str(out), opts, workers, overwrite, progress)
     out = Path(out)
@@ -396,7 +433,7 @@ def prepare(
         plan = _split(items, opts, scan.given_splits)
         fingerprint = _fingerprint(opts, classes, plan)
         with _exclusive(out):
-            done = _claim_output(out, fingerprint, scan.source, overwrite)
+            done = _claim_output(out, fingerprint, overwrite)
             if done is not None:
                 done["resumed"] = "already complete"
                 return done
@@ -562,7 +599,10 @@ def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite
     target = join(out, MANIFEST)
     if tf.io.gfile.exists(target):
         with tf.io.gfile.GFile(target) as f:
-            there = json.loads(f.read())
+            there = _load_json(target, f.read())
+        if there.get("format") != FORMAT:
+            raise ConvlabError(f"'{target}' was not written by convlab; convlab deletes nothing "
+                               "there: choose another folder")
         if there.get("fingerprint") == manifest["fingerprint"]:
             return there  # the same plan was uploaded before
         if not overwrite:
@@ -614,15 +654,22 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 
 def _load_json(file, text: str) -> dict:
+    """A manifest (or prepare's state) read from its text; one line naming what is wrong, and
+    `--overwrite` advised only for a folder that holds nothing but what convlab writes."""
+    local = not is_remote(str(file)) and Path(file).parent.is_dir()
+    fix = ("prepare the dataset again with --overwrite, which replaces it" if local and not
+           _strangers(Path(file).parent) else
+           "it is not a convlab dataset: give the folder `convlab data prepare` wrote")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConvlabError(f"'{file}' is damaged (not valid JSON: {err.msg} at line "
-                           f"{err.lineno}); prepare the dataset again with --overwrite, "
-                           "which replaces it") from None
-    if not isinstance(value, dict) or "shards" not in value and "fingerprint" not in value:
-        raise ConvlabError(f"'{file}' is damaged (not a convlab manifest); prepare the "
-                           "dataset again with --overwrite, which replaces it")
+    except (json.JSONDecodeError, RecursionError) as err:
+        where = f": {err.msg} at line {err.lineno}" if isinstance(
+            err, json.JSONDecodeError) else ", nested too deep"
+        raise ConvlabError(f"'{file}' is damaged (not valid JSON{where}); {fix}") from None
+    if not isinstance(value, dict) or (value.get("format") != FORMAT
+                                       and "fingerprint" not in value):
+        raise ConvlabError(f"'{file}' was not written by convlab (not a convlab manifest); "
+                           "give the folder `convlab data prepare` wrote")
     return value
 
 

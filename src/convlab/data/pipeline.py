@@ -32,7 +32,7 @@ def shard_files(path: str | os.PathLike, split: str,
     if not shards:
         have = sorted({s["split"] for s in manifest["shards"]})
         raise ConvlabError(f"prepared dataset '{path}' has no {split!r} split; it has: "
-                           f"{', '.join(have)}")
+                           f"{', '.join(have)} (choose one with --split, or give other photos with --data)")
     return ([join(path, s["file"]) for s in shards], [s["count"] for s in shards], manifest)
 
 

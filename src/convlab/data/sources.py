@@ -18,7 +18,7 @@ import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,18 +103,34 @@ def file_kind(path: str) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
-def walk_files(folder: str | os.PathLike) -> Iterator[tuple[str, str | None]]:
+LINK_ACROSS = "link to another class's folder"
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one real folder is, or is inside, the other."""
+    return os.path.commonpath([a, b]) in (a, b)
+
+
+def walk_files(folder: str | os.PathLike,
+               fence: Iterable[str | os.PathLike] = ()) -> Iterator[tuple[str, str | None]]:
     """(path, `file_kind`) of every file under `folder`: sorted, hidden folders skipped.
-    Linked folders are followed, each real folder once (a link loop ends there). Ingest and
-    predict walk folders through this."""
+    Linked folders are followed, each real folder once (a link loop ends there), except a
+    link into (or above) a `fence` folder, e.g. the other classes' folders: that link is
+    given as (link, LINK_ACROSS), not followed. Ingest and predict walk folders through this."""
     seen = {os.path.realpath(folder)}
+    fenced = [os.path.realpath(f) for f in fence]
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if not d.startswith(".") and real not in seen:
-                seen.add(real)
-                keep.append(d)
+            link = os.path.join(dirpath, d)
+            real = os.path.realpath(link)
+            if d.startswith(".") or real in seen:
+                continue
+            if os.path.islink(link) and any(_overlap(real, f) for f in fenced):
+                yield link, LINK_ACROSS
+                continue
+            seen.add(real)
+            keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
@@ -126,7 +142,7 @@ def _add_file(scan: Scan, path: str, label: str, kind: str | None,
     if kind == "ignored":
         scan.ignored.append(path)
     elif kind is not None:
-        detail = os.readlink(path) if kind == "broken link" else ""
+        detail = os.readlink(path) if kind in ("broken link", LINK_ACROSS) else ""
         scan.skipped.append({"path": path, "class": label, "reason": kind, "detail": detail})
     else:
         scan.candidates.append(Candidate(path, label, split))
@@ -241,7 +257,8 @@ def _scan_classes(scan: Scan, root: Path, class_dirs: list[Path], split: str | N
         )
     for label, class_dir in _class_labels(class_dirs).items():
         before = len(scan.candidates)
-        for path, kind in walk_files(class_dir):
+        # a link in one class's folder must not pull in another class's photos
+        for path, kind in walk_files(class_dir, [d for d in class_dirs if d != class_dir]):
             _add_file(scan, path, label, kind, split)
         if len(scan.candidates) == before and split in (None, "train"):
             scan.empty_classes.append(label)

@@ -24,6 +24,7 @@ from convlab.runs import (
     predict_batch,
     read_record,
 )
+from convlab.usertext import csv_row, from_csv_cell
 
 GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
@@ -259,7 +260,8 @@ def mistakes_order(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def write_mistakes(path: Path, y: np.ndarray, probs: np.ndarray, paths: list[str],
                    classes: list[str]) -> None:
-    """mistakes.csv: every wrong prediction with its file, the most confident first."""
+    """mistakes.csv: every wrong prediction with its file, the most confident first (file
+    and class names that a spreadsheet would run as formulas are quoted: `csv_cell`)."""
     import csv
 
     with open(path, "w", newline="") as f:
@@ -267,8 +269,16 @@ def write_mistakes(path: Path, y: np.ndarray, probs: np.ndarray, paths: list[str
         out.writerow(["path", "label", "predicted", "p_predicted", "p_label"])
         for i in mistakes_order(y, probs):
             guess = int(probs[i].argmax())
-            out.writerow([paths[i], classes[y[i]], classes[guess], f"{probs[i, guess]:.4f}",
-                          f"{probs[i, y[i]]:.4f}"])
+            out.writerow(csv_row([paths[i], classes[y[i]], classes[guess],
+                                  f"{probs[i, guess]:.4f}", f"{probs[i, y[i]]:.4f}"]))
+
+
+def read_mistakes(path: Path) -> list[dict]:
+    """The rows of a mistakes.csv, its text as it was before `write_mistakes` quoted it."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: from_csv_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list,

@@ -13,7 +13,13 @@ import time
 from html import escape
 from pathlib import Path
 
-from convlab.evaluation.metrics import evaluate, load_metrics, other_evaluations, summary_line
+from convlab.evaluation.metrics import (
+    evaluate,
+    load_metrics,
+    other_evaluations,
+    read_mistakes,
+    summary_line,
+)
 from convlab.evaluation.plots import make_plots
 from convlab.runs import RunFolder, RunRecord, load_run_model, read_record
 
@@ -148,13 +154,10 @@ def _class_table(metrics: dict) -> str:
 
 def _mistakes_table(run: Path, metrics: dict, shown: int = 20) -> str:
     """The most confident mistakes with their files: what to open and fix first."""
-    import csv
-
     path = RunFolder(run).mistakes
     if not path.exists():
         return ""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_mistakes(path)
     if not rows:
         return "<section><h2>Mistakes</h2><p>none</p></section>"
     body = "".join(

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import time
+import warnings
 from html import escape
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from convlab.errors import ConvlabError
 from convlab.runs import RunFolder, load_run_model, read_record, run_info
+from convlab.usertext import csv_cell
 
 THUMBNAIL = 150  # px, the long side of each photo on the page
 
@@ -160,8 +162,11 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
         split_of += [split] * len(found)
     if len(paths) != len(y):
         raise ConvlabError(f"'{prepared}' changed while it was being read; run the review again")
-    ranked = find_label_issues(y, probs / probs.sum(1, keepdims=True),
-                               return_indices_ranked_by="self_confidence")
+    with warnings.catch_warnings(record=True) as caught:  # shown as notes, one line each
+        warnings.simplefilter("always")
+        ranked = find_label_issues(y, probs / probs.sum(1, keepdims=True),
+                                   return_indices_ranked_by="self_confidence")
+    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     issues = []
     for rank, i in enumerate(ranked, 1):
         others = probs[i].copy()
@@ -178,7 +183,7 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
                                 ["rank", "path", "split", "label", "suggested", "p_label",
                                  "p_suggested"])
         writer.writeheader()
-        writer.writerows(issues)
+        writer.writerows({k: csv_cell(v) for k, v in issue.items()} for issue in issues)
     result = {
         "run": str(record.path), "data": str(prepared), "method": how,
         "photos": int(len(y)), "splits": splits, "flagged": len(issues),
@@ -186,6 +191,7 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
         "issues": issues, "duplicates": manifest.get("duplicates", []),
         "seconds": round(time.time() - started, 1),
         "page": str(out / "review.html"), "csv": str(out / "label_issues.csv"),
+        "notes": [f"cleanlab: {n}" for n in notes],
     }
     (out / "review.json").write_text(json.dumps(result, indent=1))
     (out / "review.html").write_text(_page(result, shown), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""Callbacks the trainer adds: throughput in the progress bar, and crash-safe checkpoints."""
+"""Callbacks the trainer adds: throughput in the progress bar, crash-safe checkpoints, and a
+stop at the first non-finite loss."""
 
 from __future__ import annotations
 
@@ -80,6 +81,35 @@ def ema_weights(model: keras.Model):
     finally:
         for var, value in zip(variables, trained, strict=True):
             var.assign(value)
+
+
+class FiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is not finite (a learning rate far too
+    high, usually) with a one-line error. Raised at the batch, before the epoch's callbacks
+    run: no checkpoint and no best.keras of non-finite weights is written (Keras'
+    `TerminateOnNaN` stops only after the epoch's callbacks, which would save them).
+
+    `rates`: the peak learning rate of each phase, (first epoch of the phase, rate)."""
+
+    def __init__(self, run: Path | None, rates: list[tuple[int, float]]):
+        super().__init__()
+        self.run, self.rates, self.epoch = run, rates, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        rate = [r for first, r in self.rates if first <= self.epoch][-1]
+        state = read_state(self.run) if self.run is not None else None
+        kept = (f"; epochs 1-{state['epoch']} stay in {self.run}" if state and state["epoch"]
+                else "")
+        raise ConvlabError(
+            f"training stopped: the loss became {float(loss)} in epoch {self.epoch + 1} (batch "
+            f"{batch + 1}), so nothing of this epoch was saved{kept}; the learning rate "
+            f"({rate:g}) is likely too high: train again with a lower one")
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -25,8 +25,15 @@ import tensorflow as tf
 from convlab.config import TrainConfig, named_config
 from convlab.errors import ConvlabError
 from convlab.files import locked, write_text_atomic
-from convlab.runs import RunFolder, checkpoints, history_rows, last_checkpoint, read_record
-from convlab.training.callbacks import EpochCheckpoint, Throughput
+from convlab.runs import (
+    RunFolder,
+    checkpoints,
+    history_rows,
+    last_checkpoint,
+    read_record,
+    why_not_loaded,
+)
+from convlab.training.callbacks import EpochCheckpoint, FiniteLoss, Throughput
 from convlab.training.distributed import (
     ExampleCount,
     ShardedValidation,
@@ -248,8 +255,8 @@ def _resume_point(run: Path, strategy) -> tuple[int, Path, keras.Model] | None:
         try:
             with strategy.scope():
                 model = keras.models.load_model(path)
-        except Exception as err:  # truncated zip, bad h5, missing file
-            print(f"checkpoint {path.name} cannot be loaded ({type(err).__name__}); trying "
+        except Exception as err:  # truncated zip, bad h5, missing file, refused as unsafe
+            print(f"checkpoint {path.name} cannot be loaded: {why_not_loaded(err)}; trying "
                   "the one before it")
             continue
         if epoch < newest[0]:
@@ -283,6 +290,10 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
         what += "; each training batch mixed by " + " or ".join(mixes)
     if (tested := test_size(config, image_size)) != image_size:
         what += f"; evaluated at {tested} px"
+    if not manifest["counts"]["per_split"].get("validation"):
+        what += ("; no validation split: nothing measures the model on photos it did not "
+                 "train on, and best.keras is the epoch with the best training accuracy "
+                 "(prepare with --val-fraction above 0 to measure it)")
     if config.plan:
         what += (f"; chosen for the data and this machine within {config.plan['budget_minutes']:g}"
                  f" min (expected ~{config.plan['expected_minutes']:g})")
@@ -490,7 +501,9 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
     # Saves `model` also while only its head is being fit (cached features). Last: its
     # state.json is the commit point of an epoch, written after the epoch's logs.
     checkpoint = EpochCheckpoint(workdir, model=model, keep=config.keep_checkpoints)
-    callbacks += [*ema, throughput, *logging, checkpoint]
+    finite = FiniteLoss(run, [(0, config.schedule.learning_rate),
+                              (config.epochs, config.fine_tune_schedule.learning_rate)])
+    callbacks += [finite, *ema, throughput, *logging, checkpoint]
     fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
                 "callbacks": callbacks, "verbose": 1 if progress else 2}
     started, feature_seconds = time.time(), None
@@ -500,7 +513,7 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         if config.feature_views:
             feature_seconds = _fit_head_on_features(
                 config, model, train_ds, val_ds, steps, first, global_batch, progress,
-                [*ema, throughput, *logging, checkpoint])
+                [finite, *ema, throughput, *logging, checkpoint])
         else:
             model.fit(train_ds, epochs=config.epochs, initial_epoch=first, **fit_args)
 
@@ -553,7 +566,10 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         return None
     _write_summary(run, config, model, plan.manifest, strategy_info, plan.precision, wall,
                    throughput, feature_seconds)
-    if config.report:
+    if config.report and val_ds is None and not is_multi_worker(strategy):
+        print("report: not written, as the data has no validation split; measure the model "
+              f"on other photos with `convlab evaluate {run} --data PHOTOS`")
+    elif config.report:
         from convlab.evaluation.metrics import load_metrics, summary_line
         from convlab.evaluation.report import report, test_split
 

@@ -325,10 +325,11 @@ def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float |
                                f"{', '.join(differ)}); give another --out, or --overwrite "
                                "to start over there")
         print(f"continuing the search in {folder}")
-    elif overwrite and folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
+    elif folder.is_dir() and any(folder.iterdir()) and not spec_file.exists():
+        raise ConvlabError(f"'{folder}' is not empty and holds no search of convlab's (no "
+                           "search.json); convlab replaces nothing there: give another --out")
+    elif overwrite and spec_file.exists():
+        _forget_search(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(spec_file, json.dumps(spec, indent=1))
 
@@ -356,6 +357,22 @@ def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float |
                            f"{str(err).strip().splitlines()[-1]}); results so far in "
                            f"{folder / 'results.json'}") from None
     return write_results(folder, base, ranges, oracle)
+
+
+# What a search writes into its folder: --overwrite deletes these and nothing else.
+SEARCH_FILES = ("search.json", "oracle", "trials", "trial_results.json", "results.json",
+                "best.json", "tune.html", "tune.png")
+
+
+def _forget_search(folder: Path) -> None:
+    import shutil
+
+    for name in SEARCH_FILES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def write_results(folder: Path, base: TrainConfig, ranges: list[Range], oracle) -> dict:
