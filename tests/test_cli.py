@@ -104,7 +104,7 @@ def test_bench_with_simulated_storage_latency(prepared, capsys):
     assert "2 ms per file" in out
     assert len(rows) == 5 and "memory" not in out.split("decode only")[1]
     assert main(["data", "bench", str(prepared), "--latency-ms", "-1"]) == 2
-    assert "--latency-ms must be >= 0, received: -1" in capsys.readouterr().err
+    assert "--latency-ms must be between 0 and 60000, received: -1" in capsys.readouterr().err
 
 
 def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys, monkeypatch):

@@ -100,6 +100,11 @@ def user_errors(h) -> list[tuple[list, dict | None, str]]:
          "cannot make the export folder"),
         (["export", run, "--format", "keras", "--out", foreign], None,
          "already holds labels.txt and is not a convlab export folder"),
+        (["data", "prepare", photos, photos / "prepared"], None,
+         "is inside the photos"),
+        ([*train, "--set", "seed=-1"], None, "--seed must be between 0 and 4294967295"),
+        (["data", "bench", data, "--latency-ms", "nan"], None, "received: nan"),
+        (["review", run, "--top", "-1"], None, "--top must be at least 0, received: -1"),
     ]
 
 
@@ -134,7 +139,8 @@ def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile,
         assert len(errors) == 1 and message in errors[0], (args, err[-1000:])
     assert not (hostile["root"] / "unused").exists() or not any(
         (hostile["root"] / "unused").iterdir())  # no half-made run folder anywhere
-    assert len(cases) == 32
+    assert len(cases) == 36
+    assert not (hostile["photos"] / "prepared").exists()
     assert (hostile["root"] / "their-export" / "labels.txt").read_text() == "theirs\n"
     assert not (hostile["root"] / "w0").exists() and not (hostile["root"] / "w3").exists()
 

@@ -177,6 +177,8 @@ class TrainConfig:
             if value not in choices:
                 raise ConvlabError(f"--{flag} must be one of {', '.join(choices)}, "
                                    f"received: {value!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ConvlabError(f"--seed must be between 0 and {2**32 - 1}, received: {self.seed}")
         if not 0 <= self.label_smoothing < 1:
             raise ConvlabError(f"--label-smoothing must be in [0, 1), received: "
                                f"{self.label_smoothing}")

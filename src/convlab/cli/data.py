@@ -103,8 +103,9 @@ def cmd_data_bench(args) -> int:
 
     from convlab.data.bench import bench
 
-    if args.latency_ms < 0:
-        raise ConvlabError(f"--latency-ms must be >= 0, received: {args.latency_ms}")
+    if not 0 <= args.latency_ms <= 60_000:
+        raise ConvlabError(f"--latency-ms must be between 0 and 60000, received: "
+                           f"{args.latency_ms}")
     rows, info = bench(args.path, split=args.split, batch_size=args.batch_size,
                        rounds=args.rounds, size=args.size, latency_ms=args.latency_ms,
                        progress=not args.quiet)

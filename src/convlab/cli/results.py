@@ -8,7 +8,7 @@ import json
 import sys
 
 from convlab.cli.console import add_run_args, console, plain
-from convlab.errors import ConvlabError
+from convlab.errors import ConvlabError, check_at_least
 from convlab.runs import TTA_MODES
 from convlab.serving import FORMATS, QUANTIZE
 from convlab.usertext import csv_row, visible
@@ -43,6 +43,8 @@ def _print_mistakes(metrics: dict, shown: int = 10) -> None:
 def cmd_review(args) -> int:
     from convlab.evaluation.review import review
 
+    for flag, value in (("show", args.show), ("top", args.top)):
+        check_at_least(flag, value, 0)
     result = review(args.run, model=args.model, folds=args.folds, shown=args.show,
                     progress=not args.quiet)
     print(f"reviewed {result['photos']:,} photos ({', '.join(result['splits'])}) in "

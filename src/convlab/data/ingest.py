@@ -404,6 +404,9 @@ def prepare(
     out = Path(out)
     started = time.time()
     scan = scan_source(src)
+    if Path(scan.source).is_dir() and out.resolve().is_relative_to(scan.source):
+        raise ConvlabError(f"output folder '{out}' is inside the photos '{src}'; convlab writes "
+                           "nothing into a source folder: prepare into a folder outside it")
     label_of = {c.path: c.label for c in scan.candidates}
     split_of = {c.path: c.split for c in scan.candidates}
     pool = _pool(workers)
