@@ -174,9 +174,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    from convlab.launch import launch
+    from convlab.launch import DEFAULT_RETRIES, launch
 
-    return launch(args.workers, args.command, host=args.host, logs=args.logs, force=args.force)
+    retries = DEFAULT_RETRIES if args.retries is None else args.retries
+    return launch(args.workers, args.command, host=args.host, logs=args.logs, force=args.force,
+                  retries=retries)
 
 
 def cmd_recipes(args) -> int:
@@ -365,6 +367,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="start more workers than this machine has CPU cores")
     la.add_argument("--logs", help="keep the workers' logs here (default: a temporary folder, "
                                    "removed after a successful job)")
+    la.add_argument("--retries", type=int, metavar="N",
+                    help="resume the job by itself at most N times after it loses a worker "
+                         "(killed, or cut off from the others) once an epoch is checkpointed; "
+                         "0: never (default: 2)")
     la.add_argument("command", nargs=argparse.REMAINDER,
                     help="-- train ... (the convlab train command every worker runs)")
     la.set_defaults(func=cmd_launch)

@@ -25,6 +25,12 @@ from convlab.files import write_text_atomic
 from convlab.training.callbacks import ema_weights
 
 REPORT_ENV = "CONVLAB_WORKER_REPORT"
+# How a worker's error begins when the job lost another worker (it died, or went silent past
+# the heartbeat timeout): `convlab launch` resumes after such a loss, not after other errors.
+LOST_CONTACT = "lost contact with another worker"
+# What TensorFlow's collectives raise then, instead of waiting forever.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+               tf.errors.CancelledError)
 
 
 def task_of(strategy: tf.distribute.Strategy) -> tuple[str, int]:
@@ -159,7 +165,11 @@ def check_tpu_data(data: str) -> None:
 
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """Wait until every worker gets here (an all-reduce of a constant): no worker leaves the
-    job while another still needs it for a collective."""
+    job while another still needs it for a collective.
+
+    Raises:
+        ConvlabError: another worker died or went silent meanwhile (`LOST_CONTACT`).
+    """
     def one():
         return tf.constant(1.0)
 
@@ -167,7 +177,11 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     def all_reduce():
         return strategy.reduce("SUM", strategy.run(one), axis=None)
 
-    all_reduce()
+    try:
+        all_reduce()
+    except PEER_ERRORS as err:
+        raise ConvlabError(f"{LOST_CONTACT} ({type(err).__name__}) while waiting for all "
+                           f"workers to finish") from None
 
 
 def variable_digests(model: keras.Model) -> dict[str, str]:

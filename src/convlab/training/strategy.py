@@ -64,11 +64,12 @@ def _gpus() -> list:
 def select_strategy(name: str = "auto") -> StrategyInfo:
     """Build the strategy named (or the best one detected, for "auto").
 
-    Multi-worker: a worker that dies is noticed by TensorFlow's peer health checks, which
-    abort the others' collectives (UnavailableError) instead of letting them wait forever.
-    (TF's per-collective timeout is not used: it starts a thread per collective, and two
-    workers training SqueezeNet on the flower photos ran out of threads with it within an
-    epoch.)
+    Multi-worker: a worker that dies is noticed by TensorFlow's coordination service, which
+    aborts the others' collectives (UnavailableError) instead of letting them wait forever;
+    `coordination_settings` gives it a heartbeat timeout of minutes, not TF's 10 s, so that
+    a worker starved of CPU on a busy machine is not taken for dead. (TF's per-collective
+    timeout is not used: it starts a thread per collective, and two workers training
+    SqueezeNet on the flower photos ran out of threads with it within an epoch.)
 
     Raises:
         ConvlabError: unknown name, or a named strategy whose hardware is not there.
@@ -86,14 +87,22 @@ def select_strategy(name: str = "auto") -> StrategyInfo:
             raise ConvlabError("--strategy tpu but no TPU found; set TPU_NAME (or run on a "
                                "Cloud TPU VM / Colab TPU runtime), or use --strategy auto")
     if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
-        check_tf_config(os.environ.get("TF_CONFIG") or "")
+        tf_config = check_tf_config(os.environ.get("TF_CONFIG") or "")
+        from tensorflow.python.eager import context
+
         from convlab.training.distributed import install_keras_fixes
 
         install_keras_fixes()
+        settings = coordination_settings(tf_config)
+        if settings is not None:  # the strategy then keeps these instead of TF's defaults
+            context.context().configure_coordination_service(**settings)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         workers = strategy.extended._num_workers
-        return StrategyInfo(strategy, "multiworker", strategy.num_replicas_in_sync,
-                            f"{workers} worker(s)", workers=workers)
+        devices = f"{workers} worker(s)"
+        if settings is not None:
+            devices += f", heartbeat timeout {settings['heartbeat_timeout_in_ms'] // 1000} s"
+        return StrategyInfo(strategy, "multiworker", strategy.num_replicas_in_sync, devices,
+                            workers=workers)
     gpus = _gpus()
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = ([f"/gpu:{i}" for i in range(len(gpus))] if gpus else
@@ -167,6 +176,55 @@ def check_tf_config(text: str) -> dict:
                            f"({', '.join(cluster)}) and an index in it, received: "
                            f"{json.dumps(task)[:80]}; {see}")
     return config
+
+
+HEARTBEAT_ENV = "CONVLAB_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_SECONDS = 300
+COORDINATED_JOBS = ("chief", "worker")  # as MultiWorkerMirroredStrategy has them
+
+
+def heartbeat_timeout(environ=os.environ) -> int:
+    """Seconds a worker may miss its heartbeats to the job's coordination service before the
+    job counts it lost: $CONVLAB_HEARTBEAT_TIMEOUT, else 300. TensorFlow's own 10 s was
+    missed by a worker of a 2-worker job on a 2-core machine busy with other training.
+
+    Raises:
+        ConvlabError: a value that is not a whole number of seconds, at least 1.
+    """
+    text = environ.get(HEARTBEAT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HEARTBEAT_SECONDS
+    seconds = int(text) if text.isdigit() else 0
+    if seconds < 1:
+        raise ConvlabError(f"{HEARTBEAT_ENV} must be a whole number of seconds, at least 1, "
+                           f"received: {text!r}")
+    return seconds
+
+
+def coordination_settings(tf_config: dict, environ=os.environ) -> dict | None:
+    """Keyword arguments of TensorFlow's `Context.configure_coordination_service` for the job
+    that `tf_config` (checked by `check_tf_config`) describes: what MultiWorkerMirroredStrategy
+    sets itself (a standalone service on the chief, or worker 0, that checks its tasks'
+    health), plus the heartbeat timeout. None for a task the service does not coordinate
+    (an evaluator).
+
+    No shutdown barrier (0, TF's default): `barrier` in distributed.py already ends the
+    training together, and one at exit would make a finished worker wait out the chief's
+    report and fail the job when that takes longer than its timeout.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2 import CoordinatedJob
+    from tensorflow.python.distribute import multi_worker_util
+
+    if tf_config["task"]["type"] not in COORDINATED_JOBS:
+        return None
+    cluster = tf.train.ClusterSpec(tf_config["cluster"])
+    return {"service_type": "standalone",
+            "service_leader": multi_worker_util.coordination_leader(cluster),
+            "enable_health_check": True,
+            "heartbeat_timeout_in_ms": heartbeat_timeout(environ) * 1000,
+            "shutdown_barrier_timeout_in_ms": 0,
+            "coordinated_jobs": [CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+                                 for job in COORDINATED_JOBS if job in cluster.jobs]}
 
 
 @contextlib.contextmanager

@@ -35,6 +35,8 @@ from convlab.runs import (
 )
 from convlab.training.callbacks import EpochCheckpoint, FiniteLoss, Throughput
 from convlab.training.distributed import (
+    LOST_CONTACT,
+    PEER_ERRORS,
     ExampleCount,
     ShardedValidation,
     barrier,
@@ -546,15 +548,14 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         raise ConvlabError(f"cannot write {err.filename or 'to ' + str(workdir)}: {err.strerror}; "
                            f"free some space, then continue with `convlab train --resume "
                            f"{run}`") from None
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-            tf.errors.CancelledError) as err:
+    except PEER_ERRORS as err:
         # A peer died or stopped answering: collectives abort instead of waiting forever.
         done = last_checkpoint(run) if run is not None else None
         peer = re.search(r"reported from (/job:\w+/task:\d+)", str(err))
         where = f"; reported from {peer.group(1)}" if peer else ""
         folder = run if run is not None else "RUN (the chief's run folder)"
         raise ConvlabError(
-            f"lost contact with another worker ({type(err).__name__}{where}); the chief's "
+            f"{LOST_CONTACT} ({type(err).__name__}{where}); the chief's "
             f"last checkpoint is epoch {done[0] if done else 0}: restart every worker with "
             f"`convlab train --resume {folder}`") from None
     wall = time.time() - started
