@@ -3,6 +3,7 @@ traceback. User errors run as real `convlab` processes; odd files are real files
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -297,19 +298,26 @@ def test_damaged_config_and_model_files_are_one_line_errors(interrupted):
         assert "config.json' is damaged" in result.stderr
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 2 MiB filesystem (tmpfs; needs root), unmounted afterwards."""
-    disk = tmp_path / "disk"
+@contextlib.contextmanager
+def _tmpfs(disk: Path, size: str):
+    """A real filesystem of `size` mounted on `disk` (tmpfs; needs root: the test skips
+    elsewhere), unmounted afterwards."""
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:80]})")
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()[:80]})")
     try:
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 2 MiB filesystem."""
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        yield disk
 
 
 def _fill(disk: Path, leave: int) -> Path:
@@ -587,24 +595,15 @@ def test_emoji_and_cjk_class_names_draw_without_boxes_or_warnings():
 
 @pytest.fixture
 def read_only(tmp_path):
-    """A tmpfs mounted read-only once filled (needs root): yields a function that copies a
-    folder in and remounts read-only."""
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()[:80]})")
+    """A tmpfs mounted read-only once filled: yields a function that copies a folder in and
+    remounts read-only."""
+    with _tmpfs(tmp_path / "ro", "64m") as disk:
+        def freeze(folder: Path) -> Path:
+            copy = Path(shutil.copytree(folder, disk / folder.name))
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            return copy
 
-    def freeze(folder: Path) -> Path:
-        copy = Path(shutil.copytree(folder, disk / folder.name))
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        return copy
-
-    try:
         yield freeze
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_read_only_run_gets_one_line_from_evaluate_report_and_export(hostile, read_only):
