@@ -5,6 +5,7 @@ Grad-CAM."""
 import base64
 import io
 import json
+import re
 import shutil
 import socket
 import threading
@@ -69,9 +70,11 @@ def server(run):
     thread.join(10)
 
 
-def _post(url: str, data: bytes) -> tuple[int, dict]:
+def _post(url: str, data: bytes | None, **request) -> tuple[int, dict]:
+    """(status, JSON answer) of a request; `request`: urllib's (method=, headers=)."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, **request),
+                                    timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -146,6 +149,139 @@ def test_concurrent_clients_all_answered(server, photo):
         t.join(60)
     assert len(results) == 30 and all(s == 200 for s, _ in results)
     assert len({r["predictions"][0]["class"] for _, r in results}) == 1
+
+
+def test_api_answers_bad_queries_and_requests_with_one_line_errors(server, photo):
+    """Every bad query value, wrong method or path, and form upload: `{"error": one line}`
+    naming what was wrong, never FastAPI's `{"detail": [...]}`."""
+    data = photo.read_bytes()
+    cases = [("top_k=abc", "top_k", "'abc'"), ("heatmap=abc", "heatmap", "'abc'"),
+             ("top_k=0", "top_k", "'0'"), ("top_k=-1", "top_k", "'-1'"),
+             ("top_k=1e9", "top_k", "'1e9'"), ("heatmap=2", "heatmap", "'2'"),
+             ("top_k=%C3%A9", "top_k", "'\u00e9'"), ("top_k=%00", "top_k", r"'\x00'"),
+             ("top_k=", "top_k", "''"), ("top_k=1&heatmap=zz", "heatmap", "'zz'")]
+    for query, name, shown in cases:
+        got, body = _post(f"{server}/predict?{query}", data)
+        assert (got, list(body)) == (422, ["error"]), (query, got, body)
+        assert name in body["error"] and f"received: {shown}" in body["error"], body
+    others = [(f"{server}/predict", None, {"method": "GET"}, 405, "POST"),
+              (f"{server}/api/nope", None, {}, 404, "/api/openapi.json"),
+              (f"{server}/predict", b"--x\r\n", {"headers": {
+                  "Content-Type": "multipart/form-data; boundary=x"}}, 415, "--data-binary")]
+    for url, body_sent, request, status, words in others:
+        got, body = _post(url, body_sent, **request)
+        assert (got, list(body)) == (status, ["error"]) and words in body["error"], body
+        assert "\n" not in body["error"]
+    got, body = _post(f"{server}/predict?top_k=1000000&heatmap=yes", data)  # as many as exist
+    assert got == 200 and len(body["predictions"]) == 3 and body["heatmap_png"]
+
+
+def test_api_has_no_page_from_a_cdn_and_serves_its_schema(server):
+    """The server may be offline: swagger-ui's docs page (from a CDN) is gone, the schema
+    stays; the Gradio page's own scripts and styles come from the server itself."""
+    for path in ("/api/docs", "/api/redoc", "/docs", "/redoc"):
+        try:
+            with urllib.request.urlopen(f"{server}{path}", timeout=30) as r:
+                text = r.read().decode()
+        except urllib.error.HTTPError as err:
+            text = err.read().decode()
+        assert "cdn" not in text and "swagger" not in text.lower(), (path, text[:300])
+    with urllib.request.urlopen(f"{server}/api/openapi.json", timeout=30) as r:
+        schema = json.loads(r.read())
+    assert {"/predict", "/api/run"} <= set(schema["paths"])
+    with urllib.request.urlopen(server, timeout=30) as r:
+        page = r.read().decode()
+    loaded = re.findall(r"""<(?:script|link|img)[^>]*(?:src|href)=["']([^"']+)""", page)
+    assert loaded and not [u for u in loaded if re.match(r"(https?:)?//", u)], loaded
+
+
+def test_upload_hang_ups_log_one_line_each(server):
+    """Clients that send part of their body and close (on the API and on the page's upload
+    route): one log line each, no traceback."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.extend(logging.Formatter().format(record).splitlines())
+
+    port = int(server.rsplit(":", 1)[1])
+    form = (b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG")
+    starts = [b"POST /predict HTTP/1.1\r\nContent-Length: 100000\r\n\r\n\x89PNG"] * 4 + [
+        b"POST /gradio_api/upload HTTP/1.1\r\nContent-Type: multipart/form-data; "
+        b"boundary=x\r\nContent-Length: 100000\r\n\r\n" + form]
+    handler = Keep()
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in starts]
+        for client, start in zip(clients, starts, strict=True):
+            client.sendall(start.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nHost: x\r\n")
+                           + b"\0" * 5000)
+        time.sleep(0.3)
+        for client in clients:
+            client.close()
+        deadline = time.time() + 10
+        while len(lines) < len(starts) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything more (a traceback's lines) would arrive now
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not any("Traceback" in line for line in lines), lines[:5]
+    assert len(lines) == len(starts) and all("hung up" in line for line in lines), lines
+    status, _ = _post(f"{server}/predict", b"")  # still serving
+    assert status == 400
+
+
+def test_decodes_in_flight_stay_within_the_limit(server, photo, monkeypatch):
+    """A burst of uploads decodes at most MAX_DECODES at a time (a 50-megapixel PNG takes
+    ~250 MB while it decodes)."""
+    import convlab.inference
+    from convlab.webapp import MAX_DECODES
+
+    decode, lock, in_flight, most = convlab.inference.decode_bytes, threading.Lock(), [0], [0]
+
+    def slow_decode(data, info):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.3)
+            return decode(data, info)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(convlab.inference, "decode_bytes", slow_decode)
+    data, results = photo.read_bytes(), []
+    threads = [threading.Thread(target=lambda: results.append(_post(f"{server}/predict", data)))
+               for _ in range(3 * MAX_DECODES)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [s for s, _ in results] == [200] * len(threads)
+    assert most[0] == MAX_DECODES
+
+
+@pytest.mark.parametrize("flag, value, shown", [
+    ("--max-mb", "nan", "nan"), ("--max-mb", "inf", "inf"), ("--max-mb", "0", "0.0"),
+    ("--max-megapixels", "nan", "nan"), ("--max-megapixels", "1e400", "inf"),
+    ("--max-batch", "0", "0"), ("--port", "0", "0"), ("--port", "70000", "70000")])
+def test_cli_serve_numbers_out_of_range_are_one_line_errors(run, flag, value, shown, capsys,
+                                                            monkeypatch):
+    import convlab.webapp
+    from convlab.cli.main import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(convlab.webapp, "serve", never)
+    assert main(["serve", str(run), flag, value]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("convlab:"), err
+    assert f"{flag} must be a number between" in err[0] and err[0].endswith(f"received: {shown}")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,11 @@ One FastAPI app holds the run's model, loaded and compiled once, with its Grad-C
   `{"predictions": [{"class", "probability"}, ...], ...}`; `?top_k=N`, `?heatmap=1` (a PNG
   of the heat map over the photo, base64). Bad uploads get a 4xx with `{"error": ...}`:
   413 over the byte or pixel limit (decompression bombs are refused from their header,
-  before any decoding), 415 not an image or an unsupported format, 400 a broken image.
-- `GET /api/run`: the run's classes, image size, model file and validation accuracy.
+  before any decoding), 415 not an image or an unsupported format, 400 a broken image,
+  422 a bad `top_k` or `heatmap`. At most `MAX_DECODES` photos decode at once, so a burst
+  of large images cannot take the machine's memory.
+- `GET /api/run`: the run's classes, image size, model file and validation accuracy;
+  `GET /api/openapi.json` the API's schema (no docs page: swagger-ui would come from a CDN).
 
 Photos take the road `convlab predict` gives them (`convlab.inference.decode_bytes`: EXIF
 rotation, any colour mode, resize + centre crop to the stored size, the run's JPEG quality,
@@ -22,10 +25,13 @@ TensorFlow's decoder), so the demo and `convlab predict` agree on every file.
 import base64
 import io
 import json
+import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from html import escape
 from pathlib import Path
 
@@ -40,6 +46,18 @@ TOP_K = 5
 GALLERY_PER_CLASS = 6
 GALLERY_MOST = 120  # photos in the gallery at most, whatever the number of classes
 MAX_BATCH = 16  # requests that queue up share one model call, up to this many
+# Photos decoding at once, page and API together. A 50-megapixel PNG takes ~250 MB while
+# it decodes (Pillow decodes at a reduced scale only JPEG), so this bounds the server's
+# memory under a burst of large uploads; an ordinary photo decodes in ~20 ms.
+MAX_DECODES = 2
+# After an image this large, memory goes back to the system (~30 ms): 16 concurrent
+# 49-megapixel PNGs left the server ~350 MB above idle without it, at idle with it.
+TRIM_PIXELS = 10_000_000
+# What each query parameter of /predict takes, for the one-line 422 that answers a bad one.
+QUERY_WANTS = {"top_k": "a positive integer (the number of classes to list)",
+               "heatmap": "1 or 0 (true or false)"}
+# uvicorn's error log: our lines come out in its format, at its --log-level.
+log = logging.getLogger("uvicorn.error")
 
 
 class UploadError(Exception):
@@ -63,17 +81,20 @@ class Demo:
 
     def __init__(self, run: str | os.PathLike, model: str = "best", *,
                  max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-                 max_batch: int = MAX_BATCH):
+                 max_batch: int = MAX_BATCH, max_decodes: int = MAX_DECODES):
         from convlab.classifier import load
         from convlab.evaluation.gradcam import HeatMaps
 
-        if max_bytes < 1 or max_pixels < 1 or max_batch < 1:
-            raise ConvlabError(f"upload limits and the batch must be positive, received: "
-                               f"max_bytes={max_bytes}, max_pixels={max_pixels}, "
-                               f"max_batch={max_batch}")
+        if min(max_bytes, max_pixels, max_batch, max_decodes) < 1:
+            raise ConvlabError(f"upload limits, the batch and the decodes must be positive, "
+                               f"received: max_bytes={max_bytes}, max_pixels={max_pixels}, "
+                               f"max_batch={max_batch}, max_decodes={max_decodes}")
         self.classifier = load(run, model)
         self.info = self.classifier.info
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        # Decoding in a few threads of its own, not in any of the server's 40: glibc gives
+        # each thread that allocates a large image an arena that keeps the memory.
+        self._decoders = ThreadPoolExecutor(max_decodes, thread_name_prefix="convlab-decode")
         try:
             self.heat_maps: HeatMaps | None = HeatMaps(self.classifier.model)
         except ConvlabError:
@@ -104,7 +125,11 @@ class Demo:
                 raise UploadError(413, f"{name} is {width} x {height} pixels, over the "
                                        f"{self.max_pixels:,}-pixel limit; send a smaller "
                                        "photo (or raise --max-megapixels)")
-            return decode_bytes(data, self.info)
+            try:
+                return self._decoders.submit(decode_bytes, data, self.info).result()
+            finally:
+                if width * height >= TRIM_PIXELS:
+                    _trim_memory()
         except SkipImage as skip:
             status = {"too large": 413, "empty": 400, "not an image": 415,
                       "unsupported format": 415}.get(skip.reason, 400)
@@ -228,6 +253,23 @@ class Batcher:
                 continue
             for (_, done), result in zip(items, results, strict=True):
                 done.set_result(result)
+
+
+def _trim_memory() -> None:
+    """Return the memory freed by a large decode to the system (glibc keeps it otherwise)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -396,15 +438,18 @@ def build_ui(demo: Demo):
 
 
 def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = MAX_BYTES,
-               max_pixels: int = MAX_PIXELS, max_batch: int = MAX_BATCH, ui: bool = True):
+               max_pixels: int = MAX_PIXELS, max_batch: int = MAX_BATCH,
+               max_decodes: int = MAX_DECODES, ui: bool = True):
     """The FastAPI app: the JSON API, and the Gradio page at `/` (unless `ui=False`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI, Query, Request
     from starlette.concurrency import run_in_threadpool
 
-    demo = Demo(run, model, max_bytes=max_bytes, max_pixels=max_pixels, max_batch=max_batch)
-    app = FastAPI(title=f"convlab serve: {demo.info.path.name}", docs_url="/api/docs",
+    demo = Demo(run, model, max_bytes=max_bytes, max_pixels=max_pixels, max_batch=max_batch,
+                max_decodes=max_decodes)
+    # No docs page: FastAPI's loads swagger-ui from a CDN, and this server may be offline
+    # (the fastapi package ships no copy of it). The schema needs nothing from outside.
+    app = FastAPI(title=f"convlab serve: {demo.info.path.name}", docs_url=None,
                   redoc_url=None, openapi_url="/api/openapi.json")
     app.state.demo = demo
 
@@ -417,34 +462,23 @@ def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = 
         return {"ok": True}
 
     @app.post("/predict")
-    async def predict(request: Request, top_k: int = TOP_K, heatmap: bool = False):
+    async def predict(request: Request, top_k: int = Query(TOP_K, ge=1),
+                      heatmap: bool = False):
         """One image's bytes in the body (any content type) -> its top-k classes."""
-        if top_k < 1:
-            return JSONResponse({"error": f"top_k must be a positive integer, received: "
-                                          f"{top_k}"}, status_code=422)
-        # Over the limit: read on (keeping nothing) so that the client, still sending,
-        # gets the 413 instead of a reset connection; stop reading at 4x the limit.
-        declared = request.headers.get("content-length")
-        size, body = 0, bytearray()
-        if not (declared and declared.isdigit() and int(declared) > 4 * demo.max_bytes):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size <= demo.max_bytes:
-                    body += chunk
-                elif size > 4 * demo.max_bytes:
-                    break
-        else:
-            size = int(declared)
+        size, body = await _read_upload(request, demo.max_bytes)
         if size > demo.max_bytes:
-            return JSONResponse({"error": f"the upload is {size / 2**20:.1f} MB or more, over "
-                                          f"the {demo.max_bytes / 2**20:.0f} MB limit; send a "
-                                          "smaller photo"}, status_code=413)
+            return _error(413, f"the upload is {size / 2**20:.1f} MB or more, over the "
+                               f"{demo.max_bytes / 2**20:.0f} MB limit; send a smaller photo")
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return _error(415, "the upload is a form (curl -F); send the photo's bytes as the "
+                               "body: curl --data-binary @photo.jpg")
         try:
             result = await run_in_threadpool(_predict_json, demo, bytes(body), top_k, heatmap)
         except UploadError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status)
+            return _error(err.status, err.message)
         return result
 
+    _errors_in_one_format(app)
     if ui:
         import gradio as gr
 
@@ -452,6 +486,102 @@ def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = 
         app = gr.mount_gradio_app(app, build_ui(demo), path="", theme=theme, css=CSS,
                                   max_file_size=max_bytes, ssr_mode=False, footer_links=[])
     return app
+
+
+def _error(status: int, message: str, headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _errors_in_one_format(app) -> None:
+    """The API's every error as `{"error": one line}`: bad query values (not FastAPI's
+    `{"detail": [...]}`), wrong methods and unknown /api paths (which Gradio's page, mounted
+    at `/` after this, would answer `{"detail": "Not Found"}`); clients that hang up
+    mid-upload get one log line. Called once the API's own routes are in place."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, exc: RequestValidationError):
+        return _error(422, _query_error(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+    @app.api_route("/predict", methods=[m for m in methods if m != "POST"],
+                   include_in_schema=False)
+    def predict_wrong_method(request: Request):
+        return _error(405, f"{request.method} /predict: POST an image's bytes instead, e.g. "
+                           "curl --data-binary @photo.jpg", {"Allow": "POST"})
+
+    @app.api_route("/api/{path:path}", methods=methods, include_in_schema=False)
+    def no_such_api(request: Request, path: str):
+        return _error(404, f"nothing answers {request.method} /api/{path}; the API is POST "
+                           "/predict, GET /api/run and GET /api/openapi.json")
+
+    app.add_middleware(HangUps)
+
+
+async def _read_upload(request, limit: int) -> tuple[int, bytearray]:
+    """(size, body) of a request. Over `limit`, reads on (keeping nothing) so that a client
+    still sending gets its 413 instead of a reset connection, and stops at 4x the limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > 4 * limit:
+        return int(declared), bytearray()
+    size, body = 0, bytearray()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            body += chunk
+        elif size > 4 * limit:
+            break
+    return size, body
+
+
+class HangUps:
+    """ASGI middleware: one log line, instead of a 60-line traceback, for each client that
+    hangs up in the middle of its upload (routine for a server: slow or dropped clients),
+    on the API and on the page's uploads alike."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import ClientDisconnect
+
+        received = 0
+
+        async def counting():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, counting, send)
+        except ClientDisconnect:
+            client = ":".join(map(str, scope.get("client") or ["a client"]))
+            declared = dict(scope.get("headers", [])).get(b"content-length")
+            of = f" of the {declared.decode(errors='replace')}" if declared else ""
+            log.warning("%s hung up after %d%s bytes of its upload to %s", client, received,
+                        of, scope.get("path"))
+
+
+def _query_error(errors) -> str:
+    """FastAPI's validation errors as one line: each bad parameter, what it takes, what came."""
+    said = []
+    for e in errors:
+        name, value = e["loc"][-1], str(e.get("input", ""))
+        value = value if len(value) <= 40 else value[:40] + "..."
+        want = QUERY_WANTS.get(name)
+        said.append(f"{name} must be {want}, received: {value!r}" if want else
+                    f"{name}: {e['msg']}, received: {value!r}")
+    return "; ".join(said)
 
 
 def _predict_json(demo: Demo, data: bytes, top_k: int, heatmap: bool) -> dict:

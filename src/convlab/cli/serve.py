@@ -10,27 +10,39 @@ from convlab.cli.console import add_run_args
 from convlab.errors import ConvlabError
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """A one-line error for a number out of its range, nan and inf included (argparse's
+    float takes them; they would surface later as a ValueError or OverflowError)."""
+    from convlab.data.decode import MAX_PIXELS  # the shared decoder reads nothing larger
+
+    ranges = {"--port": (1, 65535), "--max-mb": (0.01, 1024),
+              "--max-megapixels": (0.01, MAX_PIXELS / 1e6), "--max-batch": (1, 1024)}
+    for flag, (low, high) in ranges.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not low <= value <= high:  # also true of nan
+            raise ConvlabError(f"{flag} must be a number between {low:g} and {high:g}, "
+                               f"received: {value}")
+
+
 def check_port(host: str, port: int) -> None:
     """A one-line error now, rather than uvicorn's traceback later, when host:port is taken
     or not this machine's."""
-    if not 0 <= port <= 65535:
-        raise ConvlabError(f"--port must be in 0-65535, received: {port}")
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.bind((host, port))
-    except OSError as err:
+    # OverflowError: a port outside 0-65535; UnicodeError, TypeError: a host not encodable.
+    except (OSError, OverflowError, UnicodeError, TypeError) as err:
         hint = ("another program listens there: choose another --port"
-                if err.errno == errno.EADDRINUSE else "give an address of this machine")
-        raise ConvlabError(f"cannot listen on {host}:{port} ({err.strerror}); {hint}") from None
+                if getattr(err, "errno", None) == errno.EADDRINUSE
+                else "give an address of this machine")
+        reason = getattr(err, "strerror", None) or err
+        raise ConvlabError(f"cannot listen on {host}:{port} ({reason}); {hint}") from None
 
 
 def cmd_serve(args) -> int:
     from convlab.webapp import serve
 
-    if args.max_mb <= 0 or args.max_megapixels <= 0 or args.max_batch < 1:
-        raise ConvlabError(f"--max-mb, --max-megapixels and --max-batch must be positive, "
-                           f"received: {args.max_mb:g}, {args.max_megapixels:g}, "
-                           f"{args.max_batch}")
+    check_numbers(args)
     check_port(args.host, args.port)
     if not args.api_only:
         try:
