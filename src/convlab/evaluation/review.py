@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 import warnings
 from html import escape
@@ -162,11 +163,14 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
         split_of += [split] * len(found)
     if len(paths) != len(y):
         raise ConvlabError(f"'{prepared}' changed while it was being read; run the review again")
-    with warnings.catch_warnings(record=True) as caught:  # shown as notes, one line each
+    # In this process (n_jobs=1: worker processes would print their warnings themselves),
+    # its warnings caught and shown as notes, one line each, classes by name.
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ranked = find_label_issues(y, probs / probs.sum(1, keepdims=True),
+        ranked = find_label_issues(y, probs / probs.sum(1, keepdims=True), n_jobs=1,
                                    return_indices_ranked_by="self_confidence")
-    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    notes = list(dict.fromkeys(re.sub(r"class: (\d+)", lambda m: f"class {classes[int(m[1])]!r}",
+                                      " ".join(str(w.message).split())) for w in caught))
     issues = []
     for rank, i in enumerate(ranked, 1):
         others = probs[i].copy()
