@@ -68,7 +68,10 @@ def test_evaluate_own_validation_split_agrees_with_manifest_and_training(run, tr
     # best.keras is the epoch with the best val_accuracy: Keras measured the same numbers.
     best = json.loads((run / "summary.json").read_text())["best"]
     assert metrics["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
-    assert metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+    # Keras' val_loss is the model's own probabilities' NLL; the loss shown is the calibrated one
+    assert metrics["calibration"]["nll"] == pytest.approx(best["val_loss"], rel=1e-4)
+    assert metrics["loss"] == pytest.approx(metrics["calibration"]["nll_calibrated"], rel=1e-4)
+    assert metrics["loss"] <= metrics["calibration"]["nll"] + 1e-6
     assert json.loads((run / "metrics.json").read_text()) == metrics
     # The plots' pixels are the evaluated images, in the evaluated order.
     with np.load(run / "predictions.npz") as saved:
@@ -196,7 +199,7 @@ def test_plots_are_valid_pngs(run):
     made = make_plots(run)
     assert sorted(made) == sorted(["training_curves.png", "confusion_matrix.png",
                                    "predictions.png", "mistakes.png", "mistakes_gradcam.png",
-                                   "augmentation.png"])
+                                   "augmentation.png", "reliability.png"])
     with np.load(run / "predictions.npz") as pred:  # one heat map per mistake shown
         assert pred["mistake_heat"].shape[0] == len(pred["mistakes"])
         assert pred["mistake_heat"].min() >= 0 and pred["mistake_heat"].max() <= 1
@@ -235,7 +238,8 @@ def test_report_is_self_contained_escaped_and_has_the_numbers(reported):
     parser = _Tags()
     parser.feed(page)
     images = [attrs for tag, attrs in parser.tags if tag == "img"]
-    assert len(images) == 7  # 6 plots (mistakes_gradcam.png among them) + the trainer's lr_schedule.png
+    # 7 plots (mistakes_gradcam.png, reliability.png among them) + the trainer's lr_schedule.png
+    assert len(images) == 8
     for attrs in images:
         assert attrs["src"].startswith("data:image/png;base64,")
         data = base64.b64decode(attrs["src"].split(",", 1)[1], validate=True)
@@ -279,6 +283,6 @@ def test_report_renders_in_chromium(reported, tmp_path):
         "</script></body>")))
     dom = _chromium("--dump-dom", "--virtual-time-budget=5000", probe.as_uri(),
                     profile=tmp_path / "profile").stdout
-    assert f'data-decoded="{",".join(["true"] * 7)}"' in dom
+    assert f'data-decoded="{",".join(["true"] * 8)}"' in dom
     metrics = json.loads((reported.parent / "metrics.json").read_text())
     assert f"{metrics['accuracy']:.4f}" in dom and dom.count("<img") == 7

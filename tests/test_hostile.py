@@ -513,7 +513,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(hostile, tmp_path, ca
         Image.new("RGB", (24, 24), (20, 200, 30)).save(tmp_path / name)
     assert main(["predict", str(hostile["run"]), str(tmp_path), "--format", "csv"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]
-    cells = [c for row in rows for c in [row[0], *row[1::2]]]  # paths and class names
+    cells = [c for row in rows for c in [row[0], *row[3::2]]]  # paths and class names
     assert len(rows) == len(FORMULAS)
     assert not [c for c in cells if c[:1] in "=+-@\t\r"], cells
     assert {from_csv_cell(r[0]) for r in rows} == {str(tmp_path / n) for n in FORMULAS}

@@ -62,6 +62,16 @@ def cli(*argv):
     return args.func(args)
 
 
+def shown(run, probs: np.ndarray) -> np.ndarray:
+    """What convlab shows for the Keras model's own probabilities: calibrated with the run's
+    temperature (every run trained with a validation split has one)."""
+    from convlab.prediction import Calibration, tempered
+
+    calibration = Calibration.load(run, "best.keras")
+    assert calibration is not None
+    return tempered(np.asarray(probs)[None], calibration.temperature)[0]
+
+
 def test_predict_skips_bad_files_and_matches_the_keras_model(run, photos):
     rows, skipped = predict(run, [photos], top_k=2, batch_size=3)  # 4 images: 2 batches
     got = {r["path"]: r["predictions"] for r in rows}
@@ -76,7 +86,7 @@ def test_predict_skips_bad_files_and_matches_the_keras_model(run, photos):
     for path, predictions in got.items():
         jpeg = decode_and_resize(Path(path).read_bytes(), 16).jpeg
         x = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)[None] / 255.0
-        probs = model.predict_on_batch(x.numpy())[0]
+        probs = shown(run, model.predict_on_batch(x.numpy())[0])
         order = np.argsort(-probs)[:2]
         assert [p["class"] for p in predictions] == [classes[i] for i in order]
         np.testing.assert_allclose([p["probability"] for p in predictions], probs[order],
@@ -134,7 +144,8 @@ def test_export_verifies_and_writes_labels(run, tmp_path, format, quantize):
 
         session = onnxruntime.InferenceSession(report["artifact"])
         pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3)).astype(np.float32)
-        expected = load_run_model(run)[0](pixels / 255.0, training=False).numpy()
+        expected = np.stack([shown(run, p) for p in load_run_model(run)[0](
+            pixels / 255.0, training=False).numpy()])  # calibrated inside the export
         got = session.run(None, {session.get_inputs()[0].name: pixels})[0]
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -168,7 +179,8 @@ def test_export_is_verified_by_validation_accuracy_against_a_stated_bound(run, t
 
 def test_uint8_and_float_inputs_give_the_same_result(run, tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    expected = load_run_model(run)[0](pixels.astype(np.float32) / 255.0, training=False).numpy()
+    expected = np.stack([shown(run, p) for p in load_run_model(run)[0](
+        pixels.astype(np.float32) / 255.0, training=False).numpy()])  # calibrated, as exported
 
     cli("export", run, "--format", "keras", "--out", tmp_path / "k")
     model = keras.models.load_model(tmp_path / "k" / "model.keras")
@@ -215,7 +227,8 @@ def test_flip_tta_averages_each_image_with_its_mirror(run, photos):
     for r in rows:
         jpeg = decode_and_resize(Path(r["path"]).read_bytes(), 16).jpeg
         x = (tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)[None] / 255.0).numpy()
-        expected = (model.predict_on_batch(x)[0] + model.predict_on_batch(x[:, :, ::-1])[0]) / 2
+        expected = shown(run, (model.predict_on_batch(x)[0]
+                               + model.predict_on_batch(x[:, :, ::-1])[0]) / 2)
         got = {p["class"]: p["probability"] for p in r["predictions"]}
         for name, probability in got.items():
             assert probability == pytest.approx(expected[classes.index(name)], abs=1e-6)
@@ -274,7 +287,8 @@ def test_a_larger_test_size_is_used_by_evaluate_predict_and_export(tiny_prepared
     photo = sorted((data.parent / "src").rglob("*.jpg"))[0]
     (row,), _ = predict(run, [photo], top_k=1)
     pixels = tf.io.decode_jpeg(decode_and_resize(photo.read_bytes(), 24).jpeg, channels=3)
-    probs = model.predict_on_batch((tf.cast(pixels, tf.float32)[None] / 255.0).numpy())[0]
+    probs = shown(run, model.predict_on_batch((tf.cast(pixels, tf.float32)[None] / 255.0
+                                               ).numpy())[0])
     assert row["predictions"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
 
     exported = export(run, "tflite", out=tmp_path / "tflite")

@@ -18,9 +18,9 @@ import os
 from convlab.errors import ConvlabError
 from convlab.version import __version__
 
-__all__ = ["Classifier", "ConvlabError", "__version__", "evaluate", "export", "load",
-           "lr_find", "predict", "prepare", "report", "resume", "review", "serve", "train",
-           "tune"]
+__all__ = ["Classifier", "ConvlabError", "__version__", "calibrate", "evaluate", "export",
+           "load", "lr_find", "predict", "prepare", "report", "resume", "review", "serve",
+           "train", "tune"]
 
 
 def _with_tensorflow(module: str, name: str):
@@ -85,6 +85,12 @@ def predict(run, inputs, **options):
 def export(run, format: str = "keras", **options) -> dict:
     """Export and verify a run's model; see `convlab.serving.export`."""
     return _with_tensorflow("convlab.serving", "export")(run, format, **options)
+
+
+def calibrate(run, model: str = "best", **options):
+    """Fit a run's temperature and "none of the classes" threshold on its validation split
+    (training does it at its end); see `convlab.prediction.calibrate`."""
+    return _with_tensorflow("convlab.prediction", "calibrate")(run, model, **options)
 
 
 def report(run):

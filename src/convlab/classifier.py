@@ -16,7 +16,8 @@ import numpy as np
 
 from convlab.data.decode import SkipImage
 from convlab.errors import ConvlabError
-from convlab.runs import MODEL_FILES, RunInfo, check_tta, load_run_model, predict_batch, run_info
+from convlab.prediction import Outputs, Predictor, answers
+from convlab.runs import MODEL_FILES, RunInfo, check_tta
 
 
 class Classifier:
@@ -32,15 +33,17 @@ class Classifier:
     """
 
     def __init__(self, run: str | os.PathLike, model: str = "best"):
-        self.info: RunInfo = run_info(run)
-        self.model, self.model_path = load_run_model(run, model)
+        self.predictor = Predictor(run, model)
+        self.info: RunInfo = self.predictor.info
+        self.model, self.model_path = self.predictor.model, self.predictor.path
         self.which = model
         self.run, self.classes, self.image_size = (self.info.path, list(self.info.classes),
                                                    self.info.image_size)
 
     def __repr__(self) -> str:
         return (f"Classifier(run='{self.run}', model={self.model_path.name}, "
-                f"classes={self.classes}, image_size={self.image_size})")
+                f"classes={self.classes}, image_size={self.image_size}; "
+                f"{self.predictor.describe()})")
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -89,20 +92,25 @@ class Classifier:
 
     # -- predictions -------------------------------------------------------------------
 
-    def probabilities(self, images, *, batch_size: int = 64, tta: str | None = None
-                      ) -> np.ndarray:
-        """Class probabilities, (N, classes), for a list of inputs (or one: (1, classes))."""
+    def outputs(self, images, *, batch_size: int = 64, tta: str | None = None) -> Outputs:
+        """The model's `Outputs` (calibrated probabilities, out-of-scope scores, ...) for a
+        list of inputs (or one)."""
         items, _ = self._as_list(images)
         tta = check_tta(tta)
         if batch_size < 1:
             raise ConvlabError(f"batch_size must be positive, received: {batch_size}")
-        out = [np.zeros((0, len(self.classes)), np.float32)]
-        for start in range(0, len(items), batch_size):
-            x = np.stack([self._pixels(i) for i in items[start:start + batch_size]])
-            out.append(predict_batch(self.model, x.astype(np.float32) / np.float32(255.0), tta))
-        return np.concatenate(out)
+        return Outputs.join([self.predictor(np.stack([self._pixels(i) for i in
+                                                      items[s:s + batch_size]]), tta=tta)
+                             for s in range(0, len(items), batch_size)], len(self.classes))
 
-    def predict(self, images, top_k: int = 5, *, batch_size: int = 64, tta: str | None = None):
+    def probabilities(self, images, *, batch_size: int = 64, tta: str | None = None
+                      ) -> np.ndarray:
+        """Class probabilities, (N, classes), for a list of inputs (or one: (1, classes)):
+        calibrated when the run is (see `convlab.prediction`)."""
+        return self.outputs(images, batch_size=batch_size, tta=tta).probabilities
+
+    def predict(self, images, top_k: int = 5, *, batch_size: int = 64, tta: str | None = None,
+                reject: bool = True):
         """The top-k classes of one input or of each of a list.
 
         Args:
@@ -111,22 +119,24 @@ class Classifier:
             top_k: classes per image (at most the number of classes).
             batch_size: images per model call.
             tta: None/"none", or "flip" (average each image and its mirror image).
+            reject: say "none of the classes" for an image unlike the run's training photos
+                (a calibrated run); False: the bare top-k.
 
         Returns:
-            For one input, [{"class", "probability"}, ...] most probable first; for a list,
-            one such list per input, in order.
+            For one input, a `TopK`: [{"class", "probability"}, ...] most probable first, with
+            `.none_of_the_classes` (True for an image of none of the run's classes, None for
+            an uncalibrated run), `.score` and `.threshold`; it prints as "none of the
+            classes (score ...); [...]" then. For a list, one `TopK` per input, in order.
 
         Raises:
             ConvlabError: a missing or unreadable file, an input that is not an image, bad
                 options.
         """
-        from convlab.inference import top_classes
-
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ConvlabError(f"top_k must be a positive integer, received: {top_k!r}")
         _, single = self._as_list(images)
-        probs = self.probabilities(images, batch_size=batch_size, tta=tta)
-        rows = top_classes(probs, self.classes, min(top_k, len(self.classes)))
+        out = self.outputs(images, batch_size=batch_size, tta=tta)
+        rows = answers(out, self.predictor, min(top_k, len(self.classes)), reject)
         return rows[0] if single else rows
 
     # -- the run's other tools, on this model --------------------------------------------

@@ -17,7 +17,8 @@ import numpy as np
 from convlab.data.decode import SkipImage, decode_and_resize
 from convlab.data.sources import read_bytes, walk_files
 from convlab.errors import ConvlabError
-from convlab.runs import RunInfo, check_tta, load_run_model, predict_batch, run_info
+from convlab.prediction import Predictor, answers
+from convlab.runs import RunInfo, check_tta
 
 
 def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
@@ -100,13 +101,6 @@ def decode_all(paths: list[str], info: RunInfo, *,
             futures[i] = None  # drop the array once consumed
 
 
-def top_classes(probabilities: np.ndarray, classes: list[str], k: int) -> list[list[dict]]:
-    """Per row, the k most probable classes, most probable first."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [[{"class": classes[j], "probability": float(p[j])} for j in row]
-            for p, row in zip(probabilities, order, strict=True)]
-
-
 def predict(
     run: str | os.PathLike,
     inputs: list[str | os.PathLike],
@@ -116,6 +110,7 @@ def predict(
     model: str = "best",
     workers: int | None = None,
     tta: str | None = None,
+    reject: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Classify image files and folders with a trained run.
 
@@ -130,11 +125,14 @@ def predict(
         workers: decoding threads (default: one per core).
         tta: test-time augmentation: None/"none", or "flip" (average each image and its
             mirror image).
+        reject: say "none of the classes" for images unlike the run's training photos (a
+            calibrated run only); False: the bare top-k.
 
     Returns:
         (rows, skipped): rows in input order, each {"path", "predictions": [{"class",
-        "probability"}, ...]} most probable first; skipped: {"path", "reason", "detail"} for
-        each file that could not be read or decoded.
+        "probability"}, ...] most probable first (calibrated probabilities), "none_of_the_classes":
+        True / False / None (uncalibrated run, or reject=False), "score"}; skipped: {"path",
+        "reason", "detail"} for each file that could not be read or decoded.
 
     Raises:
         ConvlabError: not a run folder, a missing input, bad options, or no candidate files.
@@ -144,22 +142,19 @@ def predict(
     if batch_size < 1:
         raise ConvlabError(f"batch_size must be positive. Received: batch_size={batch_size!r}")
     tta = check_tta(tta)
-    info = run_info(run)
     paths, skipped = collect(inputs)
     if not paths:
         raise ConvlabError(f"no image files in {', '.join(map(str, inputs))}")
-    keras_model, _ = load_run_model(run, model)
+    predictor = Predictor(run, model)
+    info = predictor.info
     k = min(top_k, len(info.classes))
     rows: list[dict] = []
     batch_paths: list[str] = []
     batch: list[np.ndarray] = []
 
     def flush():
-        # The same float conversion as the pipeline: cast, then divide by 255.
-        x = np.stack(batch).astype(np.float32) / np.float32(255.0)
-        probs = predict_batch(keras_model, x, tta)
-        rows.extend({"path": p, "predictions": t}
-                    for p, t in zip(batch_paths, top_classes(probs, info.classes, k), strict=True))
+        found = answers(predictor(np.stack(batch), tta=tta), predictor, k, reject)
+        rows.extend({"path": p, **t.as_dict()} for p, t in zip(batch_paths, found, strict=True))
         batch_paths.clear()
         batch.clear()
 

@@ -45,6 +45,10 @@ class RunFolder:
     report = property(lambda self: self.path / "report.html")
     export = property(lambda self: self.path / "export")
     review = property(lambda self: self.path / "review")  # suspected label errors
+    # calibrate: the temperature and out-of-scope threshold, and the training features the
+    # out-of-scope score compares each photo with
+    calibration = property(lambda self: self.path / "calibration.json")
+    feature_bank = property(lambda self: self.path / "calibration-features.npy")
 
     def checkpoint(self, epoch: int) -> Path:
         """The full model (with optimizer state) after `epoch` finished epochs."""

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convlab.errors import ConvlabError
+from convlab.prediction import Calibration, tempered
 from convlab.progress import progress_bar
 from convlab.runs import RunFolder, RunInfo, load_run_model, read_record, run_info
 from convlab.tfimport import muted_stderr
@@ -83,14 +84,18 @@ def float32_model(model):
     return rebuilt(model, as_float32)
 
 
-def serving_model(model_fp32, image_size: int):
+def serving_model(model_fp32, image_size: int, temperature: float | None = None):
     """[0, 255] pixels -> the trained model (a `float32_model` copy, inference mode) ->
-    probabilities."""
+    probabilities, calibrated with the run's `temperature` when it has one."""
     import keras
+
+    from convlab.models.layers import Temperature
 
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = keras.layers.Rescaling(1 / 255, dtype="float32", name="scale_to_unit")(inputs)
     outputs = model_fp32(x, training=False)
+    if temperature is not None:
+        outputs = Temperature(temperature, dtype="float32", name="calibration")(outputs)
     return keras.Model(inputs, outputs, name=f"{model_fp32.name}_serving")
 
 
@@ -338,9 +343,11 @@ def _claim_export_folder(out: Path, format: str) -> Path:
 def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, samples,
                  tol, progress) -> dict:
     """Write, verify and describe one export (see `export`)."""
-    trained, _ = load_run_model(info.path, model)
+    trained, path = load_run_model(info.path, model)
+    calibration = Calibration.load(info.path, path.name)
+    temperature = calibration.temperature if calibration is not None else None
     keras_fp32 = float32_model(trained)  # exported, and the reference it is verified against
-    serving = serving_model(keras_fp32, info.image_size)
+    serving = serving_model(keras_fp32, info.image_size, temperature)
     if format == "keras":
         serving.save(artifact)
     elif format == "savedmodel":
@@ -357,6 +364,8 @@ def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, 
                       "verifying the export") as advance:
         reference = _batched(lambda x: keras_fp32(x.astype(np.float32) / np.float32(255.0),
                                                   training=False), images, advance)
+        if temperature is not None:  # what convlab shows: the calibrated probabilities
+            reference = tempered(reference, temperature)
         outputs = {name: _batched(fn, images, advance) for name, fn in runners.items()}
     keras_accuracy = float((reference.argmax(1) == labels).mean())
     results = {}
@@ -376,9 +385,17 @@ def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, 
                   "dtype": "uint8" if format == "tflite" else
                   "float32" if format == "onnx" else "float32 (or uint8)"},
         "output": {"shape": [None, len(info.classes)], "dtype": "float32",
-                   "meaning": "class probabilities in labels.txt order"},
+                   "meaning": "class probabilities in labels.txt order" + (
+                       f", calibrated (temperature {temperature:.4f}, inside the model)"
+                       if temperature is not None else " (the run is not calibrated)")},
+        # the out-of-scope score compares features with the run's training photos: it is
+        # not in the exported model; `convlab predict` and `convlab serve` give it
+        "calibration": None if calibration is None else {
+            "temperature": temperature, "out_of_scope_threshold": calibration.threshold,
+            "out_of_scope": "not in the exported model (convlab predict / serve give it)"},
         "bytes": _size(artifact),
-        "verification": {"reference": "the run's Keras model in float32, on [0, 1] inputs",
+        "verification": {"reference": "the run's Keras model in float32 (calibrated as the "
+                                      "export is), on [0, 1] inputs",
                          "images": len(images), "splits": splits, "passed": ok,
                          "tolerance": tol._asdict(), "keras_accuracy": keras_accuracy,
                          **worst, "by_input": results},

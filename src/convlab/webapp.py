@@ -39,6 +39,7 @@ import numpy as np
 
 from convlab.data.decode import ACCEPTED_NAMES, SkipImage, sniff
 from convlab.errors import ConvlabError
+from convlab.prediction import Outputs, TopK, answers
 
 MAX_BYTES = 20 * 2**20  # per upload
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo passes; a decompression bomb does not
@@ -70,7 +71,7 @@ class UploadError(Exception):
 
 @dataclass
 class Prediction:
-    top: list[dict]  # [{"class", "probability"}] most probable first
+    top: TopK  # [{"class", "probability"}] most probable first, with the run's verdict
     pixels: np.ndarray  # uint8 (S, S, 3): what the model saw
     heat: np.ndarray | None  # (h, w) in [0, 1] for the top class; None without a feature map
     milliseconds: float
@@ -83,7 +84,6 @@ class Demo:
                  max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
                  max_batch: int = MAX_BATCH, max_decodes: int = MAX_DECODES):
         from convlab.classifier import load
-        from convlab.evaluation.gradcam import HeatMaps
 
         if min(max_bytes, max_pixels, max_batch, max_decodes) < 1:
             raise ConvlabError(f"upload limits, the batch and the decodes must be positive, "
@@ -95,10 +95,7 @@ class Demo:
         # Decoding in a few threads of its own, not in any of the server's 40: glibc gives
         # each thread that allocates a large image an arena that keeps the memory.
         self._decoders = ThreadPoolExecutor(max_decodes, thread_name_prefix="convlab-decode")
-        try:
-            self.heat_maps: HeatMaps | None = HeatMaps(self.classifier.model)
-        except ConvlabError:
-            self.heat_maps = None  # the dense baseline: predictions without heat maps
+        self.predictor = self.classifier.predictor  # the one prediction path, heat maps too
         self._batches = Batcher(self._forward, max_batch)
         # Warm-up: the first requests should not pay for tracing the model (batches of one,
         # and of several once clients queue up).
@@ -145,22 +142,16 @@ class Demo:
 
     def classify(self, pixels: np.ndarray, top_k: int = TOP_K) -> Prediction:
         """Top-k classes (and the top class's heat map) for one uint8 (S, S, 3) image."""
-        from convlab.inference import top_classes
-
         start = time.perf_counter()
-        x = pixels.astype(np.float32) / np.float32(255.0)  # as the pipeline does
-        probs, heat = self._batches.submit(x)
-        top = top_classes(probs[None], self.classifier.classes,
-                          min(top_k, len(self.info.classes)))[0]
+        one = self._batches.submit(pixels.astype(np.float32) / np.float32(255.0))
+        top = answers(one, self.predictor, min(top_k, len(self.info.classes)))[0]
+        heat = None if one.maps is None else one.maps[0]
         return Prediction(top, pixels, heat, (time.perf_counter() - start) * 1000)
 
-    def _forward(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """(probabilities, heat map or None) per image of a float batch: one model call."""
-        if self.heat_maps is not None:
-            probs, maps = self.heat_maps(batch)
-            return list(zip(probs, maps, strict=True))
-        probs = np.asarray(self.classifier.model.predict_on_batch(batch), np.float32)
-        return [(p, None) for p in probs]
+    def _forward(self, batch: np.ndarray) -> list[Outputs]:
+        """Each image's `Outputs` (a batch of one) from one model call on a float batch."""
+        out = self.predictor(batch, heat=True)
+        return [out.row(i) for i in range(len(batch))]
 
     def heat_png(self, prediction: Prediction) -> bytes | None:
         """The heat map laid over what the model saw, as PNG bytes."""
@@ -181,7 +172,8 @@ class Demo:
                 "classes": self.classifier.classes, "image_size": self.info.image_size,
                 "validation_accuracy": metrics.get("accuracy"),
                 "validation_images": metrics.get("images"),
-                "heat_maps": self.heat_maps is not None}
+                "heat_maps": self.predictor.heat_maps is not None,
+                "calibration": self.predictor.describe()}
 
     def gallery(self, per_class: int = GALLERY_PER_CLASS) -> list[tuple[np.ndarray, str, str]]:
         """Up to `per_class` validation photos of each class from the run's prepared data
@@ -302,6 +294,7 @@ CSS = """
 .cl-fill {background:#2b7bba; height:14px; border-radius:3px}
 .cl-top .cl-fill {background:#e4572e}
 .cl-p {width:52px; text-align:right; font-variant-numeric:tabular-nums}
+.cl-none {font-weight:600; color:#8a5a00; margin-bottom:6px}
 .cl-error {color:#b00020; font-weight:600; padding:10px; border:1px solid #b00020;
            border-radius:8px; margin:8px 0}
 """
@@ -323,9 +316,15 @@ def prediction_card(demo: Demo, name: str, prediction: Prediction) -> str:
                 f'{escape(prediction.top[0]["class"])})" title="Grad-CAM: where the model found '
                 f'{escape(prediction.top[0]["class"])}" '
                 f'src="{_jpeg_uri(overlay(prediction.pixels, prediction.heat))}">')
-    return (f'<div class="cl-card" data-top="{escape(prediction.top[0]["class"])}">'
+    verdict = prediction.top.verdict()
+    rejected = (f'<div class="cl-none" title="this photo is unlike every class the model was '
+                f'trained on; the bars are what it would say if it had to choose">'
+                f'{escape(verdict)}</div>' if verdict else "")
+    top = "none of the classes" if verdict else prediction.top[0]["class"]
+    return (f'<div class="cl-card" data-top="{escape(top)}">'
             f'<img class="cl-photo" alt="{escape(name)}" src="{_jpeg_uri(prediction.pixels)}">'
-            f'{heat}<div class="cl-bars"><div class="cl-name">{escape(name)}</div>{rows}'
+            f'{heat}<div class="cl-bars"><div class="cl-name">{escape(name)}</div>{rejected}'
+            f'{rows}'
             f'<div style="color:#777;font-size:12px;margin-top:6px">{prediction.milliseconds:.0f}'
             " ms</div></div></div>")
 
@@ -359,7 +358,7 @@ def _run_markdown(demo: Demo) -> str:
     shown = ", ".join(escape(c) for c in classes[:30]) + (
         f" and {len(classes) - 30} more" if len(classes) > 30 else "")
     return (f"{s['model_file']} at {s['image_size']} px, validation accuracy {accuracy}. "
-            f"{len(classes)} classes: {shown}."
+            f"{len(classes)} classes: {shown}. Probabilities: {escape(s['calibration'])}."
             + ("" if s["heat_maps"] else " This model has no feature map: no heat maps."))
 
 
@@ -586,7 +585,7 @@ def _query_error(errors) -> str:
 
 def _predict_json(demo: Demo, data: bytes, top_k: int, heatmap: bool) -> dict:
     prediction = demo.classify(demo.pixels(data), top_k)
-    out = {"predictions": prediction.top, "model_file": demo.classifier.model_path.name,
+    out = {**prediction.top.as_dict(), "model_file": demo.classifier.model_path.name,
            "run": demo.info.path.name, "milliseconds": round(prediction.milliseconds, 1)}
     if heatmap:
         png = demo.heat_png(prediction)

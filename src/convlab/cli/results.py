@@ -15,11 +15,12 @@ from convlab.usertext import csv_row, visible
 
 
 def cmd_evaluate(args) -> int:
-    from convlab.evaluation.metrics import evaluate, format_metrics
+    from convlab.evaluation.metrics import calibration_line, evaluate, format_metrics
 
     metrics = evaluate(args.run, data=args.data, split=args.split, model=args.model,
                        top_k=args.top_k, tta=args.tta, image_size=args.image_size)
     print(format_metrics(metrics, width=120), end="")
+    print(calibration_line(metrics))
     _print_mistakes(metrics)
     print(f"metrics: {metrics['metrics_file']}")
     return 0
@@ -64,6 +65,13 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from convlab.prediction import calibrate
+
+    print(calibrate(args.run, args.model, progress=not args.quiet).summary())
+    return 0
+
+
 def cmd_report(args) -> int:
     from convlab.evaluation.report import report
 
@@ -75,7 +83,8 @@ def cmd_predict(args) -> int:
     from convlab.inference import predict
 
     rows, skipped = predict(args.run, args.inputs, top_k=args.top_k,
-                            batch_size=args.batch_size, model=args.model, tta=args.tta)
+                            batch_size=args.batch_size, model=args.model, tta=args.tta,
+                            reject=not args.no_reject)
     # Machine-readable stdout stays clean: skipped files go to stderr.
     for s in skipped:
         print(visible(f"skipped {s['path']}: {s['reason']}" + (
@@ -94,9 +103,15 @@ def cmd_predict(args) -> int:
         table.add_column("path", overflow="fold")
         table.add_column(f"top {args.top_k}")
         for r in rows:
-            table.add_row(plain(r["path"]), ", ".join(
+            verdict = (f"[bold]none of the classes[/] (score {r['score']:.3f} < "
+                       f"{r['threshold']:.3f}); " if r["none_of_the_classes"] else "")
+            table.add_row(plain(r["path"]), verdict + ", ".join(
                 f"{plain(p['class'])} {p['probability']:.1%}" for p in r["predictions"]))
         console().print(table)
+    if not args.no_reject and rows[0]["none_of_the_classes"] is None:
+        print("note: this run is not calibrated: the model's own probabilities, and no \"none "
+              f"of the classes\" answer; `convlab calibrate {visible(args.run)}` fits both",
+              file=sys.stderr)
     return 0
 
 
@@ -104,10 +119,12 @@ def _print_csv(rows: list[dict]) -> None:
     """predict's CSV on stdout; names a spreadsheet would run as formulas are quoted."""
     k = max((len(r["predictions"]) for r in rows), default=0)
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path"] + [f"{name}_{i}" for i in range(1, k + 1)
-                                for name in ("class", "probability")])
+    writer.writerow(["path", "none_of_the_classes", "score"]
+                    + [f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "probability")])
     for r in rows:
-        writer.writerow(csv_row([r["path"]] + [v for p in r["predictions"] for v in (
+        verdict = "" if r["none_of_the_classes"] is None else str(r["none_of_the_classes"])
+        score = "" if r["score"] is None else f"{r['score']:.4f}"
+        writer.writerow(csv_row([r["path"], verdict, score] + [v for p in r["predictions"] for v in (
             p["class"], f"{p['probability']:.6f}")]))
 
 
@@ -172,8 +189,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--format", choices=("table", "json", "csv"), default="table",
                     help="a table for people; json or csv for programs")
     pr.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    pr.add_argument("--no-reject", action="store_true",
+                    help="the bare top-k, without the \"none of the classes\" answer for "
+                         "photos unlike the run's training photos")
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
+
+    cal = subparsers.add_parser(
+        "calibrate", help="fit RUN's temperature and \"none of the classes\" threshold",
+        description="Fit, on RUN's validation split, the temperature that makes its "
+                    "probabilities honest (one scalar, by NLL; the accuracy does not change) "
+                    "and the out-of-scope threshold (cosine similarity to the 10th nearest "
+                    "training photo's features, passed by 95% of the validation photos). "
+                    "Training does this at its end; run it for older runs. Writes "
+                    "RUN/calibration.json and RUN/calibration-features.npy.")
+    add_run_args(cal)
+    cal.add_argument("--quiet", action="store_true", help="no progress bar")
+    cal.set_defaults(func=cmd_calibrate)
 
     rv = subparsers.add_parser(
         "review", help="suspected label errors and duplicate photos, with their files",

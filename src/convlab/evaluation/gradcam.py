@@ -47,12 +47,19 @@ class HeatMaps:
             images: (N, S, S, 3) float32 in [0, 1], as the model takes them.
             classes: the class index to explain for each image (default: the top class).
         """
-        features, probs = self.model.predict_on_batch(images)
-        probs = np.asarray(probs, np.float32)
-        features = np.asarray(features, np.float32)
+        features, probs = self.outputs(images)
         explain = probs.argmax(1) if classes is None else np.asarray(classes).reshape(-1)
-        maps = np.einsum("nhwk,kn->nhw", features, self.kernel[:, explain])
-        return probs, normalise(maps)
+        return probs, self.maps(features, explain)
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the last feature maps (N, h, w, channels), probabilities (N, classes)) of a float
+        [0, 1] batch: one forward pass. Their mean over h and w is the pooled features."""
+        features, probs = self.model.predict_on_batch(images)
+        return np.asarray(features, np.float32), np.asarray(probs, np.float32)
+
+    def maps(self, features: np.ndarray, explain: np.ndarray) -> np.ndarray:
+        """Heat maps (N, h, w) in [0, 1] of the classes `explain` (one index per image)."""
+        return normalise(np.einsum("nhwk,kn->nhw", features, self.kernel[:, explain]))
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:

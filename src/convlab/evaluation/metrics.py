@@ -15,12 +15,12 @@ import numpy as np
 
 from convlab.errors import ConvlabError
 from convlab.files import write_text_atomic
+from convlab.prediction import ECE_BINS, Outputs, Predictor, ece, nll
 from convlab.runs import (
     RunFolder,
     RunRecord,
     check_image_size,
     check_tta,
-    load_run_model,
     predict_batch,
     read_record,
 )
@@ -88,22 +88,42 @@ def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> l
                  cache=False, deterministic=True) for name in splits]
 
 
-def _predict(model, datasets: list, tta: str | None, total: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(labels in the dataset's class indices, probabilities); a progress bar over `total`
-    images when it is given."""
+def _predict(predictor, datasets: list, tta: str | None, total: int = 0
+             ) -> tuple[np.ndarray, Outputs]:
+    """(labels in the dataset's class indices, the `Predictor`'s outputs, heat maps left
+    out); a progress bar over `total` images when it is given. A Keras model is taken as
+    an uncalibrated predictor."""
     from convlab.progress import progress_bar
 
-    labels, probs = [], []
+    labels, parts = [], []
     with progress_bar(total > 0, total, "evaluating") as advance:
         for ds in datasets:
             for x, y in ds:
-                probs.append(predict_batch(model, x, tta))
+                if isinstance(predictor, Predictor):
+                    parts.append(predictor(x.numpy(), tta=tta))
+                else:
+                    raw = predict_batch(predictor, x, tta)
+                    parts.append(Outputs(raw, raw, None, None, None, None))
                 labels.append(y.numpy())
                 advance(len(labels[-1]))
     if not labels:
         raise ConvlabError("no images to evaluate")
-    return np.concatenate(labels), np.concatenate(probs)
+    return np.concatenate(labels), Outputs.join(parts, parts[0].raw.shape[1])
+
+
+def _calibration(predictor: Predictor, out: Outputs, y: np.ndarray) -> dict:
+    """NLL and ECE of the model's own probabilities and of the calibrated ones, and the share
+    of the images the out-of-scope threshold calls "none of the classes"."""
+    cal = predictor.calibration
+    found = {"temperature": None if cal is None else cal.temperature, "ece_bins": ECE_BINS,
+             "nll": nll(out.raw, y), "ece": ece(out.raw, y)}
+    if cal is not None:
+        found.update(nll_calibrated=nll(out.probabilities, y),
+                     ece_calibrated=ece(out.probabilities, y))
+    if out.in_scope is not None:
+        found.update(threshold=cal.threshold,
+                     none_of_the_classes=float(1 - out.in_scope.mean()))
+    return found
 
 
 def _gather(datasets: list, indices: np.ndarray) -> np.ndarray:
@@ -182,11 +202,13 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     split = SPLIT_ALIASES.get(split, split)
     manifest = read_manifest(prepared)
     mapping = _class_map(manifest, classes, data or prepared)
-    keras_model, model_path = load_run_model(run, model, image_size=size)
+    predictor = Predictor(run, model, image_size=size)
+    keras_model, model_path = predictor.model, predictor.path
     datasets = _datasets(prepared, split, size, batch_size)
     total = sum(n for s, n in manifest["counts"]["per_split"].items()
                 if split in (s, "all")) if progress else 0
-    labels, probs = _predict(keras_model, datasets, tta, total)
+    labels, out = _predict(predictor, datasets, tta, total)
+    probs = out.probabilities  # calibrated, when the run is
     paths = _paths(prepared, split, len(labels))
     y = mapping[labels]
     pred = probs.argmax(axis=1)
@@ -226,11 +248,12 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=everyone).tolist(),
         "confusion_matrix_normalized": skm.confusion_matrix(
             y, pred, labels=everyone, normalize="true").round(4).tolist(),
+        "calibration": _calibration(predictor, out, y),
         "predictions": where.predictions.name,
         "mistakes": int((pred != y).sum()), "mistakes_file": str(where.mistakes),
     }
     where.path.mkdir(parents=True, exist_ok=True)
-    _save_predictions(where.predictions, y, probs, datasets, paths, keras_model)
+    _save_predictions(where.predictions, y, probs, datasets, paths, keras_model, raw=out.raw)
     write_mistakes(where.mistakes, y, probs, paths, classes)
     write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
     return metrics
@@ -282,7 +305,7 @@ def read_mistakes(path: Path) -> list[dict]:
 
 
 def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list,
-                      paths: list[str], model=None) -> None:
+                      paths: list[str], model=None, raw: np.ndarray | None = None) -> None:
     """Labels and probabilities for all images; pixels only for those the plots show, and
     the Grad-CAM heat maps of the mistakes shown (for the class predicted), so the plots
     need neither the data nor the model again."""
@@ -302,6 +325,8 @@ def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: li
         if heat_maps is not None:
             pixels = images[np.searchsorted(shown, wrong)].astype(np.float32) / np.float32(255)
             extra["mistake_heat"] = heat_maps(pixels, probs[wrong].argmax(1))[1]
+    if raw is not None:  # the model's own probabilities, before calibration
+        extra["raw_probabilities"] = raw
     np.savez_compressed(path, labels=y, probabilities=probs, grid=grid, paths=np.array(paths),
                         mistakes=wrong, image_index=shown, images=images, **extra)
 
@@ -338,6 +363,37 @@ def summary_line(metrics: dict) -> str:
             f"{metrics['loss']:.4f}" + (
                 f"; {len(metrics['absent_classes'])} class(es) have no photo here and are left "
                 "out of the averages" if metrics.get("absent_classes") else ""))
+
+
+def near_chance(balanced_accuracy: float, classes: int) -> str | None:
+    """A warning when a model is barely better than guessing: its balanced accuracy (chance:
+    1 / classes, however unbalanced the classes) less than a quarter of the way from chance
+    to perfect. None otherwise."""
+    chance = 1 / max(classes, 1)
+    if balanced_accuracy >= chance + 0.25 * (1 - chance):
+        return None
+    return (f"this model is near chance: balanced accuracy {balanced_accuracy:.1%} where "
+            f"guessing gives {chance:.1%} on {classes} classes, so what it says about single "
+            "photos (mistakes, suspected label errors) means little; train it longer or "
+            "better first")
+
+
+def calibration_line(metrics: dict) -> str:
+    """One line: how honest the probabilities are here, before and after the run's
+    temperature, and how many of these photos were called "none of the classes"."""
+    c = metrics.get("calibration")
+    if not c:
+        return "calibration: not measured (an evaluation from before calibration existed)"
+    if c.get("temperature") is None:
+        return (f"calibration: none (the run is uncalibrated: `convlab calibrate RUN`); NLL "
+                f"{c['nll']:.4f}, ECE {c['ece']:.1%} ({c['ece_bins']} bins)")
+    line = (f"calibration: temperature {c['temperature']:.3f}; NLL {c['nll']:.4f} -> "
+            f"{c['nll_calibrated']:.4f}, ECE {c['ece']:.1%} -> {c['ece_calibrated']:.1%} "
+            f"({c['ece_bins']} bins)")
+    if "none_of_the_classes" in c:
+        line += (f"; {c['none_of_the_classes']:.1%} of these photos scored below the "
+                 "\"none of the classes\" threshold")
+    return line
 
 
 # Past this many classes a per-class table or matrix is a wall: show the extremes instead.

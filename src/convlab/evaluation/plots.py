@@ -127,6 +127,42 @@ def top_confusions(run: Path, metrics: dict, most: int = 25) -> Path:
     return _save(fig, RunFolder(run).plot("top_confusions"))
 
 
+def reliability(run: str | os.PathLike) -> Path | None:
+    """The reliability diagram: in bins of the top probability, how often the model is right,
+    before and after the run's calibration (a calibrated model lies on the diagonal). None
+    for an evaluation saved before the raw probabilities were kept."""
+    from convlab.prediction import ECE_BINS, ece
+
+    run = Path(run)
+    pred = _predictions(run)
+    if "raw_probabilities" not in pred:
+        return None
+    y = pred["labels"]
+    fig = figure(figsize=(5.2, 5))
+    ax = fig.add_subplot()
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    calibrated = not np.array_equal(pred["raw_probabilities"], pred["probabilities"])
+    curves = [("the model's own", pred["raw_probabilities"], "tab:orange")]
+    if calibrated:
+        curves.append(("calibrated (what convlab shows)", pred["probabilities"], "tab:blue"))
+    for name, probs, colour in curves:
+        confidence, right = probs.max(1), probs.argmax(1) == y
+        which = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+        used = [b for b in range(ECE_BINS) if (which == b).any()]
+        ax.plot([confidence[which == b].mean() for b in used],
+                [right[which == b].mean() for b in used], "o-", color=colour,
+                label=f"{name}: ECE {ece(probs, y):.1%}")
+    ax.set_xticks(edges[::3])
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top probability (mean in its bin)",
+           ylabel="share right", title=f"reliability, {len(y)} images, {ECE_BINS} bins"
+           + ("" if calibrated else " (uncalibrated run)"))
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, RunFolder(run).plot("reliability"))
+
+
 def _predictions(run: Path) -> dict:
     path = RunFolder(run).predictions
     if not path.exists():
@@ -274,7 +310,8 @@ def make_plots(run: str | os.PathLike) -> dict[str, Path]:
     record = read_record(run)
     run = record.path
     made = {p.name: p for p in (training_curves(run), confusion_matrix(run), predictions(run),
-                                mistakes(run), mistakes_gradcam(run)) if p is not None}
+                                mistakes(run), mistakes_gradcam(run), reliability(run))
+            if p is not None}
     if record.prepared_data and (Path(record.prepared_data) / MANIFEST).exists():
         made["augmentation.png"] = augmentation(run)
     return made

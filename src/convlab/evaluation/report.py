@@ -16,6 +16,7 @@ from pathlib import Path
 from convlab.evaluation.metrics import (
     evaluate,
     load_metrics,
+    near_chance,
     other_evaluations,
     read_mistakes,
     summary_line,
@@ -66,6 +67,9 @@ FIGURES = (
     ("mistakes.png", "The most confident mistakes: predicted class and p, true class and p."),
     ("mistakes_gradcam.png", "The same mistakes with their Grad-CAM heat maps: where the model "
                              "found the class it predicted (red: strongest)."),
+    ("reliability.png", "Reliability: in bins of the top probability, how often the model "
+                        "is right, before and after calibration; on the diagonal, a "
+                        "probability of 80% is right 80% of the time."),
     ("augmentation.png", "Training images before (top) and after (bottom) the run's "
                          "augmentation."),
 )
@@ -78,6 +82,13 @@ def _png_uri(path: Path) -> str:
 def _rows(pairs) -> str:
     return "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
                    for k, v in pairs)
+
+
+def _warning(metrics: dict) -> str:
+    said = near_chance(metrics["balanced_accuracy"], len(metrics["classes"])) if (
+        "balanced_accuracy" in metrics) else None
+    return (f'<p style="border:2px solid #b26a00;padding:8px 12px;border-radius:6px">'
+            f"<b>Warning:</b> {escape(said)}.</p>" if said else "")
 
 
 def _cards(metrics: dict, summary: dict) -> str:
@@ -283,7 +294,7 @@ def report(run: str | os.PathLike) -> Path:
 <title>convlab report: {escape(run.name)}</title><style>{CSS}</style></head>
 <body><main>
 <h1>{escape(run.name)}</h1><p class="sub">{escape(subtitle)}</p>
-<section class="cards">{_cards(metrics, summary)}</section>
+{_warning(metrics)}<section class="cards">{_cards(metrics, summary)}</section>
 <section><h2>Run</h2>{_run_table(record, summary)}</section>
 <section><h2>Training: final and best epoch</h2>{_epochs_table(summary)}</section>
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>

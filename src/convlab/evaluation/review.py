@@ -86,7 +86,8 @@ def _probabilities_from_model(record, keras_model, prepared, progress):
     from convlab.evaluation.metrics import _datasets, _predict
 
     datasets = _datasets(prepared, "validation", record.test_image_size, 64)
-    y, probs = _predict(keras_model, datasets, None)
+    y, out = _predict(keras_model, datasets, None)
+    probs = out.raw
     how = ("the run's model on its validation split (never trained on); a model trained "
            "from scratch cannot review its own training photos")
     return y, probs.astype(np.float64), how
@@ -132,7 +133,7 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
 
     from convlab.data.ingest import read_manifest
     from convlab.data.pipeline import record_paths
-    from convlab.evaluation.metrics import _splits
+    from convlab.evaluation.metrics import _splits, near_chance
     from convlab.models import get_model_info
 
     if folds < 2:
@@ -197,6 +198,10 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
         "page": str(out / "review.html"), "csv": str(out / "label_issues.csv"),
         "notes": [f"cleanlab: {n}" for n in notes],
     }
+    chance = near_chance(float(np.mean([(probs.argmax(1)[y == c] == c).mean()
+                                        for c in np.unique(y)])), len(classes))
+    if chance:
+        result["notes"].insert(0, chance)
     (out / "review.json").write_text(json.dumps(result, indent=1))
     (out / "review.html").write_text(_page(result, shown), encoding="utf-8")
     return result
@@ -237,6 +242,8 @@ def _page(result: dict, shown: int) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>convlab review</title>
 <style>{CSS}</style></head><body><main>
 <h1>Suspected label errors</h1>
+{"".join(f'<p style="border:2px solid #b26a00;padding:8px 12px"><b>Warning:</b> {escape(n)}</p>'
+         for n in result["notes"] if "near chance" in n)}
 <p class="sub">{escape(result['run'])} · {result['photos']:,} photos of
 {escape(result['data'])} ({escape(', '.join(result['splits']))})</p>
 <p><b>{result['flagged']}</b> photos flagged: their given label is confidently contradicted

@@ -8,6 +8,24 @@ from convlab.errors import ConvlabError
 
 
 @keras.saving.register_keras_serializable(package="convlab")
+class Temperature(keras.layers.Layer):
+    """Probabilities -> softmax(log p / T): a run's calibration (`convlab.prediction`) inside
+    an exported model, so that it gives the probabilities convlab shows."""
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, probabilities):
+        ops = keras.ops
+        logits = ops.log(ops.maximum(probabilities, 1e-30)) / self.temperature
+        return ops.softmax(logits, axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="convlab")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """Batch normalization that trains with TensorFlow's fused kernel.
 

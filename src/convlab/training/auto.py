@@ -161,7 +161,9 @@ def plan_epochs(counts: Counts, times: StepTimes, seconds_left: float, batch_siz
 
     fine_epoch = OVERHEAD * (times.train * steps * batch_size
                              + times.forward * counts.validation)
-    evaluate = times.forward * counts.validation * 1.3 + REPORT_SECONDS
+    # calibration (a pass over validation and one over training, at the test size), then
+    # the evaluation of the report (validation, plots)
+    evaluate = times.forward * (counts.validation * 2.3 + counts.train) + REPORT_SECONDS
     lo, hi = FINE_TUNE_EPOCHS
     wanted = min(hi, max(lo + 2, math.ceil(FINE_TUNE_STEPS / steps)))
     head_ft = recipe_config(FINE_TUNE_RECIPE)
