@@ -285,4 +285,4 @@ def test_report_renders_in_chromium(reported, tmp_path):
                     profile=tmp_path / "profile").stdout
     assert f'data-decoded="{",".join(["true"] * 8)}"' in dom
     metrics = json.loads((reported.parent / "metrics.json").read_text())
-    assert f"{metrics['accuracy']:.4f}" in dom and dom.count("<img") == 7
+    assert f"{metrics['accuracy']:.4f}" in dom and dom.count("<img") == 8
