@@ -57,13 +57,21 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.maximum(p, 1e-300)).mean())
 
 
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+                     ) -> list[tuple[float, float, float]]:
+    """(mean top probability, share right, share of the images) of each non-empty
+    equal-width bin of the top probability: the reliability diagram's points."""
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    return [(float(confidence[which == b].mean()), float(correct[which == b].mean()),
+             float((which == b).mean())) for b in range(bins) if (which == b).any()]
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: |accuracy - confidence| over equal-width bins of the top
     probability, weighted by the share of images in each bin."""
-    confidence, correct = probs.max(1), probs.argmax(1) == labels
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean())
-                     * (which == b).mean() for b in range(bins) if (which == b).any()))
+    return float(sum(abs(right - sure) * share
+                     for sure, right, share in reliability_bins(probs, labels, bins)))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -234,6 +242,11 @@ class Predictor:
 NONE_OF_THE_CLASSES = "none of the classes"
 
 
+def verdict(score: float, threshold: float) -> str:
+    """How a rejected image's answer reads: 'none of the classes (score 0.41 < 0.53)'."""
+    return f"{NONE_OF_THE_CLASSES} (score {score:.3f} < {threshold:.3f})"
+
+
 class TopK(list):
     """The k most probable classes of one image, most probable first ([{"class",
     "probability"}, ...]), and the run's verdict on whether the image is one of its classes
@@ -241,17 +254,15 @@ class TopK(list):
     with the `score` and the `threshold` it was compared with."""
 
     def __init__(self, top: list[dict], score: float | None = None,
-                 threshold: float | None = None, reject: bool = True):
+                 threshold: float | None = None, in_scope: bool | None = None,
+                 reject: bool = True):
         super().__init__(top)
         self.score, self.threshold = score, threshold
-        self.none_of_the_classes = (None if score is None or threshold is None or not reject
-                                    else bool(score < threshold))
+        self.none_of_the_classes = None if in_scope is None or not reject else not in_scope
 
     def verdict(self) -> str | None:
-        """'none of the classes (score 0.41 < 0.53)' for a rejected image, else None."""
-        if not self.none_of_the_classes:
-            return None
-        return f"{NONE_OF_THE_CLASSES} (score {self.score:.3f} < {self.threshold:.3f})"
+        """`verdict` for a rejected image, else None."""
+        return verdict(self.score, self.threshold) if self.none_of_the_classes else None
 
     def as_dict(self) -> dict:
         """The JSON form: {"predictions": [...], "none_of_the_classes", "score",
@@ -271,10 +282,14 @@ def answers(outputs: Outputs, predictor: Predictor, k: int, reject: bool = True
     order = np.argsort(-outputs.probabilities, axis=1, kind="stable")[:, :k]
     cal = predictor.calibration
     threshold = cal.threshold if cal is not None else None
-    scores = outputs.scores if outputs.scores is not None else [None] * len(order)
+    unknown = [None] * len(order)
+    scores = outputs.scores if outputs.scores is not None else unknown
+    in_scope = outputs.in_scope if outputs.in_scope is not None else unknown
     return [TopK([{"class": predictor.classes[j], "probability": float(p[j])} for j in row],
-                 None if s is None else float(s), threshold, reject)
-            for p, row, s in zip(outputs.probabilities, order, scores, strict=True)]
+                 None if s is None else float(s), threshold,
+                 None if inside is None else bool(inside), reject)
+            for p, row, s, inside in zip(outputs.probabilities, order, scores, in_scope,
+                                         strict=True)]
 
 
 # ---- fitting ---------------------------------------------------------------------------

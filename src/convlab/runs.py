@@ -282,23 +282,3 @@ def check_image_size(size: int | None) -> int | None:
                            f"{MIN_TEST_SIZE} and {MAX_IMAGE_SIZE} (or omitted for the run's "
                            f"own), received: {size!r}")
     return size
-
-
-def predict_batch(model, images, tta: str | None = None):
-    """Class probabilities for a batch of [0, 1] images, with optional test-time augmentation.
-
-    `tta="flip"` averages the probabilities of each image and its left-right mirror image
-    (training flips images, so both are equally familiar to the model); it costs one more
-    forward pass.
-
-    Raises:
-        ConvlabError: an unknown `tta`.
-    """
-    import numpy as np
-
-    tta = check_tta(tta)
-    probs = np.asarray(model.predict_on_batch(images), dtype=np.float32)
-    if tta == "flip":
-        mirrored = np.asarray(images)[:, :, ::-1]
-        probs = (probs + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
-    return probs

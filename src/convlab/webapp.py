@@ -39,7 +39,7 @@ import numpy as np
 
 from convlab.data.decode import ACCEPTED_NAMES, SkipImage, sniff
 from convlab.errors import ConvlabError
-from convlab.prediction import Outputs, TopK, answers
+from convlab.prediction import NONE_OF_THE_CLASSES, Outputs, TopK, answers
 
 MAX_BYTES = 20 * 2**20  # per upload
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo passes; a decompression bomb does not
@@ -320,7 +320,7 @@ def prediction_card(demo: Demo, name: str, prediction: Prediction) -> str:
     rejected = (f'<div class="cl-none" title="this photo is unlike every class the model was '
                 f'trained on; the bars are what it would say if it had to choose">'
                 f'{escape(verdict)}</div>' if verdict else "")
-    top = "none of the classes" if verdict else prediction.top[0]["class"]
+    top = NONE_OF_THE_CLASSES if verdict else prediction.top[0]["class"]
     return (f'<div class="cl-card" data-top="{escape(top)}">'
             f'<img class="cl-photo" alt="{escape(name)}" src="{_jpeg_uri(prediction.pixels)}">'
             f'{heat}<div class="cl-bars"><div class="cl-name">{escape(name)}</div>{rejected}'

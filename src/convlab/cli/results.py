@@ -81,6 +81,7 @@ def cmd_report(args) -> int:
 
 def cmd_predict(args) -> int:
     from convlab.inference import predict
+    from convlab.prediction import verdict
 
     rows, skipped = predict(args.run, args.inputs, top_k=args.top_k,
                             batch_size=args.batch_size, model=args.model, tta=args.tta,
@@ -103,9 +104,9 @@ def cmd_predict(args) -> int:
         table.add_column("path", overflow="fold")
         table.add_column(f"top {args.top_k}")
         for r in rows:
-            verdict = (f"[bold]none of the classes[/] (score {r['score']:.3f} < "
-                       f"{r['threshold']:.3f}); " if r["none_of_the_classes"] else "")
-            table.add_row(plain(r["path"]), verdict + ", ".join(
+            said = (f"[bold]{verdict(r['score'], r['threshold'])}[/]; "
+                    if r["none_of_the_classes"] else "")
+            table.add_row(plain(r["path"]), said + ", ".join(
                 f"{plain(p['class'])} {p['probability']:.1%}" for p in r["predictions"]))
         console().print(table)
     if not args.no_reject and rows[0]["none_of_the_classes"] is None:

@@ -21,7 +21,6 @@ from convlab.runs import (
     RunRecord,
     check_image_size,
     check_tta,
-    predict_batch,
     read_record,
 )
 from convlab.usertext import csv_row, from_csv_cell
@@ -88,22 +87,17 @@ def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> l
                  cache=False, deterministic=True) for name in splits]
 
 
-def _predict(predictor, datasets: list, tta: str | None, total: int = 0
+def _predict(predictor: Predictor, datasets: list, tta: str | None, total: int = 0
              ) -> tuple[np.ndarray, Outputs]:
     """(labels in the dataset's class indices, the `Predictor`'s outputs, heat maps left
-    out); a progress bar over `total` images when it is given. A Keras model is taken as
-    an uncalibrated predictor."""
+    out); a progress bar over `total` images when it is given."""
     from convlab.progress import progress_bar
 
     labels, parts = [], []
     with progress_bar(total > 0, total, "evaluating") as advance:
         for ds in datasets:
             for x, y in ds:
-                if isinstance(predictor, Predictor):
-                    parts.append(predictor(x.numpy(), tta=tta))
-                else:
-                    raw = predict_batch(predictor, x, tta)
-                    parts.append(Outputs(raw, raw, None, None, None, None))
+                parts.append(predictor(x.numpy(), tta=tta))
                 labels.append(y.numpy())
                 advance(len(labels[-1]))
     if not labels:
@@ -203,7 +197,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     manifest = read_manifest(prepared)
     mapping = _class_map(manifest, classes, data or prepared)
     predictor = Predictor(run, model, image_size=size)
-    keras_model, model_path = predictor.model, predictor.path
+    model_path = predictor.path
     datasets = _datasets(prepared, split, size, batch_size)
     total = sum(n for s, n in manifest["counts"]["per_split"].items()
                 if split in (s, "all")) if progress else 0
@@ -253,7 +247,8 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         "mistakes": int((pred != y).sum()), "mistakes_file": str(where.mistakes),
     }
     where.path.mkdir(parents=True, exist_ok=True)
-    _save_predictions(where.predictions, y, probs, datasets, paths, keras_model, raw=out.raw)
+    _save_predictions(where.predictions, y, probs, datasets, paths, predictor.heat_maps,
+                      raw=out.raw)
     write_mistakes(where.mistakes, y, probs, paths, classes)
     write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
     return metrics
@@ -305,26 +300,19 @@ def read_mistakes(path: Path) -> list[dict]:
 
 
 def _save_predictions(path: Path, y: np.ndarray, probs: np.ndarray, datasets: list,
-                      paths: list[str], model=None, raw: np.ndarray | None = None) -> None:
+                      paths: list[str], heat_maps=None, raw: np.ndarray | None = None) -> None:
     """Labels and probabilities for all images; pixels only for those the plots show, and
-    the Grad-CAM heat maps of the mistakes shown (for the class predicted), so the plots
-    need neither the data nor the model again."""
-    from convlab.evaluation.gradcam import HeatMaps
-
+    the Grad-CAM heat maps (`HeatMaps`, None for the dense baseline) of the mistakes shown
+    (for the class predicted), so the plots need neither the data nor the model again."""
     # Most confident mistakes first: the ones most worth a look.
     wrong = mistakes_order(y, probs)[:GALLERY_IMAGES]
     grid = np.arange(min(GRID_IMAGES, len(y)))
     shown = np.union1d(grid, wrong)
     images = _gather(datasets, shown)
     extra = {}
-    if model is not None and len(wrong):
-        try:
-            heat_maps = HeatMaps(model)
-        except ConvlabError:  # no feature map (the dense baseline): no heat maps
-            heat_maps = None
-        if heat_maps is not None:
-            pixels = images[np.searchsorted(shown, wrong)].astype(np.float32) / np.float32(255)
-            extra["mistake_heat"] = heat_maps(pixels, probs[wrong].argmax(1))[1]
+    if heat_maps is not None and len(wrong):
+        pixels = images[np.searchsorted(shown, wrong)].astype(np.float32) / np.float32(255)
+        extra["mistake_heat"] = heat_maps(pixels, probs[wrong].argmax(1))[1]
     if raw is not None:  # the model's own probabilities, before calibration
         extra["raw_probabilities"] = raw
     np.savez_compressed(path, labels=y, probabilities=probs, grid=grid, paths=np.array(paths),

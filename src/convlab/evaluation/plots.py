@@ -131,7 +131,7 @@ def reliability(run: str | os.PathLike) -> Path | None:
     """The reliability diagram: in bins of the top probability, how often the model is right,
     before and after the run's calibration (a calibrated model lies on the diagonal). None
     for an evaluation saved before the raw probabilities were kept."""
-    from convlab.prediction import ECE_BINS, ece
+    from convlab.prediction import ECE_BINS, ece, reliability_bins
 
     run = Path(run)
     pred = _predictions(run)
@@ -147,12 +147,8 @@ def reliability(run: str | os.PathLike) -> Path | None:
     if calibrated:
         curves.append(("calibrated (what convlab shows)", pred["probabilities"], "tab:blue"))
     for name, probs, colour in curves:
-        confidence, right = probs.max(1), probs.argmax(1) == y
-        which = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
-        used = [b for b in range(ECE_BINS) if (which == b).any()]
-        ax.plot([confidence[which == b].mean() for b in used],
-                [right[which == b].mean() for b in used], "o-", color=colour,
-                label=f"{name}: ECE {ece(probs, y):.1%}")
+        sure, right, _ = zip(*reliability_bins(probs, y), strict=True)
+        ax.plot(sure, right, "o-", color=colour, label=f"{name}: ECE {ece(probs, y):.1%}")
     ax.set_xticks(edges[::3])
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top probability (mean in its bin)",
            ylabel="share right", title=f"reliability, {len(y)} images, {ECE_BINS} bins"

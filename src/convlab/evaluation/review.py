@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from convlab.errors import ConvlabError
+from convlab.prediction import Predictor
 from convlab.runs import RunFolder, load_run_model, read_record, run_info
 from convlab.usertext import csv_cell
 
@@ -81,12 +82,12 @@ def _probabilities_from_features(record, keras_model, prepared, splits, folds, s
     return y, full, how
 
 
-def _probabilities_from_model(record, keras_model, prepared, progress):
+def _probabilities_from_model(record, predictor, prepared, progress):
     """The run's model on its validation split (held out from its training)."""
     from convlab.evaluation.metrics import _datasets, _predict
 
     datasets = _datasets(prepared, "validation", record.test_image_size, 64)
-    y, out = _predict(keras_model, datasets, None)
+    y, out = _predict(predictor, datasets, None)
     probs = out.raw
     how = ("the run's model on its validation split (never trained on); a model trained "
            "from scratch cannot review its own training photos")
@@ -146,17 +147,17 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
                            "review reads its photos")
     prepared, classes = info.prepared, record.classes
     manifest = read_manifest(prepared)
-    keras_model, _ = load_run_model(run, model)
     if get_model_info(record.config.model).pretrained:
         splits = _splits(prepared)
-        y, probs, how = _probabilities_from_features(record, keras_model, prepared, splits,
-                                                     folds, seed, progress)
+        y, probs, how = _probabilities_from_features(record, load_run_model(run, model)[0],
+                                                     prepared, splits, folds, seed, progress)
     else:
         splits = ["validation"]
         if "validation" not in _splits(prepared):
             raise ConvlabError(f"'{prepared}' has no validation split to review; a model "
                                "trained from scratch can only review photos it never saw")
-        y, probs, how = _probabilities_from_model(record, keras_model, prepared, progress)
+        y, probs, how = _probabilities_from_model(
+            record, Predictor(run, model, calibrated=False), prepared, progress)
     paths, split_of = [], []
     for split in splits:
         found = record_paths(prepared, split)

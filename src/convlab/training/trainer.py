@@ -567,11 +567,12 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         return None
     _write_summary(run, config, model, plan.manifest, strategy_info, plan.precision, wall,
                    throughput, feature_seconds)
-    if plan.manifest["counts"]["per_split"].get("validation"):
+    validated = bool(plan.manifest["counts"]["per_split"].get("validation"))
+    if validated:
         from convlab.prediction import calibrate
 
         print(f"calibration: {calibrate(run, progress=progress).summary()}")
-    if config.report and val_ds is None and not is_multi_worker(strategy):
+    if config.report and not validated:
         print("report: not written, as the data has no validation split; measure the model "
               f"on other photos with `convlab evaluate {run} --data PHOTOS`")
     elif config.report:
