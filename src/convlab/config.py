@@ -167,7 +167,7 @@ class TrainConfig:
                                f"training size), received: {self.test_scale}")
         if self.name is not None and (not self.name or self.name in (".", "..")
                                       or any(c in self.name for c in "/\\\0")
-                                      or any(ord(c) < 32 or 127 <= ord(c) < 160
+                                      or any(ord(c) < 32 or 127 <= ord(c) < 160  # C0, C1
                                              for c in self.name)):
             raise ConvlabError(f"--name must be one plain folder name (no '/', '\\', '..' or "
                                f"control characters), received: {self.name!r}")

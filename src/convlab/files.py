@@ -102,16 +102,16 @@ def literal(text) -> str:
 
 @functools.cache
 def _drawable(char: str) -> bool:
-    from matplotlib.ft2font import FT2Font
-
-    return FT2Font(_default_font()).get_char_index(ord(char)) != 0
+    return _default_font().get_char_index(ord(char)) != 0
 
 
 @functools.cache
-def _default_font() -> str:
+def _default_font():
+    """The plots' default font, opened once."""
     from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
 
-    return font_manager.findfont(font_manager.FontProperties())
+    return FT2Font(font_manager.findfont(font_manager.FontProperties()))
 
 
 def _spelled(char: str) -> str:

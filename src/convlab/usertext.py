@@ -29,6 +29,11 @@ def _shown(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def is_control(char: str) -> bool:
+    """A C0 or C1 control character: a newline, ESC, BEL, DEL, ..."""
+    return unicodedata.category(char) == "Cc"
+
+
 def visible(text) -> str:
     """`text` with every control character written out as its escape (`\\x1b`, `\\n`,
     `\\u202e`), so that printing it can neither move the cursor, clear or recolour the
@@ -37,8 +42,7 @@ def visible(text) -> str:
     text = str(text)
     if text.isprintable() and not _REORDERING.intersection(text):
         return text  # the common case, at C speed
-    return "".join(_shown(c) if unicodedata.category(c) == "Cc" or c in _REORDERING else c
-                   for c in text)
+    return "".join(_shown(c) if is_control(c) or c in _REORDERING else c for c in text)
 
 
 # A spreadsheet reads a cell that starts with one of these as a formula (OWASP's list).

@@ -250,10 +250,15 @@ def _exclusive(out: Path):
 SHARD_FILE = re.compile(r"(train|validation|test)\d{2}(-\d+\.tfrec|\.tfrec\.tmp)")
 
 
+def _written_by_prepare(name: str) -> bool:
+    """Whether `prepare` gives a file in its output folder this name (its lock aside)."""
+    return name in (MANIFEST, STATE, PARTS) or SHARD_FILE.fullmatch(name) is not None
+
+
 def _strangers(out: Path) -> list[str]:
     """Names in OUT that convlab would not have written there."""
-    return sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, STATE, PARTS, LOCK)
-                  and not SHARD_FILE.fullmatch(p.name))
+    return sorted(p.name for p in out.iterdir()
+                  if p.name != LOCK and not _written_by_prepare(p.name))
 
 
 def _previous(out: Path) -> dict | None:
@@ -316,7 +321,7 @@ def _claim_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None:
                 "choose another output folder or pass --overwrite"
             )
         for p in out.iterdir():
-            if p.name in (MANIFEST, STATE, PARTS) or SHARD_FILE.fullmatch(p.name):
+            if _written_by_prepare(p.name):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         (out / PARTS).mkdir(parents=True, exist_ok=True)
