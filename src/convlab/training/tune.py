@@ -208,6 +208,13 @@ class Search:
             epochs=epochs, runs_dir=str(self.folder / "trials"), name=f"trial-{trial.trial_id}",
             report=False)
         shown = ", ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in values.items())
+        path = self.folder / "trial_results.json"
+        done = json.loads(path.read_text()).get(trial.trial_id) if path.exists() else None
+        if done is not None and done["values"] == values:
+            # finished, but the search was stopped before KerasTuner saved that: not run again
+            print(f"trial {trial.trial_id}: {shown}: finished before the search stopped, "
+                  f"{OBJECTIVE} {done['score']:.4f} kept", flush=True)
+            return {OBJECTIVE: float(done["score"])}
         print(f"trial {trial.trial_id}: {shown}, {epochs} epoch(s)", flush=True)
         start = time.time()
         try:
