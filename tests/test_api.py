@@ -1,6 +1,7 @@
 """The Python API: top-level functions and `convlab.load(RUN)`, equal to the CLI."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -80,30 +81,42 @@ def test_top_level_functions_are_not_shadowed_by_submodules():
         assert callable(getattr(convlab, name)), f"convlab.{name} is {getattr(convlab, name)}"
 
 
-def test_python_api_prints_no_tensorflow_start_up_lines(trained):
+def test_python_api_prints_no_tensorflow_start_up_lines_and_says_what_it_wrote(
+        trained, tmp_path):
     run, files = trained
     script = textwrap.dedent(f"""
         import convlab
         clf = convlab.load({str(run)!r})
         print(clf.predict({files[0]!r}, top_k=1)[0]["class"])
+        clf.export("tflite", out={str(tmp_path / "tflite")!r})
+        clf.evaluate()
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=240)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() in ("circle", "square", "triangle")
-    for noise in ("I0000", "oneDNN", "cuda", "absl", "cpu_feature_guard"):
+    assert done.stdout.splitlines()[0] in ("circle", "square", "triangle")
+    for noise in ("I0000", "oneDNN", "cuda", "absl", "cpu_feature_guard", "XNNPACK", "\x1b"):
         assert noise not in done.stderr, done.stderr
+    # long steps say what they do while they do it (stderr), and what they wrote (stdout)
+    assert re.search(r"^writing the tflite export of best.keras: done in [\d.]+ s$",
+                     done.stderr, re.M), done.stderr
+    assert re.search(r"^verifying the export: \d+/\d+ in [\d.]+ s$", done.stderr, re.M)
+    assert f"exported {tmp_path / 'tflite' / 'model.tflite'} (" in done.stdout
+    assert f"wrote {run / 'metrics.json'} (predictions.npz" in done.stdout
 
 
-def test_progress_bars_stay_quiet_in_jupyter_without_ipywidgets(monkeypatch, recwarn):
+def test_progress_in_jupyter_without_ipywidgets_is_plain_lines(monkeypatch, recwarn,
+                                                                capsys):
     import rich.console
 
-    from convlab.progress import live_display_ok, progress_bar
+    from convlab.progress import live_display_ok, live_output, progress_bar
 
-    assert live_display_ok()  # a plain process
+    assert not live_output()  # pytest captures stdout: a pipe
     monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)  # as in a notebook
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed
-    assert not live_display_ok()
+    assert live_output() and not live_display_ok()
     with progress_bar(True, 3, "work") as advance:
         advance(3)
     assert not [w for w in recwarn if "ipywidgets" in str(w.message)]
+    assert re.fullmatch(r"work: 3/3 in \d\.\d s\n", capsys.readouterr().err)

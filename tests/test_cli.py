@@ -148,7 +148,7 @@ def test_train_squeezenet_end_to_end(prepared, tmp_path, capsys, monkeypatch):
     (big,) = runs.glob("*-big")
     with open(big / "history.csv") as f:
         (epoch,) = csv.DictReader(f)
-    shown = re.findall(r"img/s: ([\d.]+)", out)
+    shown = [s.replace(",", "") for s in re.findall(r"([\d,.]+) img/s", out)]
     assert shown and float(shown[-1]) == pytest.approx(float(epoch["images_per_second"]),
                                                        rel=1e-3, abs=0.1)
     assert float(epoch["elapsed_seconds"]) > 0 and "wall_seconds" not in epoch
@@ -274,4 +274,9 @@ def test_ctrl_c_stops_training_within_seconds_and_names_the_resume_command(prepa
     (run,) = runs.iterdir()
     assert proc.returncode == 130 and stopped < 10, (stopped, err)
     assert f"continue with: convlab train --resume {run}" in out
+    # piped, as into a log file: one plain line per epoch, no terminal codes
+    assert re.search(r"^epoch 1/200: accuracy \d\.?\d*, loss \d\.?\d*(e-?\d+)?, "
+                     r"val_accuracy [\d.]+, val_loss [\d.e-]+; [\d,.]+ img/s, [\d.]+ s$", out,
+                     re.M), out
+    assert not re.search("[\x1b\x08\r]", out + err), (out + err)[:2000]
     assert "Traceback" not in err and "convlab train --resume RUN" in err

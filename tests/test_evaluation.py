@@ -159,7 +159,7 @@ def test_evaluations_on_other_data_go_beside_the_runs_own_and_the_report_labels_
     photos = make_folder(tmp_path / "phone", num_classes=3, per_class=4, size=24, seed=9)
     assert cli(["evaluate", str(run), "--data", str(photos)]) == 0
     other = run / "evaluations" / "phone-all"
-    assert f"metrics: {other / 'metrics.json'}" in capsys.readouterr().out
+    assert f"wrote {other / 'metrics.json'} (predictions.npz" in capsys.readouterr().out
     assert json.loads((run / "metrics.json").read_text()) == own  # the run's own is kept
     saved = json.loads((other / "metrics.json").read_text())
     assert saved["evaluation"] == "phone-all" and saved["images"] == 12

@@ -1,18 +1,40 @@
-"""One progress bar for the commands that take more than a few seconds (rich, on stderr so
-that machine-readable stdout stays clean; it clears itself when done)."""
+"""Progress for the commands and functions that take more than a few seconds, in the three
+places people watch them: a terminal (a live rich bar on stderr, so that machine-readable
+stdout stays clean; it clears itself when done), a notebook (Keras' bars, or plain lines when
+rich cannot draw there) and a pipe or log file (plain lines: no bars, no control codes)."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Callable, Iterator
+
+PLAIN_EVERY_SECONDS = 15  # a plain progress line at most this often
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (whose output cell shows `\\r` updates)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    from rich.console import Console
+
+    return Console().is_jupyter
+
+
+def live_output() -> bool:
+    """Whether someone watches the output live: a terminal or a notebook. Anywhere else (a
+    pipe, a log file, CI) progress is written as plain lines."""
+    stdout = sys.stdout
+    return bool(getattr(stdout, "isatty", None) and stdout.isatty()) or in_notebook()
 
 
 def live_display_ok() -> bool:
-    """Whether rich can draw a live bar here: anywhere but a Jupyter kernel without
-    ipywidgets, where rich would only warn 'install "ipywidgets" for Jupyter support'."""
-    from rich.console import Console
-
-    if not Console().is_jupyter:
+    """Whether rich can draw a live bar here: a terminal, or a notebook with ipywidgets
+    (without it rich would only warn 'install "ipywidgets" for Jupyter support')."""
+    if not live_output():
+        return False
+    if not in_notebook():
         return True
     try:
         import ipywidgets  # noqa: F401
@@ -21,18 +43,29 @@ def live_display_ok() -> bool:
     return True
 
 
+def note(text: str) -> None:
+    """One plain progress line (stderr, flushed: it shows while the work goes on)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def progress_bar(show: bool, total: int, description: str
+def progress_bar(show: bool, total: int, description: str, keep: bool = False
                  ) -> Iterator[Callable[..., None]]:
-    """Yields `advance(n=1, description=None)`; does nothing when `show` is False."""
-    if not (show and live_display_ok()):
+    """Yields `advance(n=1, description=None)`; does nothing when `show` is False. A live bar
+    clears itself when done unless `keep`. Without a live display: a plain line every
+    `PLAIN_EVERY_SECONDS` while it lasts and one at the end with the time taken."""
+    if not show:
         yield lambda n=1, description=None: None
+        return
+    if not live_display_ok():
+        with _plain_progress(total, description) as advance:
+            yield advance
         return
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=Console(stderr=True), transient=not keep) as bar:
         task = bar.add_task(description, total=total)
 
         def advance(n: int = 1, description: str | None = None) -> None:
@@ -40,3 +73,38 @@ def progress_bar(show: bool, total: int, description: str
                                            else {}))
 
         yield advance
+
+
+@contextlib.contextmanager
+def _plain_progress(total: int, description: str) -> Iterator[Callable[..., None]]:
+    start = last = time.perf_counter()
+    done, current = 0, description
+
+    def advance(n: int = 1, description: str | None = None) -> None:
+        nonlocal done, current, last
+        done, current = done + n, description or current
+        if (now := time.perf_counter()) - last >= PLAIN_EVERY_SECONDS and done < total:
+            last = now
+            note(f"{current}: {done:,}/{total:,} ({done / total:.0%}), {now - start:.0f} s")
+
+    yield advance
+    note(f"{current}: {done:,}/{total:,} in {time.perf_counter() - start:.1f} s")
+
+
+@contextlib.contextmanager
+def step(show: bool, description: str) -> Iterator[None]:
+    """A long step that has no count (a model conversion): a line when it starts (a spinner
+    with the time so far in a terminal) and its time when it ends."""
+    if not show:
+        yield
+        return
+    start = time.perf_counter()
+    if live_display_ok():
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"{description} ..."):
+            yield
+    else:
+        note(f"{description} ...")
+        yield
+    note(f"{description}: done in {time.perf_counter() - start:.1f} s")

@@ -36,9 +36,10 @@ import numpy as np
 
 from convlab.errors import ConvlabError
 from convlab.prediction import Calibration, tempered
-from convlab.progress import progress_bar
+from convlab.progress import progress_bar, step
 from convlab.runs import RunFolder, RunInfo, load_run_model, read_record, run_info
 from convlab.tfimport import muted_stderr
+from convlab.usertext import visible
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 QUANTIZE = ("float16", "int8", "dynamic")
@@ -215,13 +216,15 @@ def _runners(format: str, path: Path) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     def run_tflite(x):
-        with muted_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        # muted: "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", which the
+        # interpreter writes when it allocates its tensors
+        with muted_stderr():
             interpreter = Interpreter(model_path=str(path))
-        source, = interpreter.get_input_details()
-        interpreter.resize_tensor_input(source["index"], x.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
+            source, = interpreter.get_input_details()
+            interpreter.resize_tensor_input(source["index"], x.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(source["index"], x)
+            interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
     return {"uint8 input": run_tflite}
@@ -269,7 +272,8 @@ def export(
             then test, then training.
         max_accuracy_drop: the accuracy the export may lose against the Keras model, as a
             fraction (0.01: one point); default the format's `TOLERANCES` entry.
-        progress: a progress bar (on stderr) while verifying.
+        progress: progress on stderr (the conversion's time, a bar while verifying) and,
+            at the end, what was written and how it verified.
 
     Returns:
         The contents of export.json: paths, input/output description and "verification":
@@ -348,14 +352,16 @@ def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, 
     temperature = calibration.temperature if calibration is not None else None
     keras_fp32 = float32_model(trained)  # exported, and the reference it is verified against
     serving = serving_model(keras_fp32, info.image_size, temperature)
-    if format == "keras":
-        serving.save(artifact)
-    elif format == "savedmodel":
-        _write_savedmodel(serving, artifact, info.image_size, ("float32", "uint8"))
-    elif format == "onnx":
-        _write_onnx(serving, artifact, info.image_size)
-    else:
-        _write_tflite(serving, artifact, info, quantize)
+    with step(progress, f"writing the {format}{f' {quantize}' if quantize else ''} export of "
+                        f"{path.name}"):
+        if format == "keras":
+            serving.save(artifact)
+        elif format == "savedmodel":
+            _write_savedmodel(serving, artifact, info.image_size, ("float32", "uint8"))
+        elif format == "onnx":
+            _write_onnx(serving, artifact, info.image_size)
+        else:
+            _write_tflite(serving, artifact, info, quantize)
     (out / "labels.txt").write_text("".join(f"{c}\n" for c in info.classes))
 
     images, labels, splits = run_images(info, ("validation", "test", "train"), samples)
@@ -418,7 +424,23 @@ def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, 
             f"{format}{f' {quantize}' if quantize else ''} export failed verification: {what} "
             f"on {len(images)} {'+'.join(splits)} images; removed it, numbers in "
             f"{out / 'export.json'}")
+    if progress:
+        print(describe(report))
     return report
+
+
+def describe(report: dict) -> str:
+    """What an export wrote and how it was verified, in two lines."""
+    check = report["verification"]
+    return (f"exported {visible(report['artifact'])} ({report['bytes']:,} bytes), labels "
+            f"{visible(report['labels'])}; input {report['input']['dtype']} "
+            f"{tuple(report['input']['shape'])} in [0, 255]\n"
+            f"verified on {check['images']} {'+'.join(check['splits'])} images: accuracy "
+            f"{check['accuracy']:.4f} (the Keras model: {check['keras_accuracy']:.4f}; drop "
+            f"{100 * check['accuracy_drop']:.2f} points, bound "
+            f"{100 * check['tolerance']['max_accuracy_drop']:g}); top-1 agreement "
+            f"{check['top1_agreement']:.3f}, max |diff| {check['max_abs_diff']:.2e}; details "
+            "in export.json")
 
 
 def _batched(fn, images: np.ndarray, advance=lambda n: None, size: int = 64) -> np.ndarray:

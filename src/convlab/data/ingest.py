@@ -31,6 +31,7 @@ from convlab.data.sources import (
 )
 from convlab.errors import ConvlabError, check_at_least
 from convlab.files import LOCK, cache_dir, locked, write_text_atomic
+from convlab.progress import progress_bar
 
 MANIFEST = "manifest.json"
 STATE = ".convlab-prepare.json"
@@ -355,15 +356,6 @@ def _map(pool, fn, args: list[tuple]):
     return pool.map(fn, *zip(*args, strict=True))
 
 
-def _progress(enabled: bool):
-    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from convlab.progress import live_display_ok
-
-    return Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not (enabled and live_display_ok()), transient=False)
-
-
 def prepare(
     src: str,
     out: str | os.PathLike,
@@ -416,11 +408,11 @@ def prepare(
     split_of = {c.path: c.split for c in scan.candidates}
     pool = _pool(workers)
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task("checking files", total=len(scan.candidates))
+        with progress_bar(progress, len(scan.candidates), "checking files", keep=True
+                          ) as advance:
             probes, skipped = [], list(scan.skipped)
             for result in _map(pool, _probe, [(c.path,) for c in scan.candidates]):
-                bar.advance(task)
+                advance()
                 if "reason" in result:
                     skipped.append({"path": result["path"], "class": label_of[result["path"]],
                                     "reason": result["reason"], "detail": result["detail"]})
@@ -494,8 +486,7 @@ def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list
                 stale.unlink()  # renamed but never recorded: redo it
             todo.append((split, index, members))
     total = sum(len(m) for _, _, m in todo)
-    with _progress(progress) as bar:
-        task = bar.add_task("writing shards", total=total)
+    with progress_bar(progress, total, "writing shards", keep=True) as advance:
         for split, index, members in todo:
             tmp = out / f"{split}{index:02d}.tfrec.tmp"
             per_class, failures, count, enlarged = Counter(), [], 0, 0
@@ -504,7 +495,7 @@ def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list
             try:
                 with tf.io.TFRecordWriter(str(tmp)) as writer:
                     for path, result in _map(pool, _decode, args):
-                        bar.advance(task)
+                        advance()
                         member = by_path[path]
                         if isinstance(result, dict):
                             failures.append({"path": path, "class": member["class"], **result})
@@ -619,11 +610,10 @@ def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite
         tf.io.gfile.remove(target)
     tf.io.gfile.makedirs(out)
     shards = [s["file"] for s in manifest["shards"]]
-    with _progress(progress) as bar:
-        task = bar.add_task(f"uploading to {out}", total=len(shards) + 1)
+    with progress_bar(progress, len(shards) + 1, f"uploading to {out}", keep=True) as advance:
         for name in shards + [MANIFEST]:
             tf.io.gfile.copy(str(staging / name), join(out, name), overwrite=True)
-            bar.advance(task)
+            advance()
     shutil.rmtree(staging, ignore_errors=True)
     return manifest
 

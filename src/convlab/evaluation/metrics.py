@@ -23,7 +23,7 @@ from convlab.runs import (
     check_tta,
     read_record,
 )
-from convlab.usertext import csv_row, from_csv_cell
+from convlab.usertext import csv_row, from_csv_cell, visible
 
 GRID_IMAGES = 20  # the prediction grid
 GALLERY_IMAGES = 16  # the mistakes gallery
@@ -166,7 +166,8 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         image_size: evaluate at this size instead of the run's test size (its training
             size times its config's `test_scale`). Larger than trained at can score
             better when training zoomed in (FixRes); the metrics record the size used.
-        progress: progress bars (on stderr) while preparing a photo folder and predicting.
+        progress: progress (on stderr) while preparing a photo folder and predicting, and
+            a line naming the files written.
 
     Returns:
         The metrics: evaluation (None for the run's own validation split, else the
@@ -251,6 +252,10 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
                       raw=out.raw)
     write_mistakes(where.mistakes, y, probs, paths, classes)
     write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
+    if progress:
+        print(f"evaluated {metrics['images']:,} images: accuracy {metrics['accuracy']:.4f}; "
+              f"wrote {visible(where.metrics)} ({where.predictions.name} and "
+              f"{where.mistakes.name} beside it)")
     return metrics
 
 

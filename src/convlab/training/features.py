@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from convlab.errors import ConvlabError
+from convlab.progress import live_output
 
 
 def split_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
@@ -46,14 +47,15 @@ def extract(extractor: keras.Model, dataset: tf.data.Dataset, batches: int | Non
         dataset = dataset.take(batches)
     elif (known := int(dataset.cardinality())) >= 0:
         batches = known  # for the progress bar
-    bar = keras.utils.Progbar(batches, unit_name="batch", verbose=1 if progress else 0)
+    live = progress and live_output()  # else one line when done (a pipe, a log file)
+    bar = keras.utils.Progbar(batches, unit_name="batch", verbose=1 if live else 0)
     features, targets, start, seen = [], [], time.perf_counter(), 0
     for batch in dataset:
         features.append(run(batch[0]).numpy())
         targets.append([np.asarray(t) for t in batch[1:]])
         seen += len(features[-1])
         bar.add(1)
-    if not progress:
+    if not live:
         print(f"{label}: {seen} images in {time.perf_counter() - start:.0f} s")
     return np.concatenate(features), [np.concatenate(t) for t in zip(*targets, strict=True)]
 

@@ -26,6 +26,7 @@ import numpy as np
 from convlab.config import TrainConfig, named_config
 from convlab.errors import ConvlabError, check_at_least
 from convlab.files import figure, literal, write_text_atomic
+from convlab.training.callbacks import fit_output
 from convlab.training.distributed import check_tpu_data
 from convlab.training.strategy import precision_policy, resolve_precision, select_strategy
 from convlab.training.trainer import _compile, build_datasets, global_batch_size
@@ -103,9 +104,10 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
               f"learning rate {start_lr:g} -> {end_lr:g} over at most {steps} steps; "
               f"{strategy_info.describe()}, precision {precision}")
         recorder = _LossRecorder(smoothing, diverge)
+        verbose, lines = fit_output(progress)
         started = time.time()
         model.fit(train_ds, epochs=1, steps_per_epoch=steps, shuffle=False,
-                  callbacks=[recorder], verbose=1 if progress else 0)
+                  callbacks=[recorder, *lines], verbose=verbose)
         seconds = time.time() - started
 
     folder = _out_folder(config, out)

@@ -33,7 +33,7 @@ from convlab.runs import (
     read_record,
     why_not_loaded,
 )
-from convlab.training.callbacks import EpochCheckpoint, FiniteLoss, Throughput
+from convlab.training.callbacks import EpochCheckpoint, FiniteLoss, Throughput, fit_output
 from convlab.training.distributed import (
     LOST_CONTACT,
     PEER_ERRORS,
@@ -505,9 +505,10 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
     checkpoint = EpochCheckpoint(workdir, model=model, keep=config.keep_checkpoints)
     finite = FiniteLoss(run, [(0, config.schedule.learning_rate),
                               (config.epochs, config.fine_tune_schedule.learning_rate)])
-    callbacks += [finite, *ema, throughput, *logging, checkpoint]
+    verbose, lines = fit_output(progress)
+    callbacks += [finite, *ema, throughput, *lines, *logging, checkpoint]
     fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
-                "callbacks": callbacks, "verbose": 1 if progress else 2}
+                "callbacks": callbacks, "verbose": verbose}
     started, feature_seconds = time.time(), None
 
     def head(first: int) -> None:
@@ -515,7 +516,7 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         if config.feature_views:
             feature_seconds = _fit_head_on_features(
                 config, model, train_ds, val_ds, steps, first, global_batch, progress,
-                [finite, *ema, throughput, *logging, checkpoint])
+                [finite, *ema, throughput, *lines, *logging, checkpoint])
         else:
             model.fit(train_ds, epochs=config.epochs, initial_epoch=first, **fit_args)
 
@@ -602,7 +603,7 @@ def _fit_head_on_features(config, model, train_ds, val_ds, steps, start_epoch, g
     head.fit(cached.train_dataset(global_batch, config.seed, start_epoch),
              validation_data=cached.val_dataset(global_batch), steps_per_epoch=steps,
              epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
-             callbacks=callbacks, verbose=1 if progress else 2)
+             callbacks=callbacks, verbose=fit_output(progress)[0])
     return cached.seconds
 
 
