@@ -198,6 +198,24 @@ def test_listing_recipes_and_help_do_not_load_tensorflow():
     assert out.stderr.strip().splitlines()[-1] == "False False"
 
 
+def test_a_mistyped_model_is_refused_before_tensorflow_loads(tmp_path):
+    code = ("import sys; from convlab.cli import main; "
+            "codes = [main(['train', 'convent', '--data', 'nowhere']), "
+            "main(['lr-find', 'squeezenet-plsu', '--data', 'nowhere']), main(['tune', 'xyz'])]; "
+            "print(codes, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.stdout.strip() == "[2, 2, 2] False False", done.stderr
+    assert done.stderr.splitlines() == [
+        "convlab: error: unknown model or recipe 'convent'; did you mean 'convnet' or "
+        "'convnet-plus'? see `convlab models` and `convlab recipes`",
+        "convlab: error: unknown model or recipe 'squeezenet-plsu'; did you mean "
+        "'squeezenet-plus' or 'squeezenet' or 'codelab-squeezenet'? see `convlab models` and "
+        "`convlab recipes`",
+        "convlab: error: unknown model or recipe 'xyz'; see `convlab models` and `convlab "
+        "recipes`"]
+
+
 def test_one_recipe_in_full_and_bare_convlab_prints_help(capsys):
     assert main(["recipes", "efficientnet-lite0-transfer"]) == 0
     out = capsys.readouterr().out
@@ -234,8 +252,13 @@ def test_help_shows_every_default():
                     yield from parsers(child, f"{name} {child_name}")
 
     for name, parser in parsers(build_parser()):
-        text = parser.format_help().split("\noptions:", 1)[-1]
+        whole = parser.format_help()
+        text = whole.split("\noptions:", 1)[-1]
+        # every argument says what it is, and no help says its default twice
+        assert not re.search(r"\((\S+)\) \(default: \1\)", " ".join(whole.split())), name
         for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name} {action.dest}: no help"
             has_value = action.default not in (None, False, argparse.SUPPRESS)
             if action.option_strings and has_value and action.dest != "help":
                 flag = action.option_strings[-1]

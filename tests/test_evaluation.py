@@ -2,6 +2,7 @@
 
 import argparse
 import base64
+import csv
 import io
 import json
 import os
@@ -226,6 +227,14 @@ def reported(trained, tmp_path_factory):
     saved = json.loads((run / "config.json").read_text())
     saved["config"]["name"] = "<script>alert('x')</script>"
     (run / "config.json").write_text(json.dumps(saved))
+    # a photo folder deep enough to overflow the mistakes table if its paths did not wrap
+    with open(run / "mistakes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    deep = "/" + "a_long_folder_name_without_any_spaces_" * 8
+    with open(run / "mistakes.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "path": deep + r["path"]} for r in rows)
     parser = argparse.ArgumentParser(prog="convlab")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["report", str(run)])
@@ -255,6 +264,16 @@ def test_report_is_self_contained_escaped_and_has_the_numbers(reported):
         assert f"{number:.4f}" in page
     assert all(f"<td>{c}</td>" in page for c in metrics["classes"])
     assert "Total params" in page
+    # the headline says what each number is: the calibrated cross-entropy, the speed of which
+    # steps, the training losses' objective; the mistakes table lists the gallery's photos
+    summary = json.loads((reported.parent / "summary.json").read_text())
+    assert f"{metrics['loss']:.4f}</div><div class=\"k\">cross-entropy (calibrated)" in page
+    assert (f"{summary['train_images_per_second']:,.1f}</div><div class=\"k\">training "
+            "images/s (the whole network)") in page
+    assert f"{summary['wall_seconds']:.0f} s</div><div class=\"k\">training wall time<" in page
+    assert "loss and val_loss: Keras&#x27; training loss" in page
+    shown = min(metrics["mistakes"], 16)
+    assert f"the {shown} most confident below (the photos of the mistakes plots)" in page
 
 
 def _chromium(*args, profile):
@@ -278,11 +297,14 @@ def test_report_renders_in_chromium(reported, tmp_path):
     # A copy of the page that records, once loaded, whether each image decoded.
     probe = tmp_path / "probe.html"
     probe.write_text(reported.read_text().replace("</body>", (
-        "<script>addEventListener('load', () => document.body.setAttribute('data-decoded', "
-        "[...document.images].map(i => i.complete && i.naturalWidth > 0).join()))"
+        "<script>addEventListener('load', () => {document.body.setAttribute('data-decoded', "
+        "[...document.images].map(i => i.complete && i.naturalWidth > 0).join());"
+        "document.body.setAttribute('data-overflowing', [...document.querySelectorAll("
+        "'section')].filter(s => s.scrollWidth > s.clientWidth).length)})"
         "</script></body>")))
     dom = _chromium("--dump-dom", "--virtual-time-budget=5000", probe.as_uri(),
                     profile=tmp_path / "profile").stdout
     assert f'data-decoded="{",".join(["true"] * 8)}"' in dom
+    assert 'data-overflowing="0"' in dom  # no table wider than its card
     metrics = json.loads((reported.parent / "metrics.json").read_text())
     assert f"{metrics['accuracy']:.4f}" in dom and dom.count("<img") == 8

@@ -93,6 +93,11 @@ def test_predict_skips_bad_files_and_matches_the_keras_model(run, photos):
                                    atol=1e-6)
     with pytest.raises(ConvlabError, match="not found"):
         predict(run, [photos / "missing.jpg"])
+    # among others, a missing file is skipped like an unreadable one, not fatal
+    rows, skipped = predict(run, [photos / "missing.jpg", photos / "plain.jpg"])
+    assert [r["path"] for r in rows] == [str(photos / "plain.jpg")]
+    assert skipped == [{"path": str(photos / "missing.jpg"), "reason": "not found",
+                        "detail": "check the path"}]
 
 
 def test_cli_predict_formats_parse(run, photos, capsys):

@@ -91,3 +91,9 @@ def test_run_folder_file_names_are_spelled_only_in_runs_py():
         if hits:
             spelled[name] = hits
     assert not spelled
+
+
+def test_model_names_read_without_keras_are_the_registered_ones():
+    from convlab.models import list_models, model_names
+
+    assert model_names() == [info.name for info in list_models()]

@@ -109,7 +109,7 @@ class Classifier:
         calibrated when the run is (see `convlab.prediction`)."""
         return self.outputs(images, batch_size=batch_size, tta=tta).probabilities
 
-    def predict(self, images, top_k: int = 5, *, batch_size: int = 64, tta: str | None = None,
+    def predict(self, images, top_k: int = 3, *, batch_size: int = 64, tta: str | None = None,
                 reject: bool = True):
         """The top-k classes of one input or of each of a list.
 

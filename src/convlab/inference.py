@@ -27,10 +27,16 @@ def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
     Files in folders that are clearly not photos (`.txt`, `.DS_Store`, ...) are ignored, as
     the ingest does; a file named explicitly is always tried.
 
+    An input that does not exist is skipped as "not found", as an unreadable file is, so one
+    mistyped name does not stop the others.
+
     Raises:
-        ConvlabError: an input that does not exist.
+        ConvlabError: no input exists.
     """
     paths, skipped = [], []
+    if inputs and not any(os.path.lexists(item) for item in map(str, inputs)):
+        missing = ", ".join(f"'{item}'" for item in map(str, inputs))
+        raise ConvlabError(f"image or folder not found: {missing}; check the path")
     for item in map(str, inputs):
         if os.path.isdir(item):
             for path, kind in walk_files(item):
@@ -43,8 +49,10 @@ def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
             paths.append(item)
         elif os.path.exists(item):  # a FIFO or device named explicitly: never opened
             skipped.append({"path": item, "reason": "not a regular file", "detail": ""})
+        elif os.path.lexists(item):
+            skipped.append({"path": item, "reason": "broken link", "detail": os.readlink(item)})
         else:
-            raise ConvlabError(f"image or folder not found: '{item}'; check the path")
+            skipped.append({"path": item, "reason": "not found", "detail": "check the path"})
     return list(dict.fromkeys(paths)), skipped
 
 

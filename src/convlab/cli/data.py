@@ -174,5 +174,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--size", type=int, default=128, help="size when preparing a photo folder")
     bench.add_argument("--latency-ms", type=float, default=0.0,
                        help="simulate cloud storage: each file opened first waits this long")
-    bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_data_bench)

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from convlab.cli.console import console, plain
+from convlab.cli.train import check_model_arg
 
 ROWS = 8  # points of the curve printed (besides the suggestion, the minimum and the end)
 
@@ -91,4 +92,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     lf.add_argument("--out", help="folder for the plot and the numbers "
                                   "(default: RUNS_DIR/lr-find/<name>-<time>/)")
     lf.add_argument("--quiet", action="store_true", help="no progress bar")
-    lf.set_defaults(func=cmd_lr_find)
+    lf.set_defaults(func=cmd_lr_find, check=check_model_arg)

@@ -174,8 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Classify images (any format `data prepare` accepts; folders are walked "
                     "recursively) with RUN's model. Unreadable files are reported on stderr.")
     add_run_args(pr)
-    pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
-    pr.add_argument("--top-k", type=int, default=3, help="classes per image (3)")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR",
+                    help="image files and folders (walked recursively)")
+    pr.add_argument("--top-k", type=int, default=3, help="classes per image")
     pr.add_argument("--format", choices=("table", "json", "csv"), default="table",
                     help="a table for people; json or csv for programs")
     pr.add_argument("--batch-size", type=int, default=64, help="images per model call")
@@ -220,7 +221,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "The export is verified on the run's validation split: it fails when its "
                     "accuracy is more than --max-accuracy-drop below the Keras model's.")
     add_run_args(ex)
-    ex.add_argument("--format", choices=FORMATS, required=True)
+    ex.add_argument("--format", choices=FORMATS, required=True,
+                    help="keras, savedmodel, tflite (for phones, with --quantize) or onnx")
     ex.add_argument("--quantize", choices=QUANTIZE, default=None,
                     help="tflite only: float16 weights, int8 weights and activations, or "
                          "dynamic-range (int8 weights)")

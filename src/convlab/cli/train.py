@@ -70,6 +70,14 @@ def _base_config(args):
     return named_config(args.model)
 
 
+def check_model_arg(args) -> None:
+    """A model or recipe name that is neither, refused before TensorFlow loads."""
+    from convlab.models import check_model_or_recipe
+
+    if getattr(args, "model", None) and not getattr(args, "config", None):
+        check_model_or_recipe(args.model)
+
+
 def cmd_tune(args) -> int:
     from convlab.training.tune import short_value, tune
 
@@ -297,10 +305,11 @@ def _add_training_flags(tr: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model, recipe and training subcommands to the `convlab` parser."""
     models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
-    models.add_argument("name", nargs="?")
+    models.add_argument("name", nargs="?", help="a model to show layer by layer (Keras' summary)")
     models.add_argument("--classes", type=int, default=5,
                         help="classes of the summarised model's output")
-    models.add_argument("--image-size", type=int, default=None)
+    models.add_argument("--image-size", type=int, default=None,
+                        help="input size for NAME's summary (default: the model's own)")
     models.set_defaults(func=cmd_models)
 
     rec = sub.add_parser("recipes", help="list the training recipes, or show one in full",
@@ -326,7 +335,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="train from a config file instead of a recipe: a tune folder's "
                          "best.json, or a run's config.json")
     _add_training_flags(tr)
-    tr.set_defaults(func=cmd_train)
+    tr.set_defaults(func=cmd_train, check=check_model_arg)
     _say_defaults(tr)
 
     tu = sub.add_parser(
@@ -352,7 +361,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tu.add_argument("--out", help="search folder (default: RUNS_DIR/tune-NAME)")
     tu.add_argument("--overwrite", action="store_true", help="start over in --out")
     _add_training_flags(tu)
-    tu.set_defaults(func=cmd_tune)
+    tu.set_defaults(func=cmd_tune, check=check_model_arg)
     _say_defaults(tu)
 
     la = sub.add_parser(

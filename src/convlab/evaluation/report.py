@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 
 from convlab.evaluation.metrics import (
+    GALLERY_IMAGES,
     evaluate,
     load_metrics,
     near_chance,
@@ -51,6 +52,8 @@ figcaption{color:#5b6475;font-size:13px;text-align:center;margin-top:6px}
 pre{background:#f7f8fa;border:1px solid #e8eaef;border-radius:6px;padding:12px;
  overflow-x:auto;font:12px/1.4 ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
 footer{color:#8a92a3;font-size:12px;text-align:center}
+td.path{overflow-wrap:anywhere;word-break:break-all}
+.note{color:#5b6475;font-size:13px;margin:8px 0 0}
 """
 
 FIGURES = (
@@ -91,17 +94,36 @@ def _warning(metrics: dict) -> str:
             f"<b>Warning:</b> {escape(said)}.</p>" if said else "")
 
 
-def _cards(metrics: dict, summary: dict) -> str:
+def _cards(metrics: dict, summary: dict, record: RunRecord) -> str:
+    calibrated = (metrics.get("calibration") or {}).get("temperature") is not None
     cards = [(f"{metrics['accuracy']:.4f}", "accuracy"),
              (f"{metrics['macro']['recall']:.4f}", "balanced accuracy"),
              (f"{metrics['macro']['f1']:.4f}", "macro F1"),
              (f"{metrics['top_k_accuracy']:.4f}", f"top-{metrics['top_k']} accuracy"),
-             (f"{metrics['loss']:.4f}", "loss (cross-entropy)")]
+             (f"{metrics['loss']:.4f}", "cross-entropy" + (" (calibrated)" if calibrated else
+                                                          ""))]
     if summary:
-        cards += [(f"{summary.get('train_images_per_second', 0):,.0f}", "training images/s"),
-                  (f"{summary.get('wall_seconds', 0):,.1f} s", "training wall time")]
+        cards += [(f"{summary.get('train_images_per_second', 0):,.1f}",
+                   f"training images/s ({_last_phase(record.config)})"),
+                  (_minutes(summary.get("wall_seconds", 0)), "training wall time" + (
+                      f", {_minutes(summary['feature_cache_seconds'])} of it caching features"
+                      if summary.get("feature_cache_seconds") else ""))]
     return "".join(f'<div class="card"><div class="v">{escape(v)}</div>'
                    f'<div class="k">{escape(k)}</div></div>' for v, k in cards)
+
+
+def _last_phase(config) -> str:
+    """What the steps of the speed figure trained: the summary's images/s is the last
+    phase's (see `Throughput.steady_rate`)."""
+    if config.fine_tune_epochs:
+        return "fine-tuning the network"
+    if config.feature_views:
+        return "the head on cached features"
+    return "the whole network"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _run_table(record: RunRecord, summary: dict) -> str:
@@ -133,7 +155,7 @@ def _run_table(record: RunRecord, summary: dict) -> str:
     return f'<table class="kv">{_rows(pairs)}</table>'
 
 
-def _epochs_table(summary: dict) -> str:
+def _epochs_table(summary: dict, config) -> str:
     cols = ("accuracy", "loss", "val_accuracy", "val_loss")
     head = "".join(f'<th class="n">{c}</th>' for c in ("epoch", *cols))
     body = ""
@@ -145,7 +167,22 @@ def _epochs_table(summary: dict) -> str:
                         '</td>' for c in cols)
         body += (f"<tr><td>{label}</td><td class=\"n\">{int(row.get('epoch', -1)) + 1}</td>"
                  f"{cells}</tr>")
-    return f"<table><tr><th></th>{head}</tr>{body}</table>" if body else "<p>no history</p>"
+    if not body:
+        return "<p>no history</p>"
+    return f"<table><tr><th></th>{head}</tr>{body}</table>{_loss_note(config)}"
+
+
+def _loss_note(config) -> str:
+    """Why these losses differ from the cross-entropy above: they are the training
+    objective, with the run's label smoothing or mixed labels."""
+    terms = [f"label smoothing {config.label_smoothing:g}" if config.label_smoothing else "",
+             f"mixup {config.mixup:g}" if config.mixup else "",
+             f"cutmix {config.cutmix:g}" if config.cutmix else ""]
+    terms = [t for t in terms if t]
+    what = (f"the training objective, with {' and '.join(terms)}, so they are higher than the "
+            "plain cross-entropy of the evaluation" if terms else "Keras' training loss")
+    return (f'<p class="note">loss and val_loss: {escape(what)}; the accuracies are measured '
+            "at the training size, the evaluation below at the test size.</p>")
 
 
 def _class_table(metrics: dict) -> str:
@@ -163,7 +200,7 @@ def _class_table(metrics: dict) -> str:
     return f"<table><tr><th>class</th>{head}</tr>{body}</table>"
 
 
-def _mistakes_table(run: Path, metrics: dict, shown: int = 20) -> str:
+def _mistakes_table(run: Path, metrics: dict, shown: int = GALLERY_IMAGES) -> str:
     """The most confident mistakes with their files: what to open and fix first."""
     path = RunFolder(run).mistakes
     if not path.exists():
@@ -172,14 +209,15 @@ def _mistakes_table(run: Path, metrics: dict, shown: int = 20) -> str:
     if not rows:
         return "<section><h2>Mistakes</h2><p>none</p></section>"
     body = "".join(
-        f"<tr><td>{i}</td><td><code>{escape(r['path'] or '(unknown)')}</code></td>"
+        f"<tr><td>{i}</td><td class=\"path\"><code>{escape(r['path'] or '(unknown)')}</code></td>"
         f"<td>{escape(r['label'])}</td><td>{escape(r['predicted'])}</td>"
         f'<td class="n">{float(r["p_predicted"]):.3f}</td>'
         f'<td class="n">{float(r["p_label"]):.3f}</td></tr>'
         for i, r in enumerate(rows[:shown], 1))
     return (f"<section><h2>Mistakes, with their files</h2><p>{len(rows)} of "
             f"{metrics['images']} {escape(metrics['split'])} images; the {min(shown, len(rows))}"
-            f" most confident below, all of them in <code>{escape(path.name)}</code>. A "
+            f" most confident below (the photos of the mistakes plots), all of them in "
+            f"<code>{escape(path.name)}</code>. A "
             "confident mistake is often a mislabelled photo: see <code>convlab review"
             "</code>.</p><table><tr><th>#</th><th>file</th><th>label</th><th>predicted</th>"
             '<th class="n">p(predicted)</th><th class="n">p(label)</th></tr>'
@@ -294,9 +332,9 @@ def report(run: str | os.PathLike) -> Path:
 <title>convlab report: {escape(run.name)}</title><style>{CSS}</style></head>
 <body><main>
 <h1>{escape(run.name)}</h1><p class="sub">{escape(subtitle)}</p>
-{_warning(metrics)}<section class="cards">{_cards(metrics, summary)}</section>
+{_warning(metrics)}<section class="cards">{_cards(metrics, summary, record)}</section>
 <section><h2>Run</h2>{_run_table(record, summary)}</section>
-<section><h2>Training: final and best epoch</h2>{_epochs_table(summary)}</section>
+<section><h2>Training: final and best epoch</h2>{_epochs_table(summary, record.config)}</section>
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
 {_other_evaluations(run)}
 <section><h2>Plots</h2>{_figures(RunFolder(run).plots)}</section>

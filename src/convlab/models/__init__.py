@@ -59,6 +59,38 @@ def list_models() -> list[ModelInfo]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+def model_names() -> list[str]:
+    """The registered models' names, sorted, read from the families' `@register_model("NAME"`
+    lines without importing them (no Keras, no TensorFlow): a name can be checked before
+    anything heavy loads. tests/test_structure.py holds this equal to `list_models()`."""
+    import ast
+    from pathlib import Path
+
+    names = []
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_model"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                names.append(node.args[0].value)
+    return sorted(names)
+
+
+def check_model_or_recipe(name: str) -> None:
+    """Raise a one-line error, with the nearest names, when `name` is neither a model nor a
+    recipe. Cheap: no TensorFlow (the CLI checks its arguments before loading it)."""
+    import difflib
+
+    from convlab.config import RECIPES
+
+    known = [*model_names(), *RECIPES]
+    if name in known:
+        return
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    raise ConvlabError(f"unknown model or recipe {name!r}; "
+                       + (f"did you mean {' or '.join(map(repr, near))}? " if near else "")
+                       + "see `convlab models` and `convlab recipes`")
+
+
 def get_model_info(name: str) -> ModelInfo:
     _load_families()
     if name not in _REGISTRY:

@@ -296,25 +296,29 @@ def _efficientnet_lite(
     return model
 
 
-def _register(variant: str) -> None:
-    v = VARIANTS[variant]
+def _builder(variant: str):
+    """`builder(num_classes, image_size, **options)` of one variant, with the options'
+    signature (what `convlab.models.model_options` reads)."""
 
     def builder(num_classes: int, image_size: int, **options):
         return _efficientnet_lite(variant, num_classes, image_size, **options)
 
     functools.update_wrapper(builder, _efficientnet_lite)  # its signature: the options
     builder.__name__ = builder.__qualname__ = f"efficientnet_{variant}"
-    register_model(
-        f"efficientnet_{variant}",
-        image_size=v.image_size,
-        description=f"EfficientNet-{variant.capitalize()}, ImageNet weights ({v.package}, "
-        f"top-1 {v.imagenet_top1}%) converted offline",
-        pretrained=True,
-    )(builder)
+    return builder
 
 
-for _variant in VARIANTS:
-    _register(_variant)
+def _about(variant: str) -> dict:
+    v = VARIANTS[variant]
+    return {"image_size": v.image_size, "pretrained": True,
+            "description": f"EfficientNet-{variant.capitalize()}, ImageNet weights "
+                           f"({v.package}, top-1 {v.imagenet_top1}%) converted offline"}
+
+
+# Each name spelled out: `convlab.models.model_names()` reads them without importing Keras.
+register_model("efficientnet_lite0", **_about("lite0"))(_builder("lite0"))
+register_model("efficientnet_lite1", **_about("lite1"))(_builder("lite1"))
+register_model("efficientnet_lite2", **_about("lite2"))(_builder("lite2"))
 
 
 def _load_weights(model: keras.Model, variant: str, weights: str | Path,
