@@ -70,14 +70,27 @@ def server(run):
     thread.join(10)
 
 
-def _post(url: str, data: bytes | None, **request) -> tuple[int, dict]:
-    """(status, JSON answer) of a request; `request`: urllib's (method=, headers=)."""
+def _post(url: str, data, headers: dict | None = None, **request) -> tuple[int, dict]:
+    """(status, JSON answer) of a request; `request`: urllib's (method=)."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, **request),
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers or {}, **request),
                                     timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def _form(*files: tuple[str, bytes], text: dict | None = None) -> tuple[bytes, dict]:
+    """A multipart/form-data body as `curl -F file=@NAME` sends it (file parts, then text
+    fields), and its Content-Type header."""
+    parts = [b'Content-Disposition: form-data; name="file"; filename="' + name.encode()
+             + b'"\r\nContent-Type: application/octet-stream\r\n\r\n' + data
+             for name, data in files]
+    parts += [f'Content-Disposition: form-data; name="{k}"\r\n\r\n{v}'.encode()
+              for k, v in (text or {}).items()]
+    body = b"".join(b"--cl-boundary\r\n" + part + b"\r\n" for part in parts)
+    return body + b"--cl-boundary--\r\n", {
+        "Content-Type": "multipart/form-data; boundary=cl-boundary"}
 
 
 def _bomb() -> bytes:
@@ -167,13 +180,65 @@ def test_api_answers_bad_queries_and_requests_with_one_line_errors(server, photo
     others = [(f"{server}/predict", None, {"method": "GET"}, 405, "POST"),
               (f"{server}/api/nope", None, {}, 404, "/api/openapi.json"),
               (f"{server}/predict", b"--x\r\n", {"headers": {
-                  "Content-Type": "multipart/form-data; boundary=x"}}, 415, "--data-binary")]
+                  "Content-Type": "multipart/form-data; boundary=x"}}, 400, "curl -F")]
     for url, body_sent, request, status, words in others:
         got, body = _post(url, body_sent, **request)
         assert (got, list(body)) == (status, ["error"]) and words in body["error"], body
         assert "\n" not in body["error"]
     got, body = _post(f"{server}/predict?top_k=1000000&heatmap=yes", data)  # as many as exist
     assert got == 200 and len(body["predictions"]) == 3 and body["heatmap_png"]
+
+
+def test_api_takes_forms_of_one_or_several_files(server, photo):
+    """`curl -F file=@a.jpg -F file=@b.jpg`: one entry per file, in order, named as the client
+    named it; a bad file (not an image, over --max-mb) gets its own error, the others their
+    answer, equal to the answer to the photo's bytes alone."""
+    data = photo.read_bytes()
+    _, alone = _post(f"{server}/predict?top_k=2", data)
+    status, body = _post(f"{server}/predict?top_k=2", *_form(("rose.jpg", data)))
+    assert status == 200 and list(body) == ["results"] and len(body["results"]) == 1
+    assert body["results"][0]["file"] == "rose.jpg"
+    assert body["results"][0]["predictions"] == alone["predictions"]
+    named = "<b>ros\u00e9</b>.jpg"  # user text: answered as given, JSON-escaped
+    status, body = _post(f"{server}/predict?top_k=2&heatmap=1", *_form(
+        ("notes.jpg", b"not a photo"), (named, data), ("big.png", b"\xff" * (2**20 + 1))))
+    assert status == 200 and [r["file"] for r in body["results"]] == ["notes.jpg", named,
+                                                                      "big.png"]
+    bad, good, big = body["results"]
+    assert bad["status"] == 415 and "notes.jpg is not an image" in bad["error"]
+    assert "predictions" not in bad and "error" not in good
+    assert big["status"] == 413 and "MB limit" in big["error"]
+    assert good["predictions"] == alone["predictions"] and good["heatmap_png"]
+    assert {"model_file", "run", "milliseconds", "none_of_the_classes"} <= set(good)
+
+
+def test_api_refuses_forms_over_the_limits_and_bodies_it_cannot_read(server, photo):
+    """A form without a file, over --max-batch files or over the bytes a request may send
+    (declared or counted as it arrives), a body that is neither an image nor a form: one-line
+    errors naming what to send. A photo's bytes count whatever their content type."""
+    data = photo.read_bytes()
+    many = _form(*[(f"{i}.jpg", b"x") for i in range(17)])  # the server's --max-batch is 16
+    huge = _form(*[(f"{i}.jpg", b"\xff" * 3 * 2**19) for i in range(12)])  # 18 > 16 x 1 MB
+
+    def chunked():  # no Content-Length: the server counts what arrives
+        yield from (huge[0][i:i + 2**20] for i in range(0, len(huge[0]), 2**20))
+
+    cases = [(*_form(text={"note": "a rose"}), 400, "no file field; send e.g. curl -F"),
+             (*many, 413, "more than 16 files"), (*huge, 413, "MB a request may send"),
+             (chunked(), huge[1], 413, "MB a request may send"),
+             (b'{"image": "rose.jpg"}', {"Content-Type": "application/json"}, 415,
+              "multipart/form-data"),
+             (b"a rose", {"Content-Type": "text/plain"}, 415, "image/*")]
+    for sent, headers, status, words in cases:
+        got, body = _post(f"{server}/predict", sent, headers=headers)
+        assert (got, list(body)) == (status, ["error"]) and words in body["error"], body
+        assert "\n" not in body["error"]
+    got, body = _post(f"{server}/predict", b"GIF89a no image", headers={
+        "Content-Type": "image/gif"})  # labelled an image: the decoder's word alone
+    assert got == 415 and "not an image" in body["error"] and "multipart" not in body["error"]
+    for media in ("application/json", "application/octet-stream", "image/jpeg"):
+        got, body = _post(f"{server}/predict", data, headers={"Content-Type": media})
+        assert got == 200 and len(body["predictions"]) == 3, (media, body)
 
 
 def test_api_has_no_page_from_a_cdn_and_serves_its_schema(server):
@@ -189,6 +254,9 @@ def test_api_has_no_page_from_a_cdn_and_serves_its_schema(server):
     with urllib.request.urlopen(f"{server}/api/openapi.json", timeout=30) as r:
         schema = json.loads(r.read())
     assert {"/predict", "/api/run"} <= set(schema["paths"])
+    predict_doc = schema["paths"]["/predict"]["post"]
+    assert {"image/*", "application/octet-stream", "multipart/form-data"} <= set(
+        predict_doc["requestBody"]["content"]) and '"results"' in predict_doc["description"]
     with urllib.request.urlopen(server, timeout=30) as r:
         page = r.read().decode()
     loaded = re.findall(r"""<(?:script|link|img)[^>]*(?:src|href)=["']([^"']+)""", page)
@@ -196,8 +264,8 @@ def test_api_has_no_page_from_a_cdn_and_serves_its_schema(server):
 
 
 def test_upload_hang_ups_log_one_line_each(server):
-    """Clients that send part of their body and close (on the API and on the page's upload
-    route): one log line each, no traceback."""
+    """Clients that send part of their body and close (on the API, raw or a form, and on the
+    page's upload route): one log line each, no traceback."""
     import logging
 
     lines: list[str] = []
@@ -209,9 +277,10 @@ def test_upload_hang_ups_log_one_line_each(server):
     port = int(server.rsplit(":", 1)[1])
     form = (b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
             b"Content-Type: image/png\r\n\r\n\x89PNG")
-    starts = [b"POST /predict HTTP/1.1\r\nContent-Length: 100000\r\n\r\n\x89PNG"] * 4 + [
-        b"POST /gradio_api/upload HTTP/1.1\r\nContent-Type: multipart/form-data; "
-        b"boundary=x\r\nContent-Length: 100000\r\n\r\n" + form]
+    starts = [b"POST /predict HTTP/1.1\r\nContent-Length: 100000\r\n\r\n\x89PNG"] * 3 + [
+        b"POST %s HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        b"Content-Length: 100000\r\n\r\n%s" % (path, form)
+        for path in (b"/predict", b"/gradio_api/upload")]
     handler = Keep()
     logging.getLogger("uvicorn.error").addHandler(handler)
     try:
@@ -302,8 +371,12 @@ def test_page_in_chromium_classifies_a_photo_offline(server, browser, run, photo
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
     page.goto(server, wait_until="networkidle")
+    upload = page.inner_text("#cl-upload")  # several files: not Gradio's "Drop File Here"
+    assert "Drop photos here" in upload and "Drop File Here" not in upload, upload
     page.set_input_files("#cl-upload input[type=file]", str(photo))
     card = page.wait_for_selector("#cl-results .cl-card", timeout=60_000)
+    assert [c.inner_text() for c in card.query_selector_all("figcaption")] == [
+        "what the model saw (32 px)", "where it looked (Grad-CAM)"]
     rows, _ = predict(run, [photo], top_k=1)  # the page says what predict says
     assert card.get_attribute("data-top") == ("none of the classes" if rows[0][
         "none_of_the_classes"] else rows[0]["predictions"][0]["class"])
@@ -327,6 +400,10 @@ def test_page_in_chromium_classifies_a_photo_offline(server, browser, run, photo
     assert "labelled" in picked.inner_text()
     page.get_by_role("tab", name="The run").click()
     page.wait_for_selector("text=Confusion matrix", timeout=30_000)
+    # The training table: one named row each, no (empty) header row.
+    heads = page.locator("#cl-training table th").all_inner_texts()
+    assert heads[:2] == ["recipe", "model"] and all(h.strip() for h in heads), heads
+    assert page.locator("#cl-training thead").count() == 0
     outside = [u for u in requested
                if not u.startswith((server, "data:", "blob:", "about:"))]
     assert outside == [], f"the page asked the internet for {outside[:3]}"

@@ -7,13 +7,26 @@ One FastAPI app holds the run's model, loaded and compiled once, with its Grad-C
   the model looked; the run at a glance (accuracy, confusion matrix, curves); a gallery of
   validation photos to click and classify. Gradio's front end is served from its own package,
   fonts are the system's: the page needs nothing from the internet.
-- `POST /predict` takes one image's bytes (`curl --data-binary @rose.jpg`) and answers
-  `{"predictions": [{"class", "probability"}, ...], ...}`; `?top_k=N`, `?heatmap=1` (a PNG
-  of the heat map over the photo, base64). Bad uploads get a 4xx with `{"error": ...}`:
+- `POST /predict` takes one image's bytes as the body (`curl --data-binary @rose.jpg`) and
+  answers `{"predictions": [{"class", "probability"}, ...], "none_of_the_classes", "score",
+  "threshold", "model_file", "run", "milliseconds"}`; `?top_k=N`, `?heatmap=1` (a PNG of the
+  heat map over the photo, base64, as "heatmap_png"). It also takes a form
+  (`curl -F file=@a.jpg -F file=@b.png`, `multipart/form-data`, any field names): the answer
+  is then `{"results": [...]}`, one entry per file part in the form's order, each
+  `{"file": the name the client gave, ...the fields of the one-image answer}` or, for that
+  file alone, `{"file": ..., "error": one line, "status": the 4xx it would have had}`; one
+  bad file never fails the others. Bad uploads get a 4xx with `{"error": ...}`:
   413 over the byte or pixel limit (decompression bombs are refused from their header,
   before any decoding), 415 not an image or an unsupported format, 400 a broken image,
-  422 a bad `top_k` or `heatmap`. At most `MAX_DECODES` photos decode at once, so a burst
-  of large images cannot take the machine's memory.
+  422 a bad `top_k` or `heatmap`; a form: 413 over `max_batch` files or over `max_batch`
+  times the byte limit in all (counted as it arrives: a huge form is refused, not stored),
+  400 no file part or not a readable form. At most `MAX_DECODES` photos decode at once, so a
+  burst of large images cannot take the machine's memory.
+  Which bodies count as an image: any body that is not a form and whose bytes decode, whatever
+  its content type, because `curl --data-binary` labels its body
+  `application/x-www-form-urlencoded` unless told otherwise. A body that does not decode, sent
+  as neither `image/*` nor `application/octet-stream` (JSON, text, ...), gets a 415 that names
+  what the endpoint takes.
 - `GET /api/run`: the run's classes, image size, model file and validation accuracy;
   `GET /api/openapi.json` the API's schema (no docs page: swagger-ui would come from a CDN).
 
@@ -54,6 +67,13 @@ MAX_DECODES = 2
 # After an image this large, memory goes back to the system (~30 ms): 16 concurrent
 # 49-megapixel PNGs left the server ~350 MB above idle without it, at idle with it.
 TRIM_PIXELS = 10_000_000
+# Room for the part headers and boundaries of a form of `max_batch` photos (~200 bytes a part).
+FORM_SLACK = 2**16
+# What /predict takes, for the 415 that answers a body that is neither an image nor a form.
+ACCEPTED_BODIES = ("POST /predict takes a photo's bytes as the body (Content-Type image/* or "
+                   "application/octet-stream: curl --data-binary @photo.jpg -H 'Content-Type: "
+                   "image/jpeg') or a multipart/form-data form of file fields "
+                   "(curl -F file=@photo.jpg -F file=@other.png)")
 # What each query parameter of /predict takes, for the one-line 422 that answers a bad one.
 QUERY_WANTS = {"top_k": "a positive integer (the number of classes to list)",
                "heatmap": "1 or 0 (true or false)"}
@@ -91,7 +111,7 @@ class Demo:
                                f"max_batch={max_batch}, max_decodes={max_decodes}")
         self.classifier = load(run, model)
         self.info = self.classifier.info
-        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        self.max_bytes, self.max_pixels, self.max_batch = max_bytes, max_pixels, max_batch
         # Decoding in a few threads of its own, not in any of the server's 40: glibc gives
         # each thread that allocates a large image an arena that keeps the memory.
         self._decoders = ThreadPoolExecutor(max_decodes, thread_name_prefix="convlab-decode")
@@ -112,10 +132,7 @@ class Demo:
         """
         from convlab.inference import decode_bytes
 
-        if len(data) > self.max_bytes:
-            raise UploadError(413, f"{name} is {len(data) / 2**20:.1f} MB, over the "
-                                   f"{self.max_bytes / 2**20:.0f} MB limit; send a smaller "
-                                   "photo (or start the server with a larger --max-mb)")
+        self.check_size(len(data), name)
         try:
             _, (width, height) = sniff(data)  # the header only: bombs stop here
             if width * height > self.max_pixels:
@@ -138,15 +155,32 @@ class Demo:
             raise UploadError(status, f"{name} {what}; send a {ACCEPTED_NAMES} photo") \
                 from None
 
+    def check_size(self, size: int, name: str = "the upload") -> None:
+        """Raises UploadError (413) for an upload of `size` bytes over the limit."""
+        if size > self.max_bytes:
+            raise UploadError(413, f"{name} is {size / 2**20:.1f} MB, over the "
+                                   f"{self.max_bytes / 2**20:.0f} MB limit; send a smaller "
+                                   "photo (or start the server with a larger --max-mb)")
+
     # -- predictions -------------------------------------------------------------------
 
     def classify(self, pixels: np.ndarray, top_k: int = TOP_K) -> Prediction:
         """Top-k classes (and the top class's heat map) for one uint8 (S, S, 3) image."""
+        return self.classify_all([pixels], top_k)[0]
+
+    def classify_all(self, images: list[np.ndarray], top_k: int = TOP_K) -> list[Prediction]:
+        """`classify` for several images, queued together so that they share model calls."""
         start = time.perf_counter()
-        one = self._batches.submit(pixels.astype(np.float32) / np.float32(255.0))
-        top = answers(one, self.predictor, min(top_k, len(self.info.classes)))[0]
-        heat = None if one.maps is None else one.maps[0]
-        return Prediction(top, pixels, heat, (time.perf_counter() - start) * 1000)
+        k = min(top_k, len(self.info.classes))
+        pending = self._batches.submit(*(p.astype(np.float32) / np.float32(255.0)
+                                         for p in images))
+        done = []
+        for pixels, future in zip(images, pending, strict=True):
+            one = future.result()
+            heat = None if one.maps is None else one.maps[0]
+            done.append(Prediction(answers(one, self.predictor, k)[0], pixels, heat,
+                                   (time.perf_counter() - start) * 1000))
+        return done
 
     def _forward(self, batch: np.ndarray) -> list[Outputs]:
         """Each image's `Outputs` (a batch of one) from one model call on a float batch."""
@@ -217,26 +251,31 @@ class Batcher:
 
         self._forward, self._max = forward, max_batch
         self._queue: queue.Queue = queue.Queue()
+        self._putting = threading.Lock()  # held while one `submit` queues its inputs
         threading.Thread(target=self._loop, name="convlab-model", daemon=True).start()
 
-    def submit(self, x: np.ndarray):
-        """The forward pass's result for one input; blocks until it is done."""
+    def submit(self, *xs: np.ndarray) -> list:
+        """A `Future` of the forward pass's result for each input; the inputs of one call
+        go into the same model call (up to `max_batch`)."""
         from concurrent.futures import Future
 
-        done: Future = Future()
-        self._queue.put((x, done))
-        return done.result()
+        done: list[Future] = [Future() for _ in xs]
+        with self._putting:
+            for x, future in zip(xs, done, strict=True):
+                self._queue.put((x, future))
+        return done
 
     def _loop(self):
         import queue
 
         while True:
             items = [self._queue.get()]
-            while len(items) < self._max:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            with self._putting:  # a `submit` of several inputs has queued them all
+                while len(items) < self._max:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
             try:
                 results = self._forward(np.stack([x for x, _ in items]))
             except Exception as err:  # noqa: BLE001 (each waiting request gets the error)
@@ -280,12 +319,22 @@ def _jpeg_uri(pixels: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+# The request body of /predict, for the OpenAPI schema (the route reads the body itself).
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": _BINARY, "application/octet-stream": _BINARY,
+    "multipart/form-data": {"schema": {"type": "object", "additionalProperties": {
+        "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}
+
+
 # -- the page's pieces, as HTML -------------------------------------------------------------
 
 CSS = """
 .cl-card {display:flex; gap:14px; align-items:flex-start; padding:10px; margin:8px 0;
           border:1px solid #ddd; border-radius:8px}
+.cl-card figure {margin:0; width:180px}
 .cl-card img {width:180px; height:180px; object-fit:cover; border-radius:4px}
+.cl-card figcaption {font-size:12px; color:#555; text-align:center; margin-top:2px}
 .cl-bars {flex:1; min-width:220px}
 .cl-name {font-weight:600; margin-bottom:6px; word-break:break-all}
 .cl-row {display:flex; align-items:center; gap:8px; margin:3px 0; font-size:14px}
@@ -297,7 +346,10 @@ CSS = """
 .cl-none {font-weight:600; color:#8a5a00; margin-bottom:6px}
 .cl-error {color:#b00020; font-weight:600; padding:10px; border:1px solid #b00020;
            border-radius:8px; margin:8px 0}
+.cl-run th {text-align:left; padding-right:16px; white-space:nowrap}
 """
+# The upload area's own words: Gradio says "Drop File Here" whatever file_count is.
+UPLOAD_TEXT = {"upload_text.drop_file": "Drop photos here"}
 
 
 def prediction_card(demo: Demo, name: str, prediction: Prediction) -> str:
@@ -312,21 +364,26 @@ def prediction_card(demo: Demo, name: str, prediction: Prediction) -> str:
     if prediction.heat is not None:
         from convlab.evaluation.gradcam import overlay
 
-        heat = (f'<img class="cl-heat" alt="where the model looked (Grad-CAM, '
-                f'{escape(prediction.top[0]["class"])})" title="Grad-CAM: where the model found '
-                f'{escape(prediction.top[0]["class"])}" '
-                f'src="{_jpeg_uri(overlay(prediction.pixels, prediction.heat))}">')
+        heat = _figure("cl-heat", "where it looked (Grad-CAM)",
+                       f'where the model found {prediction.top[0]["class"]} (Grad-CAM)',
+                       overlay(prediction.pixels, prediction.heat))
     verdict = prediction.top.verdict()
     rejected = (f'<div class="cl-none" title="this photo is unlike every class the model was '
                 f'trained on; the bars are what it would say if it had to choose">'
                 f'{escape(verdict)}</div>' if verdict else "")
     top = NONE_OF_THE_CLASSES if verdict else prediction.top[0]["class"]
-    return (f'<div class="cl-card" data-top="{escape(top)}">'
-            f'<img class="cl-photo" alt="{escape(name)}" src="{_jpeg_uri(prediction.pixels)}">'
+    photo = _figure("cl-photo", f"what the model saw ({len(prediction.pixels)} px)", name,
+                    prediction.pixels)
+    return (f'<div class="cl-card" data-top="{escape(top)}">{photo}'
             f'{heat}<div class="cl-bars"><div class="cl-name">{escape(name)}</div>{rejected}'
             f'{rows}'
             f'<div style="color:#777;font-size:12px;margin-top:6px">{prediction.milliseconds:.0f}'
             " ms</div></div></div>")
+
+
+def _figure(kind: str, caption: str, alt: str, pixels: np.ndarray) -> str:
+    return (f'<figure><img class="{kind}" alt="{escape(alt)}" src="{_jpeg_uri(pixels)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
 def error_card(message: str) -> str:
@@ -362,8 +419,9 @@ def _run_markdown(demo: Demo) -> str:
             + ("" if s["heat_maps"] else " This model has no feature map: no heat maps."))
 
 
-def _training_markdown(demo: Demo) -> str:
-    """The run's training, from summary.json: recipe, model, epochs, time, speed."""
+def _training_html(demo: Demo) -> str:
+    """The run's training, from summary.json: recipe, model, epochs, time, speed, as a table
+    of one named row each (no header row: a Markdown table would want one)."""
     from convlab.runs import RunFolder
 
     try:
@@ -379,7 +437,8 @@ def _training_markdown(demo: Demo) -> str:
                          f"on {s.get('hardware')} ({s.get('precision')})"),
             ("best epoch", ", ".join(f"{k} {v:.4f}" for k, v in (s.get("best") or {}).items()
                                      if "accuracy" in k or "loss" in k))]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {escape(str(v))} |" for k, v in rows)
+    return '<table class="cl-run">' + "".join(
+        f'<tr><th scope="row">{k}</th><td>{escape(str(v))}</td></tr>' for k, v in rows) + "</table>"
 
 
 def build_ui(demo: Demo):
@@ -425,7 +484,7 @@ def build_ui(demo: Demo):
             else:
                 gr.Markdown("The run's prepared data is not on this machine: no gallery.")
         with gr.Tab("The run"):
-            gr.Markdown(_training_markdown(demo))
+            gr.HTML(_training_html(demo), elem_id="cl-training")
             for path, caption in ((confusion, "Confusion matrix (validation split)"),
                                   (curves, "Training curves")):
                 if path is not None and Path(path).exists():
@@ -460,20 +519,31 @@ def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = 
     def health():
         return {"ok": True}
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=PREDICT_BODY)
     async def predict(request: Request, top_k: int = Query(TOP_K, ge=1),
                       heatmap: bool = False):
-        """One image's bytes in the body (any content type) -> its top-k classes."""
+        """A photo's bytes as the body -> its top-k classes: `{"predictions": [{"class",
+        "probability"}, ...], "none_of_the_classes", "score", "threshold", "model_file",
+        "run", "milliseconds"}` (and "heatmap_png", base64, with `heatmap=1`).
+        A multipart/form-data form of file fields (any names, at most the server's
+        --max-batch) -> `{"results": [...]}`, one entry per file in order: `{"file": its
+        name, ...the fields above}`, or `{"file", "error", "status"}` for a bad file alone.
+        Errors: `{"error": one line}`."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == "multipart/form-data":
+            return await _predict_form(request, demo, top_k, heatmap)
         size, body = await _read_upload(request, demo.max_bytes)
         if size > demo.max_bytes:
             return _error(413, f"the upload is {size / 2**20:.1f} MB or more, over the "
                                f"{demo.max_bytes / 2**20:.0f} MB limit; send a smaller photo")
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return _error(415, "the upload is a form (curl -F); send the photo's bytes as the "
-                               "body: curl --data-binary @photo.jpg")
         try:
             result = await run_in_threadpool(_predict_json, demo, bytes(body), top_k, heatmap)
         except UploadError as err:
+            if err.status == 415 and not media.startswith("image/") \
+                    and media != "application/octet-stream":
+                # Not an image, and not labelled as one: the client may not know what we take.
+                return _error(415, f"{err.message}; received Content-Type: "
+                                   f"{media[:80] or 'none'}. {ACCEPTED_BODIES}")
             return _error(err.status, err.message)
         return result
 
@@ -483,6 +553,7 @@ def create_app(run: str | os.PathLike, model: str = "best", *, max_bytes: int = 
 
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
         app = gr.mount_gradio_app(app, build_ui(demo), path="", theme=theme, css=CSS,
+                                  i18n=gr.I18n(en=UPLOAD_TEXT),
                                   max_file_size=max_bytes, ssr_mode=False, footer_links=[])
     return app
 
@@ -515,8 +586,9 @@ def _errors_in_one_format(app) -> None:
     @app.api_route("/predict", methods=[m for m in methods if m != "POST"],
                    include_in_schema=False)
     def predict_wrong_method(request: Request):
-        return _error(405, f"{request.method} /predict: POST an image's bytes instead, e.g. "
-                           "curl --data-binary @photo.jpg", {"Allow": "POST"})
+        return _error(405, f"{request.method} /predict: POST a photo instead, e.g. "
+                           "curl --data-binary @photo.jpg or curl -F file=@photo.jpg",
+                      {"Allow": "POST"})
 
     @app.api_route("/api/{path:path}", methods=methods, include_in_schema=False)
     def no_such_api(request: Request, path: str):
@@ -529,9 +601,9 @@ def _errors_in_one_format(app) -> None:
 async def _read_upload(request, limit: int) -> tuple[int, bytearray]:
     """(size, body) of a request. Over `limit`, reads on (keeping nothing) so that a client
     still sending gets its 413 instead of a reset connection, and stops at 4x the limit."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > 4 * limit:
-        return int(declared), bytearray()
+    declared = _declared_size(request)
+    if declared > 4 * limit:
+        return declared, bytearray()
     size, body = 0, bytearray()
     async for chunk in request.stream():
         size += len(chunk)
@@ -540,6 +612,105 @@ async def _read_upload(request, limit: int) -> tuple[int, bytearray]:
         elif size > 4 * limit:
             break
     return size, body
+
+
+def _declared_size(request) -> int:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
+
+
+async def _predict_form(request, demo: Demo, top_k: int, heatmap: bool):
+    """`POST /predict` with a multipart form: `{"results": [one entry per file part]}`."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
+
+    try:
+        form = await _read_form(request, demo.max_batch, demo.max_batch * demo.max_bytes)
+    except UploadError as err:
+        return _error(err.status, err.message)
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            return _error(400, "the form has no file field; send e.g. curl -F file=@photo.jpg "
+                               "(-F 'file=<photo.jpg', without @, sends the file as text)")
+        return {"results": await run_in_threadpool(_predict_files, demo, files, top_k, heatmap)}
+    finally:
+        await form.close()
+
+
+async def _read_form(request, max_files: int, limit: int):
+    """A multipart form parsed by Starlette (file parts spooled to disk past 1 MB each), at
+    most `max_files` files and `limit` bytes of files, counted as they arrive; a form over
+    either is read on (keeping nothing, up to 4x the limit) so that the client gets its 413.
+
+    Raises:
+        UploadError: over a limit (413) or not a form Starlette can read (400).
+    """
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    limit += max_files * FORM_SLACK
+    declared = _declared_size(request)
+
+    def too_large(size: int) -> UploadError:
+        return UploadError(413, f"the form is {size / 2**20:.1f} MB or more, over the "
+                                f"{limit / 2**20:.0f} MB a request may send ({max_files} photos"
+                                " at most, --max-batch, of --max-mb each); send fewer photos "
+                                "per request")
+
+    if declared > 4 * limit:
+        raise too_large(declared)
+    body, received = request.stream(), 0
+
+    async def counted():
+        nonlocal received
+        async for chunk in body:
+            received += len(chunk)
+            if received > limit:
+                raise too_large(received)
+            yield chunk
+
+    # Text fields (which we ignore) stay small: only file parts may be large.
+    parser = MultiPartParser(request.headers, counted(), max_files=max_files, max_fields=64,
+                             max_part_size=2**16)
+    try:
+        if declared > limit:
+            raise too_large(declared)
+        return await parser.parse()
+    except (UploadError, MultiPartException) as err:
+        async for chunk in body:  # the rest of what the client sends, kept nowhere
+            received += len(chunk)
+            if received > 4 * limit:
+                break
+        if isinstance(err, UploadError):
+            raise too_large(max(received, declared)) from None
+        if err.message.startswith("Too many files"):  # Starlette's words for max_files
+            raise UploadError(413, f"the form has more than {max_files} files, the most one "
+                                   "request may send (--max-batch); send the rest in another "
+                                   "request") from None
+        raise UploadError(400, f"the form cannot be read ({err.message}); send each photo as "
+                               "a file field: curl -F file=@photo.jpg") from None
+    finally:
+        await body.aclose()
+
+
+def _predict_files(demo: Demo, files, top_k: int, heatmap: bool) -> list[dict]:
+    """One entry per uploaded file: its name and its answer, or its error alone. Each file
+    is read and decoded in turn (one upload's bytes in memory at a time); the decoded photos
+    then share the model's calls."""
+    entries, decoded = [], []
+    for n, upload in enumerate(files, 1):
+        entry = {"file": upload.filename}
+        entries.append(entry)
+        name = upload.filename or f"file {n}"
+        try:
+            demo.check_size(upload.size or 0, name)
+            decoded.append((entry, demo.pixels(upload.file.read(), name)))
+        except UploadError as err:
+            entry.update(error=err.message, status=err.status)
+    predictions = demo.classify_all([pixels for _, pixels in decoded], top_k)
+    for (entry, _), prediction in zip(decoded, predictions, strict=True):
+        entry.update(_answer_json(demo, prediction, heatmap))
+    return entries
 
 
 class HangUps:
@@ -584,7 +755,10 @@ def _query_error(errors) -> str:
 
 
 def _predict_json(demo: Demo, data: bytes, top_k: int, heatmap: bool) -> dict:
-    prediction = demo.classify(demo.pixels(data), top_k)
+    return _answer_json(demo, demo.classify(demo.pixels(data), top_k), heatmap)
+
+
+def _answer_json(demo: Demo, prediction: Prediction, heatmap: bool) -> dict:
     out = {**prediction.top.as_dict(), "model_file": demo.classifier.model_path.name,
            "run": demo.info.path.name, "milliseconds": round(prediction.milliseconds, 1)}
     if heatmap:
