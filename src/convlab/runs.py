@@ -14,6 +14,7 @@ from pathlib import Path
 
 from convlab.config import TrainConfig
 from convlab.errors import ConvlabError
+from convlab.files import LOCK
 
 MODEL_FILES = {"best": "best.keras", "final": "model.keras"}
 
@@ -136,6 +137,28 @@ def read_state(run: str | os.PathLike) -> dict | None:
     except (OSError, ValueError, RecursionError):
         return None
     return state if isinstance(state, dict) and isinstance(state.get("epoch"), int) else None
+
+
+def is_training(run: str | os.PathLike) -> bool:
+    """Whether a live process trains the run now: it holds the run folder's lock (taken by
+    `convlab train` from the folder's creation to its end; the kernel drops it however that
+    process ends, so a killed run never looks alive)."""
+    import fcntl
+
+    try:
+        handle = open(RunFolder(run).path / LOCK, "rb")  # noqa: SIM115  (closed below)
+    except OSError:  # never trained here, or not ours to read
+        return False
+    with handle:
+        # Shared and released at once: a `--resume` starting in that microsecond is refused.
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # a file system without locks: training could not lock it either
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:

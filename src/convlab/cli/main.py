@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from convlab.cli import data, lrfind, results, serve, train
+from convlab.cli import data, lrfind, results, runs, serve, train
 from convlab.cli.console import show_defaults
 from convlab.errors import ConvlabError
 from convlab.tfimport import import_tensorflow
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"convlab {__version__}")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (data, train, results, lrfind, serve):
+    for group in (data, train, results, runs, lrfind, serve):
         group.register(sub)
     show_defaults(p)
     return p
@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
-    elif getattr(args, "tensorflow", True):  # commands that never load it skip the cost
-        import_tensorflow()
     try:
+        if (check := getattr(args, "check", None)) is not None:
+            check(args)  # cheap checks of the arguments (a mistyped model) before TensorFlow
+        if not args.verbose and getattr(args, "tensorflow", True):  # some never load it
+            import_tensorflow()
         return args.func(args)
     except ConvlabError as err:
         print(f"convlab: error: {visible(err)}", file=sys.stderr)
