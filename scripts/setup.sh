@@ -12,6 +12,6 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import convlab" 2>/dev/null; then
   echo "installing convlab and its dependencies into .venv ..."
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test,serve]"
+  .venv/bin/python -m pip install --quiet -e ".[test,serve,docs]"
   echo "$want" > "$stamp"
 fi

@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConvlabError as err:
         print(f"convlab: error: {visible(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of the output left (`convlab runs | head`): nothing more to say, and
+        # Python's flush at exit must not fail on the closed pipe either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command killed by SIGPIPE
     except OSError as err:
         # A file the system refused (a read-only run folder, a path under a file, /proc):
         # the file and the reason. With --verbose, the traceback instead.
