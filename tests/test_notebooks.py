@@ -61,6 +61,13 @@ def _texts(nb) -> list[str]:
     return found
 
 
+def _empty_outputs(nb) -> list[dict]:
+    """Outputs that show nothing (e.g. an empty <pre> a rich console displayed)."""
+    return [out for cell in nb.cells for out in cell.get("outputs", [])
+            if out.get("output_type") == "display_data" and not any(
+                re.sub(r"<[^>]*>", "", str(v)).strip() for v in out.get("data", {}).values())]
+
+
 def _images(nb) -> int:
     return sum(bool({"image/png", "image/jpeg"} & set(out.get("data", {}))) for cell in nb.cells
                for out in cell.get("outputs", []))
@@ -75,6 +82,7 @@ def test_committed_notebook_has_outputs_and_no_machine_paths(path):
     assert all(c.get("execution_count") for c in code), "every code cell executed"
     assert _images(nb) >= 1 and "notebook ran in" in "".join(_texts(nb))
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not _empty_outputs(nb), f"{path.name} has outputs that show nothing"
     papermill = nb.metadata.get("papermill", {})
     assert papermill and "input_path" not in papermill and "output_path" not in papermill
     assert not papermill.get("parameters"), "committed at the default parameters"
@@ -136,5 +144,6 @@ def test_notebook_runs_top_to_bottom(executed, path):
     # clean outputs: no warnings, no C++ start-up lines, no stray progress bars
     stderr = [o["text"] for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not stderr, f"{path.name} wrote to stderr: {stderr[:3]}"
+    assert not _empty_outputs(nb), f"{path.name} has outputs that show nothing"
     if path.stem != "01_data":
         assert list((work / "runs").glob("*/summary.json")), "no finished run folder"

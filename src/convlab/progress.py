@@ -44,8 +44,10 @@ def live_display_ok() -> bool:
 
 
 def note(text: str) -> None:
-    """One plain progress line (stderr, flushed: it shows while the work goes on)."""
-    print(text, file=sys.stderr, flush=True)
+    """One plain progress line, flushed (it shows while the work goes on): on stderr, which
+    keeps machine-readable stdout clean, except in a notebook, which shows stderr as
+    warnings."""
+    print(text, file=sys.stdout if in_notebook() else sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -148,7 +148,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
 
     The run's own validation split, at the run's test size without test-time augmentation,
     writes them into the run folder (the report's headline); any other data, split, size or
-    augmentation into RUN/evaluations/DATA-SPLIT[-SIZEpx][-TTA]/ (e.g. `flower_photos-all`,
+    augmentation into `RUN/evaluations/DATA-SPLIT[-SIZEpx][-TTA]/` (e.g. `flower_photos-all`,
     `fp224-validation-144px-flip`), beside it, so those never replace the run's own numbers.
 
     Args:

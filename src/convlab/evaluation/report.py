@@ -265,9 +265,15 @@ def _model_summary(run: Path, metrics: dict) -> str:
     # says otherwise: the table's right edge would be cut off.
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "120"
+    # In a notebook, the rich Console Keras captures the summary with would also show its
+    # (empty) buffer as an output cell of its own: it is told it is not in one.
+    import rich.console
+
+    in_jupyter, rich.console._is_jupyter = rich.console._is_jupyter, lambda: False
     try:
         model.summary(print_fn=lambda text, **_: lines.append(text), line_length=100)
     finally:
+        rich.console._is_jupyter = in_jupyter
         if saved is None:
             del os.environ["COLUMNS"]
         else:
