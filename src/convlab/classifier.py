@@ -106,7 +106,9 @@ class Classifier:
     def probabilities(self, images, *, batch_size: int = 64, tta: str | None = None
                       ) -> np.ndarray:
         """Class probabilities, (N, classes), for a list of inputs (or one: (1, classes)):
-        calibrated when the run is (see `convlab.prediction`)."""
+        calibrated when the run is (see `convlab.prediction`). Inputs as for `predict`:
+        image file paths, PIL images, uint8 numpy arrays (H, W[, C]), or one uint8 batch
+        (N, H, W, C)."""
         return self.outputs(images, batch_size=batch_size, tta=tta).probabilities
 
     def predict(self, images, top_k: int = 3, *, batch_size: int = 64, tta: str | None = None,

@@ -135,8 +135,8 @@ def _run_table(record: RunRecord, summary: dict) -> str:
         ("model", config.model),
         ("parameters", f"{summary['parameters']:,} ({summary['trainable_parameters']:,} "
                        f"trainable)" if "parameters" in summary else "-"),
-        ("data", summary.get("data", config.data)),
-        ("prepared data", record.prepared_data),
+        ("photos", summary.get("data", config.data)),
+        ("prepared from them (TFRecords)", record.prepared_data),
         ("classes", f"{len(record.classes)}: " + ", ".join(record.classes[:40]) + (
             f" and {len(record.classes) - 40} more" if len(record.classes) > 40 else "")),
         ("images", ", ".join(f"{k} {v:,}" for k, v in images.items()) or "-"),
