@@ -162,7 +162,7 @@ def test_train_rejects_bad_values(prepared, capsys):
     assert exit_info.value.code == 2
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
     assert main(["train", "nosuchnet", "--data", str(prepared)]) == 2
-    assert "unknown model 'nosuchnet'" in capsys.readouterr().err
+    assert "unknown model or recipe 'nosuchnet'" in capsys.readouterr().err
     assert main(["train", "squeezenet", "--data", str(prepared), "--fine-tune-epochs", "2"]) == 2
     assert "needs a pretrained backbone" in capsys.readouterr().err
     assert main(["train", "squeezenet", "--data", str(prepared), "--set", "epochs=ten"]) == 2

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from convlab.config import RECIPES, TrainConfig, recipe_config
+from convlab.config import AUGMENT_PRESETS, RECIPES, TrainConfig, recipe_config
 from convlab.errors import ConvlabError
 
 
@@ -76,3 +76,47 @@ def test_a_negative_mixing_alpha_is_refused(field):
     with pytest.raises(ConvlabError, match=rf"{field} must be a Beta alpha in \[0, 10\].*-0.5"):
         TrainConfig(**{field: -0.5}).validate()
     TrainConfig(**{field: 0.8}).validate()
+
+
+def test_each_training_flag_sets_its_config_field_and_names_its_default():
+    """The flags of train and tune are defined once (cli.train.TRAINING_FLAGS): each sets
+    the field it names, and its help names TrainConfig's default."""
+    from convlab.cli.main import build_parser
+    from convlab.cli.train import TRAINING_FLAGS, _base_config, _train_overrides
+
+    argv = ["train", "squeezenet-plus", "--data", "photos/", "--epochs", "3", "--batch-size",
+            "16", "--image-size", "96", "--test-scale", "1.25", "--lr", "0.01", "--schedule",
+            "cosine", "--optimizer", "sgd", "--label-smoothing", "0.2", "--mixup", "0.4",
+            "--cutmix", "1", "--class-weights", "balanced", "--augment", "strong",
+            "--fine-tune-epochs", "2", "--fine-tune-lr", "1e-4", "--feature-views", "0",
+            "--precision", "float32", "--strategy", "default", "--steps-per-execution", "4",
+            "--seed", "7", "--name", "mine", "--runs-dir", "elsewhere", "--no-report"]
+    args = build_parser().parse_args(argv)
+    config = _base_config(args).override(**_train_overrides(args))
+    got = config.to_dict()
+    assert (got["data"], got["epochs"], got["batch_size"], got["batch_per_replica"]) == (
+        "photos/", 3, 16, None)
+    assert (got["image_size"], got["test_scale"], got["optimizer"]) == (96, 1.25, "sgd")
+    assert got["schedule"]["learning_rate"] == 0.01 and got["schedule"]["name"] == "cosine"
+    # merged into the recipe's schedule: its other fields kept
+    assert got["schedule"]["warmup_epochs"] == recipe_config("squeezenet-plus").schedule.warmup_epochs
+    assert got["fine_tune_schedule"]["learning_rate"] == 1e-4
+    assert (got["label_smoothing"], got["mixup"], got["cutmix"]) == (0.2, 0.4, 1.0)
+    assert got["class_weights"] == "balanced" and got["augment"] == AUGMENT_PRESETS["strong"]
+    assert (got["fine_tune_epochs"], got["feature_views"], got["precision"]) == (2, 0,
+                                                                                  "float32")
+    assert (got["strategy"], got["steps_per_execution"], got["seed"]) == ("default", 4, 7)
+    assert (got["name"], got["runs_dir"], got["report"]) == ("mine", "elsewhere", False)
+    # pretrained-only flags land in model_options
+    args = build_parser().parse_args(["train", "efficientnet_lite0", "--weights", "none",
+                                      "--unfreeze"])
+    options = _base_config(args).override(**_train_overrides(args)).model_options
+    assert options == {"weights": None, "trainable_backbone": True}
+    # every flag's field exists, and its help names the default TrainConfig gives it
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"]
+                         .format_help().split())
+    for flag in TRAINING_FLAGS:
+        assert flag.name in help_text
+        if flag.default is None and flag.argparse.get("action") != "store_true":
+            assert f"(default: {flag.default_text()}" in help_text, flag.name
+    assert "(default: 0.001; a recipe's own value first)" in help_text  # --lr, from TrainConfig

@@ -23,10 +23,12 @@ def in_notebook() -> bool:
 
 
 def live_output() -> bool:
-    """Whether someone watches the output live: a terminal or a notebook. Anywhere else (a
-    pipe, a log file, CI) progress is written as plain lines."""
-    stdout = sys.stdout
-    return bool(getattr(stdout, "isatty", None) and stdout.isatty()) or in_notebook()
+    """Whether someone watches the output live: a terminal (as rich sees it: a TTY, or
+    FORCE_COLOR / TTY_COMPATIBLE set) or a notebook. Anywhere else (a pipe, a log file, CI)
+    progress is written as plain lines."""
+    from rich.console import Console
+
+    return Console().is_terminal or in_notebook()
 
 
 def live_display_ok() -> bool:

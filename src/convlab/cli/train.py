@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from convlab.cli.console import console, plain
@@ -14,6 +17,7 @@ from convlab.config import (
     PRECISIONS,
     SCHEDULES,
     STRATEGIES,
+    TrainConfig,
 )
 from convlab.errors import ConvlabError
 
@@ -109,44 +113,24 @@ def cmd_tune(args) -> int:
 
 
 def _train_overrides(args) -> dict:
-    """Only the flags the user gave: they override the recipe (or the defaults)."""
-    out = {}
+    """Only the flags the user gave (`TRAINING_FLAGS`): they override the recipe (or the
+    defaults), as nested config changes for `TrainConfig.override`."""
+    out: dict = {}
     if getattr(args, "labels", None) is not None:
         if args.data is not None:
             raise ConvlabError(f"give --data or --labels, not both; received: --data "
                                f"{args.data!r}, --labels {args.labels!r}")
         out["data"] = args.labels
-    for flag, field in (("data", "data"), ("epochs", "epochs"), ("batch_size", "batch_size"),
-                        ("image_size", "image_size"), ("test_scale", "test_scale"),
-                        ("optimizer", "optimizer"),
-                        ("label_smoothing", "label_smoothing"), ("mixup", "mixup"),
-                        ("cutmix", "cutmix"), ("class_weights", "class_weights"), ("precision", "precision"),
-                        ("strategy", "strategy"), ("seed", "seed"), ("runs_dir", "runs_dir"),
-                        ("name", "name"), ("fine_tune_epochs", "fine_tune_epochs"),
-                        ("feature_views", "feature_views"),
-                        ("steps_per_execution", "steps_per_execution")):
-        value = getattr(args, flag)
-        if value is not None:
-            out[field] = value
-    if args.batch_size is not None:
-        out["batch_per_replica"] = None
-    if args.no_report:
-        out["report"] = False
-    schedule = {k: v for k, v in (("name", args.schedule), ("learning_rate", args.lr))
-                if v is not None}
-    if schedule:
-        out["schedule"] = schedule
-    if args.fine_tune_lr is not None:
-        out["fine_tune_schedule"] = {"learning_rate": args.fine_tune_lr}
-    if args.augment is not None:
-        out["augment"] = AUGMENT_PRESETS[args.augment]
-    options = {}
-    if args.weights is not None:
-        options["weights"] = None if args.weights == "none" else args.weights
-    if args.unfreeze:
-        options["trainable_backbone"] = True
-    if options:
-        out["model_options"] = options
+    for flag in TRAINING_FLAGS:
+        given = getattr(args, flag.dest)
+        if given is None or given is False:
+            continue
+        for field, value in ((flag.field, flag.value(given)), *flag.also):
+            *parents, last = field.split(".")
+            node = out
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[last] = value
     return out
 
 
@@ -227,79 +211,109 @@ def _flatten(values: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-def _say_defaults(parser: argparse.ArgumentParser) -> None:
-    """Train's flags default to "not given" (the recipe's or model's value stands): their
-    help names the value used when neither sets it, from `TrainConfig`."""
-    from convlab.config import TrainConfig
+@dataclass(frozen=True)
+class Flag:
+    """One flag of `convlab train` and `tune` that overrides a config field: its only
+    definition. The flag, `_train_overrides` and the `--help` text (hence the docs' CLI
+    reference) come from here; the default it names is `TrainConfig`'s (a recipe's own value
+    comes first)."""
 
-    c = TrainConfig()
-    values = {
-        "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.schedule.learning_rate,
-        "schedule": c.schedule.name, "optimizer": c.optimizer,
-        "label_smoothing": c.label_smoothing, "mixup": c.mixup, "cutmix": c.cutmix,
-        "class_weights": "none",
-        "augment": "codelab", "weights": "imagenet", "fine_tune_epochs": c.fine_tune_epochs,
-        "fine_tune_lr": c.fine_tune_schedule.learning_rate, "feature_views": c.feature_views,
-        "precision": c.precision, "strategy": c.strategy,
-        "steps_per_execution": c.steps_per_execution, "seed": c.seed,
-    }
-    for action in parser._actions:
-        if action.dest in values:
-            action.help = (f"{action.help or ''} (default: {values[action.dest]:g}"
-                           if isinstance(values[action.dest], float) else
-                           f"{action.help or ''} (default: {values[action.dest]}").strip() + \
-                ("; a recipe's own value first)" if action.dest != "seed" else ")")
+    name: str  # "--lr"
+    field: str  # the TrainConfig field it sets, dotted for nested ones: "schedule.learning_rate"
+    help: str
+    argparse: dict = dataclasses.field(default_factory=dict)  # type, choices, metavar, action
+    value: Callable = staticmethod(lambda given: given)  # the flag's value -> the field's
+    also: tuple = ()  # (field, value) pairs set with it
+    default: str | None = None  # what the help names when TrainConfig has no default
+    from_recipe: bool = True  # a recipe may set it (its value then comes before the default)
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+    def default_text(self) -> str:
+        if self.default is not None:
+            return self.default
+        value = TrainConfig().to_dict()
+        for key in self.field.split("."):
+            value = value[key]
+        return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _add_training_flags(tr: argparse.ArgumentParser) -> None:
+TRAINING_FLAGS = (
+    Flag("--data", "data", "prepared folder, folder of class subfolders (or of train/ val/ "
+         "test/ folders holding them), labels CSV, 'flowers' (download) or 'synthetic'",
+         from_recipe=False),
+    Flag("--epochs", "epochs", "training epochs (of the head, when --fine-tune-epochs follow)",
+         {"type": int}),
+    Flag("--batch-size", "batch_size", "global batch size (split over replicas)",
+         {"type": int}, also=(("batch_per_replica", None),)),
+    Flag("--image-size", "image_size", "training size in px", {"type": int},
+         default="the model's own"),
+    Flag("--test-scale", "test_scale", "evaluate, predict and export at the image size times "
+         "X (1: the training size; larger suits training's random zoom, FixRes)",
+         {"type": float, "metavar": "X"}),
+    Flag("--lr", "schedule.learning_rate", "learning rate (peak rate for schedules)",
+         {"type": float}),
+    Flag("--schedule", "schedule.name", "learning-rate schedule", {"choices": SCHEDULES}),
+    Flag("--optimizer", "optimizer", "optimizer", {"choices": OPTIMIZERS}),
+    Flag("--label-smoothing", "label_smoothing", "label smoothing of the loss",
+         {"type": float}),
+    Flag("--mixup", "mixup", "MixUp each training batch, fractions from Beta(ALPHA, ALPHA); "
+         "timm uses 0.8", {"type": float, "metavar": "ALPHA"}),
+    Flag("--cutmix", "cutmix", "CutMix each training batch (with --mixup: one of the two per "
+         "batch); timm uses 1.0", {"type": float, "metavar": "ALPHA"}),
+    Flag("--class-weights", "class_weights", "weigh the loss of rare classes up",
+         {"choices": CLASS_WEIGHTS}, default="none"),
+    Flag("--augment", "augment", "codelab: flip + saturation; strong: + zoom, brightness, "
+         "contrast", {"choices": tuple(AUGMENT_PRESETS)}, value=AUGMENT_PRESETS.__getitem__,
+         default="codelab"),
+    Flag("--weights", "model_options.weights", "pretrained models: imagenet, none, or a "
+         "weights file", value=lambda given: None if given == "none" else given,
+         default="imagenet"),
+    Flag("--unfreeze", "model_options.trainable_backbone", "train the pretrained backbone "
+         "too (batch norm stays frozen)", {"action": "store_true"}),
+    Flag("--fine-tune-epochs", "fine_tune_epochs", "after --epochs on the head, this many "
+         "with the backbone unfrozen", {"type": int}),
+    Flag("--fine-tune-lr", "fine_tune_schedule.learning_rate", "learning rate of that second "
+         "phase", {"type": float}),
+    Flag("--feature-views", "feature_views", "frozen pretrained backbones: train the head on "
+         "features cached from N augmented passes over the training split (0: through the "
+         "whole model)", {"type": int, "metavar": "N"}),
+    Flag("--precision", "precision", "float32, mixed_float16, mixed_bfloat16, or auto: "
+         "chosen for the hardware", {"choices": PRECISIONS}),
+    Flag("--strategy", "strategy", "tf.distribute strategy (auto: from the hardware)",
+         {"choices": STRATEGIES}),
+    Flag("--steps-per-execution", "steps_per_execution", "training steps per call into "
+         "TensorFlow", {"type": int}),
+    Flag("--seed", "seed", "weights, augmentation and shuffling", {"type": int},
+         from_recipe=False),
+    Flag("--name", "name", "run name", default="recipe or model", from_recipe=False),
+    Flag("--runs-dir", "runs_dir", "where run folders go", from_recipe=False),
+    Flag("--no-report", "report", "skip evaluating the run and writing report.html at the "
+         "end", {"action": "store_true"}, value=lambda given: False),
+)
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that override a recipe's settings (train and tune share them)."""
-    tr.add_argument("--data", help="prepared folder, folder of class subfolders (or of "
-                                   "train/ val/ test/ folders holding them), labels CSV, "
-                                   "'flowers' (download) or 'synthetic' (default: flowers)")
-    tr.add_argument("--labels", metavar="FILE.csv",
-                    help="a labels file as the data: a path column and a label column, paths "
-                         "relative to the file (the same as --data FILE.csv)")
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
-    tr.add_argument("--image-size", type=int, help="default: the model's own")
-    tr.add_argument("--test-scale", type=float, metavar="X",
-                    help="evaluate, predict and export at the image size times X (1: the "
-                    "training size; larger suits training's random zoom, FixRes)")
-    tr.add_argument("--lr", type=float, help="learning rate (peak rate for schedules)")
-    tr.add_argument("--schedule", choices=SCHEDULES)
-    tr.add_argument("--optimizer", choices=OPTIMIZERS)
-    tr.add_argument("--label-smoothing", type=float)
-    tr.add_argument("--mixup", type=float, metavar="ALPHA",
-                    help="MixUp each training batch, fractions from Beta(ALPHA, ALPHA); "
-                         "timm uses 0.8")
-    tr.add_argument("--cutmix", type=float, metavar="ALPHA",
-                    help="CutMix each training batch (with --mixup: one of the two per "
-                         "batch); timm uses 1.0")
-    tr.add_argument("--class-weights", choices=CLASS_WEIGHTS)
-    tr.add_argument("--augment", choices=tuple(AUGMENT_PRESETS),
-                    help="codelab: flip + saturation; strong: + zoom, brightness, contrast")
-    tr.add_argument("--weights", help="pretrained models: imagenet, none, or a weights file")
-    tr.add_argument("--unfreeze", action="store_true",
-                    help="train the pretrained backbone too (batch norm stays frozen)")
-    tr.add_argument("--fine-tune-epochs", type=int,
-                    help="after --epochs on the head, this many with the backbone unfrozen")
-    tr.add_argument("--fine-tune-lr", type=float, help="learning rate of that second phase")
-    tr.add_argument("--feature-views", type=int, metavar="N",
-                    help="frozen pretrained backbones: train the head on features cached from N "
-                    "augmented passes over the training split (0: through the whole model)")
-    tr.add_argument("--precision", choices=PRECISIONS)
-    tr.add_argument("--strategy", choices=STRATEGIES)
-    tr.add_argument("--steps-per-execution", type=int)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="set any config field, repeatable: e.g. --set weight_decay=0.05 "
-                    "--set schedule.min_lr=1e-6 --set model_options.dropout=0.3 (the fields: "
-                    "config.json of a run)")
-    tr.add_argument("--name", help="run name (default: recipe or model)")
-    tr.add_argument("--runs-dir", help="where run folders go (default: runs/)")
-    tr.add_argument("--no-report", action="store_true",
-                    help="skip evaluating the run and writing report.html at the end")
-    tr.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
+    for flag in TRAINING_FLAGS:
+        if flag.argparse.get("action") == "store_true":
+            parser.add_argument(flag.name, help=flag.help, **flag.argparse)
+        else:
+            recipe = "; a recipe's own value first" if flag.from_recipe else ""
+            parser.add_argument(flag.name, help=f"{flag.help} (default: "
+                                f"{flag.default_text()}{recipe})", **flag.argparse)
+        if flag.name == "--data":
+            parser.add_argument("--labels", metavar="FILE.csv",
+                                help="a labels file as the data: a path column and a label "
+                                     "column, paths relative to the file (the same as --data "
+                                     "FILE.csv)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="set any config field, repeatable: e.g. --set weight_decay=0.05 "
+                        "--set schedule.min_lr=1e-6 --set model_options.dropout=0.3 (the "
+                        "fields: config.json of a run)")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -336,7 +350,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "best.json, or a run's config.json")
     _add_training_flags(tr)
     tr.set_defaults(func=cmd_train, check=check_model_arg)
-    _say_defaults(tr)
 
     tu = sub.add_parser(
         "tune", help="search hyperparameters with KerasTuner; each trial a run",
@@ -362,7 +375,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     tu.add_argument("--overwrite", action="store_true", help="start over in --out")
     _add_training_flags(tu)
     tu.set_defaults(func=cmd_tune, check=check_model_arg)
-    _say_defaults(tu)
 
     la = sub.add_parser(
         "launch", help="run `convlab train` as a multi-worker job on this machine",
