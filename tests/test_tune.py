@@ -10,6 +10,7 @@ import time
 import pytest
 
 from convlab.cli.main import main
+from convlab.config import TrainConfig
 from convlab.errors import ConvlabError
 from convlab.training.tune import parse_range, tune
 
@@ -105,3 +106,15 @@ def test_a_budget_too_small_for_one_trial_is_a_one_line_error(data, tmp_path):
     assert "\n" not in str(err.value) and "--budget-minutes" in str(err.value)
     # The one finished trial is kept, with the results written.
     assert len(json.loads((out / "results.json").read_text())["trials"]) == 1
+
+
+def test_a_model_gets_its_own_familys_space_or_an_error_never_anothers(monkeypatch):
+    from convlab.training import tune as tune_module
+
+    pretrained = {r.key for r in tune_module.default_space(TrainConfig(model="mobilenetv2"))}
+    assert "schedule.learning_rate" in pretrained and "model_options.width" not in pretrained
+    # a family from scratch that declared no space is told so (it used to get the
+    # pretrained models' space in silence)
+    monkeypatch.delitem(tune_module.SPACES, "convnet")
+    with pytest.raises(ConvlabError, match="search space of 'convnet' is empty"):
+        tune_module.resolve_space(TrainConfig(model="convnet"), None)

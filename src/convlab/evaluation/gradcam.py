@@ -7,8 +7,9 @@ positive part. Every convlab convnet ends with global average pooling and one li
 such a head the gradient of class c's score is the layer's weight column W[:, c] / (H * W)
 at every position: Grad-CAM is then exactly the class activation map of Zhou et al. (2016),
 relu(sum_k W[k, c] A_k), up to a constant. So the maps come out of the same forward pass as
-the probabilities, with no backward pass; `tests/test_gradcam.py` holds the two equal to
-gradient-taped Grad-CAM.
+the probabilities, with no backward pass; `tests/test_serve.py`
+(`test_grad_cam_equals_gradient_taped_grad_cam`) holds the two equal to gradient-taped
+Grad-CAM.
 
 The dense baseline has no feature map (it flattens the pixels): it has no heat map.
 """
@@ -33,8 +34,8 @@ class HeatMaps:
         except ValueError:
             raise ConvlabError(f"model {model.name!r} has no pooled convolutional feature map "
                                "('avg_pool' -> 'predictions'), so no heat map: Grad-CAM needs a "
-                               "convnet (convnet, squeezenet, mobilenetv2, xception, "
-                               "efficientnet_lite*), not the dense baseline") from None
+                               "convnet (every convlab model but the dense baseline has one)"
+                               ) from None
         self.model = keras.Model(model.inputs, [pool.input, model.output],
                                  name=f"{model.name}_with_features")
         kernel, _ = head.get_weights()

@@ -71,7 +71,11 @@ ALGORITHMS = ("hyperband", "bayesian", "random")
 def default_space(config: TrainConfig) -> list[Range]:
     """The model family's space, without what the config cannot use (weight decay without
     AdamW, the fine-tune LR without a fine-tune phase)."""
-    space = SPACES.get(config.model, _PRETRAINED)
+    from convlab.models import get_model_info
+
+    # a model without a space of its own gets none (an error that says so), not another's
+    space = SPACES.get(config.model) or (
+        _PRETRAINED if get_model_info(config.model).pretrained else ())
     return [r for r in space
             if not (r.key == "weight_decay" and config.optimizer != "adamw")
             and not (r.key.startswith("fine_tune") and not config.fine_tune_epochs)
@@ -139,7 +143,9 @@ def resolve_space(config: TrainConfig, changes: list[str] | None) -> list[Range]
         except ConvlabError as err:
             raise ConvlabError(f"hyperparameter {rng.key!r}: {err}") from None
     if not space:
-        raise ConvlabError("the search space is empty; add a range with --hp KEY=LOW:HIGH")
+        raise ConvlabError(f"the search space of {config.model!r} is empty (its family declares "
+                           "none in convlab.training.tune.SPACES, or --hp removed every key); "
+                           "add a range with --hp KEY=LOW:HIGH")
     return list(space.values())
 
 
