@@ -178,6 +178,34 @@ def test_same_plan_is_found_complete_and_a_different_one_refused(tmp_path):
         ["manifest.json"] + [s["file"] for s in replaced["shards"]])
 
 
+def test_the_manifest_reads_as_attributes_and_older_manifests_still_read(tmp_path):
+    src = make_folder(tmp_path / "src", num_classes=3, per_class=10, size=24)
+    out = tmp_path / "out"
+    prepare(str(src), out, size=16, shards=2, test_fraction=0.2, quality=80, progress=False)
+    raw = json.loads((out / "manifest.json").read_text())
+    manifest = read_manifest(out)
+    assert manifest.raw == raw and dict(manifest) == raw  # the JSON, also as a mapping
+    assert (manifest.classes, manifest.num_classes, manifest.stored_size, manifest.quality,
+            manifest.total) == (tuple(raw["classes"]), 3, 16, 80, 30)
+    assert {s: manifest.count(s) for s in ("train", "validation", "test")} == raw["counts"][
+        "per_split"]
+    assert [s.file for s in manifest.shards_of("test")] == [
+        s["file"] for s in raw["shards"] if s["split"] == "test"]
+    assert manifest.count("nonesuch") == 0 and not manifest.has_split("nonesuch")
+    # written before the manifest had notes, given splits and the count of enlarged photos
+    for key in ("notes", "given_splits"):
+        del raw[key]
+    del raw["counts"]["enlarged"]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    older = read_manifest(out)
+    assert (older.notes, older.given_splits, older.enlarged) == ((), {}, 0)
+    assert older.per_split == manifest.per_split
+    del raw["shards"]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ConvlabError, match="not a complete convlab manifest"):
+        read_manifest(out)
+
+
 def test_the_same_photos_give_byte_identical_shards_in_every_process(tmp_path):
     src = make_folder(tmp_path / "src", num_classes=3, per_class=12, size=24)
     sums = []

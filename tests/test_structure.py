@@ -93,6 +93,31 @@ def test_run_folder_file_names_are_spelled_only_in_runs_py():
     assert not spelled
 
 
+def _reads_manifest_by_key(node: ast.AST) -> bool:
+    """`manifest[...]` or `manifest.get(...)` on a variable or attribute named *manifest*."""
+    def named(n):
+        return "manifest" in (n.id if isinstance(n, ast.Name) else
+                              n.attr if isinstance(n, ast.Attribute) else "").lower()
+
+    if isinstance(node, ast.Subscript):
+        return named(node.value)
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get" and named(node.func.value))
+
+
+def test_the_manifest_is_spelled_and_read_by_key_only_in_data_manifest_py():
+    spelled, by_key = [], {}
+    for name, path in MODULES.items():
+        if name == "convlab.data.manifest":
+            continue
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        if any(isinstance(n, ast.Constant) and n.value == "manifest.json" for n in nodes):
+            spelled.append(name)  # as a value, not in prose
+        if lines := [n.lineno for n in nodes if _reads_manifest_by_key(n)]:
+            by_key[name] = lines
+    assert not spelled and not by_key
+
+
 def test_model_names_read_without_keras_are_the_registered_ones():
     from convlab.models import list_models, model_names
 

@@ -33,8 +33,9 @@ def _with_tensorflow(module: str, name: str):
     return getattr(import_module(module), name)
 
 
-def prepare(src, out, **options) -> dict:
-    """Photos -> validated, deduplicated, sharded TFRecords; see `convlab.data.ingest.prepare`."""
+def prepare(src, out, **options):
+    """Photos -> validated, deduplicated, sharded TFRecords; returns their manifest (a
+    `convlab.data.Manifest`). See `convlab.data.ingest.prepare`."""
     return _with_tensorflow("convlab.data.ingest", "prepare")(src, out, **options)
 
 

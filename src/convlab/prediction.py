@@ -328,7 +328,7 @@ def calibrate(run: str | os.PathLike, model: str = "best", *, batch_size: int = 
     Raises:
         ConvlabError: the run's prepared data is gone or has no validation split.
     """
-    from convlab.data.ingest import read_manifest
+    from convlab.data.manifest import read_manifest
     from convlab.progress import progress_bar
 
     predictor = Predictor(run, model, calibrated=False)
@@ -336,11 +336,11 @@ def calibrate(run: str | os.PathLike, model: str = "best", *, batch_size: int = 
     if info.prepared is None:
         raise ConvlabError(f"the run's prepared data ('{record.prepared_data}') is not there "
                            "any more; calibration is fitted on its validation split")
-    counts = read_manifest(info.prepared)["counts"]["per_split"]
-    if not counts.get("validation"):
+    manifest = read_manifest(info.prepared)
+    if not manifest.has_split("validation"):
         raise ConvlabError(f"'{info.prepared}' has no validation split to calibrate on; "
                            "prepare the photos with --val-fraction above 0 and train again")
-    total = counts["validation"] + counts["train"]
+    total = manifest.count("validation") + manifest.count("train")
     with progress_bar(progress, total, "calibrating") as advance:
         labels, raw, features = _pass(predictor, info.prepared, "validation", batch_size,
                                       advance)

@@ -218,16 +218,18 @@ def run_info(run: str | os.PathLike) -> RunInfo:
     Raises:
         ConvlabError: not a run folder.
     """
+    from convlab.data.manifest import is_prepared, read_manifest
+
     record = read_record(run)
     size = record.test_image_size
     prepared = Path(record.prepared_data) if record.prepared_data else None
-    if prepared is not None and not (prepared / "manifest.json").is_file():
+    if prepared is not None and not is_prepared(prepared):
         prepared = None
     stored, quality = record.stored_size, record.jpeg_quality
     if (stored is None or quality is None) and prepared is not None:
-        manifest = json.loads((prepared / "manifest.json").read_text())
-        stored = stored or int(manifest["image_size"][0])
-        quality = quality or int(manifest.get("options", {}).get("quality", DEFAULT_QUALITY))
+        manifest = read_manifest(prepared, check_shards=False)
+        stored = stored or manifest.stored_size
+        quality = quality or manifest.quality
     return RunInfo(record.path, size, record.classes, prepared, int(stored or size),
                    int(quality or DEFAULT_QUALITY))
 

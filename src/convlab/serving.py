@@ -104,10 +104,9 @@ def run_images(info: RunInfo, splits: tuple[str, ...], count: int | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 images, labels, the splits they came from): up to `count` images (None: all of
     the first split that has any) from the run's prepared data, taking splits in order."""
-    from convlab.data import load
+    from convlab.data import load, read_manifest
 
-    manifest = json.loads((info.prepared / "manifest.json").read_text())
-    have = {s["split"] for s in manifest["shards"]}
+    have = {s.split for s in read_manifest(info.prepared).shards}
     images, labels, used = [], [], []
     need = count if count is not None else 2**62
     for split in (s for s in splits if s in have):
@@ -287,6 +286,8 @@ def export(
             loses more accuracy (or, for float exports, strays further from the Keras
             model's probabilities) than the tolerance allows.
     """
+    from convlab.data.manifest import is_prepared
+
     if format not in FORMATS:
         raise ConvlabError(f"format must be one of {', '.join(FORMATS)}. Received: "
                            f"format={format!r}")
@@ -304,10 +305,8 @@ def export(
     if samples is not None and samples < 1:
         raise ConvlabError(f"samples must be positive (or None for the validation split), "
                            f"received: {samples}")
-    info = run_info(run)
-    if data is not None:
-        info = replace(info, prepared=Path(data))
-    if info.prepared is None or not (info.prepared / "manifest.json").is_file():
+    info = run_info(run) if data is None else replace(run_info(run), prepared=Path(data))
+    if info.prepared is None or not is_prepared(info.prepared):
         trained_on = read_record(info.path).prepared_data if data is None else data
         raise ConvlabError(f"the run's prepared data ('{trained_on}') is not there any more; "
                            "exports are verified on it: pass --data (data=) with the prepared "

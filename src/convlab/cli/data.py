@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from convlab.cli.console import console, plain
 from convlab.errors import ConvlabError
+
+if TYPE_CHECKING:  # the data layer loads Pillow: not for `convlab --help`
+    from convlab.data.manifest import Manifest
 
 
 def cmd_data_prepare(args) -> int:
@@ -24,53 +28,53 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
-def print_prepare_summary(manifest: dict, out) -> None:
+def print_prepare_summary(manifest: Manifest, out) -> None:
     from rich.table import Table
 
+    from convlab.data.manifest import MANIFEST
+
     con = console()
-    if manifest.get("resumed") == "already complete":
+    if manifest.resumed:
         con.print(f"[bold]{plain(out)}[/] already holds this dataset, unchanged; nothing to do.")
-    splits = list(manifest["counts"]["per_split"])
-    table = Table(title=f"{plain(out)}: {manifest['counts']['total']} images, "
-                        f"{manifest['image_size'][0]} px, {len(manifest['shards'])} shards")
+    splits = list(manifest.per_split)
+    table = Table(title=f"{plain(out)}: {manifest.total} images, "
+                        f"{manifest.stored_size} px, {len(manifest.shards)} shards")
     table.add_column("class")
     for split in splits:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
-    per_class = manifest["counts"]["per_class"]
-    shown = list(per_class)
+    shown = list(manifest.per_class)
     if len(shown) > 30:  # a wall of rows: the smallest classes (where trouble is) and the largest
-        shown = sorted(shown, key=lambda c: (sum(per_class[c].values()), c))
+        shown = sorted(shown, key=lambda c: (sum(manifest.per_class[c].values()), c))
         table.title += f"; the 15 smallest and 5 largest of {len(shown)} classes"
         shown = shown[:15] + [None] + shown[-5:]
     for label in shown:
         if label is None:
-            table.add_row(f"... {len(per_class) - 20} more (manifest.json)")
+            table.add_row(f"... {len(manifest.per_class) - 20} more ({MANIFEST})")
             continue
-        per_split = per_class[label]
+        per_split = manifest.per_class[label]
         table.add_row(plain(label), *(str(per_split.get(s, 0)) for s in splits),
                       str(sum(per_split.values())))
-    table.add_row("[bold]all", *(f"[bold]{manifest['counts']['per_split'][s]}" for s in splits),
-                  f"[bold]{manifest['counts']['total']}")
+    table.add_row("[bold]all", *(f"[bold]{manifest.per_split[s]}" for s in splits),
+                  f"[bold]{manifest.total}")
     con.print(table)
-    counts = manifest["counts"]
-    line = (f"kept {counts['total']} of {counts['candidates']} candidate files; "
-            f"skipped {counts['skipped']}")
-    if manifest["skipped_by_reason"]:
-        line += " (" + ", ".join(f"{n} {r}" for r, n in manifest["skipped_by_reason"].items()) + ")"
-    line += f"; ignored {counts['ignored']} non-image files"
+    line = (f"kept {manifest.total} of {manifest.candidates} candidate files; "
+            f"skipped {len(manifest.skipped)}")
+    if manifest.skipped_by_reason:
+        line += " (" + ", ".join(f"{n} {r}" for r, n in manifest.skipped_by_reason.items()) + ")"
+    line += f"; ignored {len(manifest.ignored)} non-image files"
     con.print(line)
-    if counts.get("enlarged"):
-        con.print(f"[yellow]note:[/] {counts['enlarged']} of {counts['total']} photos are "
-                  f"smaller than {manifest['image_size'][0]} px on their short side and were "
+    if manifest.enlarged:
+        con.print(f"[yellow]note:[/] {manifest.enlarged} of {manifest.total} photos are "
+                  f"smaller than {manifest.stored_size} px on their short side and were "
                   "enlarged (upsampled: no more detail than the original)")
-    for note in manifest.get("notes", []):
+    for note in manifest.notes:
         con.print(f"[yellow]note:[/] {plain(note)}", highlight=False)
-    for label in manifest["empty_classes"]:
+    for label in manifest.empty_classes:
         con.print(f"[yellow]warning:[/] class folder {plain(repr(label))} has no usable images; "
                       "it is not a class of this dataset")
-    if counts["skipped"]:
-        con.print(f"every skipped file and its reason: {plain(Path(out) / 'manifest.json')} "
+    if manifest.skipped:
+        con.print(f"every skipped file and its reason: {plain(Path(out) / MANIFEST)} "
                       "(\"skipped\", \"duplicates\")")
 
 

@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
         from convlab.training.auto import plan
 
         overrides = _train_overrides(args)
-        config = plan(overrides.pop("data", "flowers"), budget_minutes=args.budget_minutes,
+        config = plan(overrides.pop("data", TrainConfig.data), budget_minutes=args.budget_minutes,
                       progress=not args.quiet, started=started)
         run = train(config.override(**overrides).with_settings(args.set or []),
                     progress=not args.quiet)

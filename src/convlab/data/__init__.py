@@ -4,10 +4,11 @@
 TensorFlow, so they are resolved on first use.
 """
 
-from convlab.data.ingest import prepare, read_manifest
+from convlab.data.ingest import prepare
+from convlab.data.manifest import Manifest, read_manifest
 
-__all__ = ["Augment", "load", "load_files", "load_folder", "prepare", "read_manifest",
-           "record_paths"]
+__all__ = ["Augment", "Manifest", "load", "load_files", "load_folder", "prepare",
+           "read_manifest", "record_paths"]
 
 
 def __getattr__(name):

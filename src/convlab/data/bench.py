@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from convlab.data.ingest import MANIFEST, read_manifest
+from convlab.data.manifest import is_prepared, read_manifest
 from convlab.errors import check_at_least
 from convlab.progress import progress_bar
 
@@ -70,7 +70,7 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
 
     prepared = Path(path)
     tmp = None
-    if not (prepared / MANIFEST).exists():
+    if not is_prepared(prepared):
         from convlab.data.ingest import prepare
 
         tmp = tempfile.TemporaryDirectory(prefix="convlab-bench-")
@@ -79,10 +79,10 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
     manifest = read_manifest(prepared)
     files, counts, _ = shard_files(prepared, split)
     count = sum(counts)
-    split_name = {s["split"] for s in manifest["shards"] if str(prepared / s["file"]) in files}
-    inputs = [i for i in manifest["inputs"] if i["split"] in split_name]
-    classes = {c: i for i, c in enumerate(manifest["classes"])}
-    size = manifest["image_size"][0]
+    split_name = {s.split for s in manifest.shards if str(prepared / s.file) in files}
+    inputs = [i for i in manifest.inputs if i["split"] in split_name]
+    classes = {c: i for i, c in enumerate(manifest.classes)}
+    size = manifest.stored_size
     common = {"batch_size": batch_size, "training": True, "repeat": False, "seed": 0,
               "open_latency": latency_ms / 1000}
     jpegs = [parse_example(record, IMAGE_AND_CLASS)["image"].numpy()
@@ -120,5 +120,5 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
             tmp.cleanup()
     rows = [BenchRow(k, c, a, statistics.median(v), v) for (k, c, a), v in results.items()]
     info = {"images": count, "size": size, "split": split, "batch_size": batch_size,
-            "rounds": rounds, "source": manifest["source"], "latency_ms": latency_ms}
+            "rounds": rounds, "source": manifest.source, "latency_ms": latency_ms}
     return rows, info

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -22,22 +21,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from convlab.data import decode
-from convlab.data.sources import (
-    Scan,
-    file_sha256,
-    is_remote,
-    read_bytes,
-    scan_source,
+from convlab.data.manifest import (
+    FORMAT,
+    MANIFEST,
+    PARTS,
+    SPLITS,
+    STATE,
+    Manifest,
+    load_json,
+    new_manifest,
+    strangers,
+    verify_shards,
+    write_manifest,
+    written_by_prepare,
 )
+from convlab.data.sources import file_sha256, is_remote, join, read_bytes, scan_source
 from convlab.errors import ConvlabError, check_at_least
 from convlab.files import LOCK, cache_dir, locked, write_text_atomic
 from convlab.progress import progress_bar
-
-MANIFEST = "manifest.json"
-STATE = ".convlab-prepare.json"
-PARTS = ".convlab-parts"
-SPLITS = ("train", "validation", "test")
-FORMAT = "convlab.tfrecords/1"
 
 
 @dataclass(frozen=True)
@@ -178,42 +179,6 @@ def _split(items: list[dict], opts: PrepareOptions,
     return sharded
 
 
-def split_notes(per_class: dict[str, dict[str, int]], given: dict[str, str]) -> list[str]:
-    """What a person should know about the split, from the manifest's counts per class and
-    split (photos written): which splits were given and which drawn, class sets that differ
-    between splits, and classes too small to measure."""
-    classes = list(per_class)
-    splits = list(next(iter(per_class.values()), {}))
-    counts = {s: Counter({c: n[s] for c, n in per_class.items()}) for s in splits}
-    notes = []
-    if given:
-        drawn = [s for s in ("validation",) if s not in given and s in splits]
-        notes.append("splits given by the source: " + ", ".join(
-            f"{s} (from {given[s]!r})" for s in SPLITS if s in given) + (
-            f"; {', '.join(drawn)} drawn from train, stratified" if drawn else ""))
-    for split in splits:
-        if split == "train":
-            continue
-        absent = [c for c in classes if counts[split][c] == 0]
-        if absent and (split in given or len(absent) < len(classes)):
-            notes.append(f"{len(absent)} of {len(classes)} classes have no {split} photos: "
-                         + _some(absent))
-    no_train = [c for c in classes if counts.get("train", Counter())[c] == 0]
-    if no_train:
-        notes.append(f"{len(no_train)} class(es) have no training photos (the model cannot "
-                     f"learn them): {_some(no_train)}")
-    tiny = [c for c in classes if 0 < sum(per_class[c].values()) < 4]
-    if tiny:
-        notes.append(f"{len(tiny)} class(es) have fewer than 4 photos (too few to learn or "
-                     f"measure well): {_some(tiny)}")
-    return notes
-
-
-def _some(names: list[str], most: int = 8) -> str:
-    shown = ", ".join(repr(n) for n in names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
 def _fingerprint(opts: PrepareOptions, classes: list[str], plan: dict) -> str:
     body = {"options": asdict(opts), "classes": classes,
             "plan": {s: [[i["sha256"] for i in shard] for shard in shards]
@@ -247,21 +212,6 @@ def _exclusive(out: Path):
             out.rmdir()
 
 
-# The names convlab gives what it writes into a prepared folder; nothing else is ever deleted.
-SHARD_FILE = re.compile(r"(train|validation|test)\d{2}(-\d+\.tfrec|\.tfrec\.tmp)")
-
-
-def _written_by_prepare(name: str) -> bool:
-    """Whether `prepare` gives a file in its output folder this name (its lock aside)."""
-    return name in (MANIFEST, STATE, PARTS) or SHARD_FILE.fullmatch(name) is not None
-
-
-def _strangers(out: Path) -> list[str]:
-    """Names in OUT that convlab would not have written there."""
-    return sorted(p.name for p in out.iterdir()
-                  if p.name != LOCK and not _written_by_prepare(p.name))
-
-
 def _previous(out: Path) -> dict | None:
     """The manifest (or, for an interrupted job, the state) convlab left in OUT; None when
     there is neither; {"damaged": name} when convlab's file there is cut short or garbled.
@@ -281,30 +231,31 @@ def _previous(out: Path) -> dict | None:
         if isinstance(value, dict) and (value.get("format") == FORMAT
                                         or name == STATE and "fingerprint" in value):
             return value
-        strangers = _strangers(out)
-        if value is not None or strangers:
+        others = strangers(out)
+        if value is not None or others:
             what = f"its {name} was not written by convlab" if value is not None else (
-                f"its {name} is unreadable and it holds {strangers[0]!r}")
+                f"its {name} is unreadable and it holds {others[0]!r}")
             raise ConvlabError(f"output folder '{out}' is not a convlab dataset ({what}); "
                                "convlab deletes nothing there: choose an empty or new folder")
         return {"damaged": name}
     return None
 
 
-def _claim_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None:
+def _claim_output(out: Path, fingerprint: str, overwrite: bool) -> Manifest | None:
     """Make OUT (an existing folder, locked by `_exclusive`) ready for this plan. Returns the
     existing manifest if it is already done. Whose files are in OUT is decided before anything
     is deleted, and only files convlab wrote are: `--overwrite` replaces a convlab dataset,
     never a folder of something else."""
     previous = _previous(out)
     if previous is not None and "damaged" in previous and not overwrite:
-        _load_json(out / previous["damaged"], (out / previous["damaged"]).read_text(
+        load_json(out / previous["damaged"], (out / previous["damaged"]).read_text(
             errors="replace"))  # raises, naming what is wrong and the fix
     same_plan = previous is not None and previous.get("fingerprint") == fingerprint
     if same_plan and (out / MANIFEST).exists():
-        damaged = verify_shards(out, previous, checksums=True)
+        done = Manifest.from_dict(dict(previous, resumed="already complete"))
+        damaged = verify_shards(out, done, checksums=True)
         if not damaged:
-            return previous  # done already, and every shard proved intact
+            return done  # done already, and every shard proved intact
         if not overwrite:
             raise ConvlabError(f"'{out}' holds this dataset but {damaged[0]} ({len(damaged)} "
                                "damaged shard(s)); pass --overwrite to make it again")
@@ -322,7 +273,7 @@ def _claim_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None:
                 "choose another output folder or pass --overwrite"
             )
         for p in out.iterdir():
-            if _written_by_prepare(p.name):
+            if written_by_prepare(p.name):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         (out / PARTS).mkdir(parents=True, exist_ok=True)
@@ -369,7 +320,7 @@ def prepare(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict:
+) -> Manifest:
     """Turn photos into sharded TFRecords with a manifest.
 
     Args:
@@ -386,7 +337,7 @@ def prepare(
         progress: show progress bars.
 
     Returns:
-        The manifest (also written to `out/manifest.json`).
+        The `Manifest` (also written to `out/manifest.json`).
 
     Raises:
         ConvlabError: bad path, no images, bad options, or an output folder that holds
@@ -435,16 +386,15 @@ def prepare(
         with _exclusive(out):
             done = _claim_output(out, fingerprint, overwrite)
             if done is not None:
-                done["resumed"] = "already complete"
                 return done
             try:
                 _write_json(out / STATE, {"fingerprint": fingerprint, "source": scan.source,
                                           "options": asdict(opts), "started": started})
                 shard_records = _write_shards(out, plan, classes, opts, pool, progress,
                                               scan.source)
-                manifest = _manifest(out, scan, opts, classes, empty, plan, shard_records,
-                                     skipped, dup_groups, fingerprint, started)
-                _write_json(out / MANIFEST, manifest)
+                manifest = new_manifest(scan, asdict(opts), classes, empty, list(plan),
+                                        shard_records, skipped, dup_groups, fingerprint, started)
+                write_manifest(out, manifest)
             except OSError as err:  # e.g. the disk filled up (temporary files are removed)
                 raise ConvlabError(f"cannot write {err.filename or out}: {err.strerror}; free "
                                    "some space and run the same command again: finished "
@@ -530,62 +480,8 @@ def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list
     return sorted(records, key=lambda r: (order[r["split"]], r["file"]))
 
 
-def _manifest(out, scan: Scan, opts, classes, empty, plan, records, skipped, dup_groups,
-              fingerprint, started) -> dict:
-    from convlab.version import __version__
-
-    failures = [f for r in records for f in r["failures"]]
-    skipped = sorted(skipped + failures, key=lambda s: s["path"])
-    per_class = {c: {s: 0 for s in plan} for c in classes}
-    per_split = Counter()
-    for r in records:
-        per_split[r["split"]] += r["count"]
-        for c, n in r["per_class"].items():
-            per_class[c][r["split"]] += n
-    return {
-        "format": FORMAT,
-        "convlab_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": round(time.time() - started, 1),
-        "source": scan.source,
-        "fingerprint": fingerprint,
-        "options": asdict(opts),
-        "image_size": [opts.size, opts.size],
-        "classes": classes,
-        "num_classes": len(classes),
-        "counts": {
-            "total": sum(per_split.values()),
-            "per_split": dict(per_split),
-            "per_class": per_class,
-            "candidates": len(scan.candidates),
-            "skipped": len(skipped),
-            "ignored": len(scan.ignored),
-            # photos whose short side was below the size: enlarged, so no sharper than before
-            "enlarged": sum(r.get("enlarged", 0) for r in records),
-        },
-        "shards": [{k: r[k] for k in ("file", "split", "count", "bytes", "sha256", "per_class")}
-                   for r in records],
-        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-        "skipped": skipped,
-        "duplicates": sorted(dup_groups, key=lambda g: g["dropped"][0]),
-        "ignored": sorted(scan.ignored),
-        "empty_classes": empty,
-        # the splits the source gave (split -> its folder or labels value); {} when drawn
-        "given_splits": dict(scan.given_splits),
-        "notes": split_notes(per_class, scan.given_splits),
-        "inputs": [dict(m, split=r["split"], shard=r["file"]) for r in records
-                   for m in r["members"]],
-    }
-
-
-def join(folder: str | os.PathLike, name: str) -> str:
-    """`folder/name` for local folders and for URLs (gs://...), which Path would mangle."""
-    folder = str(folder)
-    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
-
-
 def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite: bool,
-                    progress: bool) -> dict:
+                    progress: bool) -> Manifest:
     """Prepare into a local staging folder, then upload: shards first, the manifest last, so
     a reader never finds a manifest whose shards are not all there."""
     import tensorflow as tf
@@ -598,92 +494,21 @@ def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite
     target = join(out, MANIFEST)
     if tf.io.gfile.exists(target):
         with tf.io.gfile.GFile(target) as f:
-            there = _load_json(target, f.read())
+            there = load_json(target, f.read())
         if there.get("format") != FORMAT:
             raise ConvlabError(f"'{target}' was not written by convlab; convlab deletes nothing "
                                "there: choose another folder")
-        if there.get("fingerprint") == manifest["fingerprint"]:
-            return there  # the same plan was uploaded before
+        if there.get("fingerprint") == manifest.fingerprint:
+            return Manifest.from_dict(there)  # the same plan was uploaded before
         if not overwrite:
             raise ConvlabError(f"'{out}' already holds a different prepared dataset; choose "
                                "another folder or pass --overwrite")
         tf.io.gfile.remove(target)
     tf.io.gfile.makedirs(out)
-    shards = [s["file"] for s in manifest["shards"]]
+    shards = [s.file for s in manifest.shards]
     with progress_bar(progress, len(shards) + 1, f"uploading to {out}", keep=True) as advance:
         for name in shards + [MANIFEST]:
             tf.io.gfile.copy(str(staging / name), join(out, name), overwrite=True)
             advance()
     shutil.rmtree(staging, ignore_errors=True)
     return manifest
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """The manifest of a prepared dataset folder (local, or a gs:// URL).
-
-    Raises:
-        ConvlabError: not a prepared folder, or its shards are missing.
-    """
-    if is_remote(str(path)):
-        import tensorflow as tf
-
-        exists, read = tf.io.gfile.exists, lambda p: tf.io.gfile.GFile(p).read()
-    else:
-        path = Path(path)
-        exists, read = os.path.exists, lambda p: Path(p).read_text()
-    file = join(path, MANIFEST)
-    if not exists(file):
-        hint = " (an interrupted `convlab data prepare`? run it again to resume)" if exists(
-            join(path, STATE)) else ""
-        raise ConvlabError(f"'{path}' is not a prepared dataset: no {MANIFEST}{hint}")
-    manifest = _load_json(file, read(file))
-    missing = [s["file"] for s in manifest["shards"] if not exists(join(path, s["file"]))]
-    if missing:
-        raise ConvlabError(
-            f"prepared dataset '{path}' is missing shard {missing[0]} "
-            f"({len(missing)} missing); prepare it again with --overwrite"
-        )
-    if not is_remote(str(path)):
-        damaged = verify_shards(path, manifest, checksums=False)
-        if damaged:
-            raise ConvlabError(f"prepared dataset '{path}': {damaged[0]} ({len(damaged)} "
-                               f"damaged shard(s)); prepare it again with --overwrite")
-    return manifest
-
-
-def _load_json(file, text: str) -> dict:
-    """A manifest (or prepare's state) read from its text; one line naming what is wrong, and
-    `--overwrite` advised only for a folder that holds nothing but what convlab writes."""
-    local = not is_remote(str(file)) and Path(file).parent.is_dir()
-    fix = ("prepare the dataset again with --overwrite, which replaces it" if local and not
-           _strangers(Path(file).parent) else
-           "it is not a convlab dataset: give the folder `convlab data prepare` wrote")
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        where = f": {err.msg} at line {err.lineno}" if isinstance(
-            err, json.JSONDecodeError) else ", nested too deep"
-        raise ConvlabError(f"'{file}' is damaged (not valid JSON{where}); {fix}") from None
-    if not isinstance(value, dict) or (value.get("format") != FORMAT
-                                       and "fingerprint" not in value):
-        raise ConvlabError(f"'{file}' was not written by convlab (not a convlab manifest); "
-                           "give the folder `convlab data prepare` wrote")
-    return value
-
-
-def verify_shards(path: str | os.PathLike, manifest: dict, *, checksums: bool) -> list[str]:
-    """What is wrong with the shard files of a local prepared folder, one line per damaged
-    shard: a size other than the manifest's (always checked: one stat per file), or with
-    `checksums`, a sha256 other than the manifest's (reads every byte)."""
-    damaged = []
-    for shard in manifest["shards"]:
-        file = Path(path) / shard["file"]
-        size = file.stat().st_size if file.is_file() else None
-        if size is None:
-            damaged.append(f"shard {shard['file']} is missing")
-        elif "bytes" in shard and size != shard["bytes"]:
-            damaged.append(f"shard {shard['file']} has {size:,} bytes, the manifest says "
-                           f"{shard['bytes']:,} (truncated or overwritten)")
-        elif checksums and "sha256" in shard and file_sha256(file) != shard["sha256"]:
-            damaged.append(f"shard {shard['file']} does not match its sha256 in the manifest")
-    return damaged

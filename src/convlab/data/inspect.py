@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from convlab.data.ingest import MANIFEST, read_manifest
+from convlab.data.manifest import is_prepared, read_manifest
 from convlab.errors import ConvlabError, check_at_least
 from convlab.files import figure, literal
 
@@ -14,13 +14,11 @@ def counts(path: str | os.PathLike) -> dict:
     """{"classes": [...], "per_class": {class: {split: n}}, "splits": [...]} for a prepared
     folder (from its manifest) or a photo folder (candidate files, not yet validated)."""
     path = Path(path)
-    if (path / MANIFEST).exists():
-        m = read_manifest(path)
-        per_class = m["counts"]["per_class"]
-        splits = list(m["counts"]["per_split"])
-        return {"classes": m["classes"], "per_class": per_class, "splits": splits,
-                "prepared": True, "skipped": m["counts"]["skipped"],
-                "ignored": m["counts"]["ignored"]}
+    if is_prepared(path):
+        manifest = read_manifest(path)
+        return {"classes": list(manifest.classes), "per_class": manifest.per_class,
+                "splits": list(manifest.per_split), "prepared": True,
+                "skipped": len(manifest.skipped), "ignored": len(manifest.ignored)}
     from convlab.data.sources import scan_folder
 
     scan = scan_folder(path)
@@ -35,13 +33,13 @@ def counts(path: str | os.PathLike) -> dict:
 
 def _samples(path: Path, split: str, n: int, size: int | None):
     """Up to n (uint8 image, class name) pairs, spread over the classes."""
-    if (path / MANIFEST).exists():
+    if is_prepared(path):
         from convlab.data.pipeline import load
 
         ds = load(path, split, batch_size=n, training=False, cache=False, image_size=size)
         manifest = read_manifest(path)
         images, labels = next(iter(ds))
-        return [((img * 255).astype("uint8"), manifest["classes"][lab])
+        return [((img * 255).astype("uint8"), manifest.classes[lab])
                 for img, lab in zip(images.numpy(), labels.numpy(), strict=True)]
     import io
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from convlab.data.augment import Augment, augment_batch
-from convlab.data.ingest import join, read_manifest
+from convlab.data.manifest import Manifest, read_manifest
+from convlab.data.sources import is_remote, join
 from convlab.data.tfrecord import FEATURES, IMAGE_AND_CLASS, parse_example
 from convlab.errors import ConvlabError
 
@@ -23,17 +24,17 @@ SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation
 
 
 def shard_files(path: str | os.PathLike, split: str,
-                manifest: dict | None = None) -> tuple[list[str], list[int], dict]:
+                manifest: Manifest | None = None) -> tuple[list[str], list[int], Manifest]:
     """The shard files of one split, their record counts, and the manifest (read unless
     given: reading checks every shard file)."""
-    manifest = manifest or read_manifest(path)
+    manifest = read_manifest(path) if manifest is None else manifest
     split = SPLIT_ALIASES.get(split, split)
-    shards = [s for s in manifest["shards"] if s["split"] == split]
+    shards = manifest.shards_of(split)
     if not shards:
-        have = sorted({s["split"] for s in manifest["shards"]})
+        have = sorted({s.split for s in manifest.shards})
         raise ConvlabError(f"prepared dataset '{path}' has no {split!r} split; it has: "
                            f"{', '.join(have)} (choose one with --split, or give other photos with --data)")
-    return ([join(path, s["file"]) for s in shards], [s["count"] for s in shards], manifest)
+    return [join(path, s.file) for s in shards], [s.count for s in shards], manifest
 
 
 def resize_to_square(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -90,7 +91,7 @@ class InputPlan:
 
 def input_plan(path: str | os.PathLike, split: str = "train", *,
                input_context: tf.distribute.InputContext | None = None,
-               needed: int | None = None, manifest: dict | None = None) -> InputPlan:
+               needed: int | None = None, manifest: Manifest | None = None) -> InputPlan:
     """The part of `split` one input pipeline reads (`load` reads exactly this).
 
     Args:
@@ -251,8 +252,8 @@ def load(
     manifest = read_manifest(path)
     training = (SPLIT_ALIASES.get(split, split) == "train") if training is None else training
     deterministic = (not training) if deterministic is None else deterministic
-    size = image_size or manifest["image_size"][0]
-    stored = manifest["image_size"][0]
+    size = image_size or manifest.stored_size
+    stored = manifest.stored_size
     augment = _as_augment(augment, training)
     # Images stored larger than the training size: random-resized crops from the stored
     # pixels (the zoom crop does the resize) instead of zooming into a downscaled copy.
@@ -316,10 +317,10 @@ def record_paths(path: str | os.PathLike, split: str = "validation") -> list[str
 
     # The same interleave as `load` (deterministic), so the orders agree record by record.
     ds = _read_shards(tf.data.Dataset.from_tensor_slices(files), numbered, len(files), True)
-    source = manifest.get("source", "")
-    local = bool(source) and not source.startswith("gs://") and os.path.isdir(source)
+    source = manifest.source
+    local = bool(source) and not is_remote(source) and os.path.isdir(source)
     by_shard: dict[str, list[str]] = {}
-    for item in manifest.get("inputs", []):
+    for item in manifest.inputs:
         by_shard.setdefault(item["shard"], []).append(item["path"])
     paths = []
     for file, index, kept in ds.as_numpy_iterator():

@@ -6,8 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from convlab.data.ingest import MANIFEST, join, prepare
-from convlab.data.sources import is_remote
+from convlab.data.ingest import prepare
+from convlab.data.manifest import is_prepared
+from convlab.data.sources import NAMED_SOURCES, is_remote
 from convlab.files import cache_dir
 
 
@@ -22,14 +23,11 @@ def resolve_data(spec: str | os.PathLike, image_size: int, *,
     while its files are unchanged.
     """
     spec = str(spec)
-    if not is_remote(spec) and (Path(spec) / MANIFEST).exists():
+    if not is_remote(spec) and is_prepared(spec):
         return Path(spec)
-    if is_remote(spec) and "*" not in spec:
-        import tensorflow as tf
-
-        if tf.io.gfile.exists(join(spec, MANIFEST)):
-            return spec
-    source = spec if spec in ("flowers", "synthetic") or is_remote(spec) else str(
+    if is_remote(spec) and "*" not in spec and is_prepared(spec):
+        return spec
+    source = spec if spec in NAMED_SOURCES or is_remote(spec) else str(
         Path(spec).expanduser().resolve())
     key = hashlib.sha256(f"{source}|{image_size}".encode()).hexdigest()[:12]
     name = Path(source.rstrip("/")).name.replace("*", "_") or "data"

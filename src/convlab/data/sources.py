@@ -18,7 +18,7 @@ import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +80,12 @@ class Scan:
 
 def is_remote(path: str) -> bool:
     return "://" in path
+
+
+def join(folder: str | os.PathLike, name: str) -> str:
+    """`folder/name` for local folders and for URLs (gs://...), which Path would mangle."""
+    folder = str(folder)
+    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
 
 
 def clearly_not_photo(name: str) -> bool:
@@ -375,14 +381,11 @@ def scan_pattern(pattern: str) -> Scan:
 
 
 def scan_source(src: str) -> Scan:
-    """Scan `flowers`, `synthetic`, a folder of class (or split) subfolders, a labels file, or
-    a glob / gs:// pattern (a path that exists is a path, even with `[` or `?` in it)."""
-    if src == "flowers":
-        return scan_folder(fetch_flowers())
-    if src == "synthetic":
-        from convlab.data import synthetic
-
-        return scan_folder(synthetic.make_folder(cache_dir() / "datasets" / "synthetic"))
+    """Scan a named source (`NAMED_SOURCES`: `flowers`, `synthetic`), a folder of class (or
+    split) subfolders, a labels file, or a glob / gs:// pattern (a path that exists is a path,
+    even with `[` or `?` in it)."""
+    if src in NAMED_SOURCES:
+        return scan_folder(NAMED_SOURCES[src]())
     if is_labels_file(src):
         return scan_labels(src)
     if is_remote(src) or (not os.path.exists(src) and any(ch in src for ch in "*?[")):
@@ -479,3 +482,17 @@ def _download(url: str, dest: Path, expected_bytes: int) -> None:
             "e.g. --data ../shared/data/flower_photos (or as SRC of `convlab data prepare`)"
         ) from None
     os.replace(partial, dest)
+
+
+def _synthetic_folder() -> Path:
+    from convlab.data import synthetic
+
+    return synthetic.make_folder(cache_dir() / "datasets" / "synthetic")
+
+
+# The photos convlab knows by name (`--data NAME`, `convlab data prepare NAME`): each one's
+# folder of class subfolders, fetched or made once.
+NAMED_SOURCES: dict[str, Callable[[], Path]] = {
+    "flowers": fetch_flowers,  # the public 5-class set, downloaded once
+    "synthetic": _synthetic_folder,  # generated shapes, for offline demos
+}

@@ -32,7 +32,7 @@ GALLERY_IMAGES = 16  # the mistakes gallery
 def _resolve(data, record: RunRecord, split: str | None, size: int, progress: bool = False
              ) -> tuple[Path, str]:
     """The prepared folder and split to evaluate."""
-    from convlab.data.ingest import MANIFEST
+    from convlab.data.manifest import is_prepared
     from convlab.data.resolve import resolve_data
     from convlab.data.sources import is_remote
 
@@ -41,11 +41,11 @@ def _resolve(data, record: RunRecord, split: str | None, size: int, progress: bo
         if is_remote(prepared):  # a TPU run's gs:// data
             return prepared, split or "validation"
         prepared = Path(prepared)
-        if not (prepared / MANIFEST).exists():
+        if not is_prepared(prepared):
             raise ConvlabError(f"the run's prepared data '{prepared}' is gone; pass --data")
         return prepared, split or "validation"
     prepared = resolve_data(data, size, progress=progress)
-    prepared_already = isinstance(prepared, str) or (Path(data) / MANIFEST).exists()
+    prepared_already = isinstance(prepared, str) or is_prepared(data)
     # A photo folder is prepared into the cache with a train/validation split that means
     # nothing here: every one of its images is test data for this model.
     return prepared, split or ("validation" if prepared_already else "all")
@@ -67,15 +67,15 @@ def _label(record: RunRecord, prepared, data, split: str, variant: str = "") -> 
     return f"{name}-{split}{variant}"
 
 
-def _class_map(manifest: dict, known: list[str], data) -> np.ndarray:
+def _class_map(classes: tuple[str, ...], known: list[str], data) -> np.ndarray:
     """Maps the dataset's class indices to the model's, by name."""
-    unknown = [c for c in manifest["classes"] if c not in known]
+    unknown = [c for c in classes if c not in known]
     if unknown:
         raise ConvlabError(
             f"class{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
             f"'{data}' {'are' if len(unknown) > 1 else 'is'} not known to the model; it knows: "
             f"{', '.join(known)}")
-    return np.array([known.index(c) for c in manifest["classes"]], dtype=np.int64)
+    return np.array([known.index(c) for c in classes], dtype=np.int64)
 
 
 def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> list:
@@ -135,9 +135,9 @@ def _gather(datasets: list, indices: np.ndarray) -> np.ndarray:
 
 
 def _splits(prepared: Path) -> list[str]:
-    from convlab.data.ingest import read_manifest
+    from convlab.data.manifest import read_manifest
 
-    return [k for k, v in read_manifest(prepared)["counts"]["per_split"].items() if v]
+    return [k for k, v in read_manifest(prepared).per_split.items() if v]
 
 
 def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -181,7 +181,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     """
     from sklearn import metrics as skm
 
-    from convlab.data.ingest import read_manifest
+    from convlab.data.manifest import read_manifest
     from convlab.data.pipeline import SPLIT_ALIASES
 
     record = read_record(run)
@@ -196,11 +196,11 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     prepared, split = _resolve(data, record, split, size, progress)
     split = SPLIT_ALIASES.get(split, split)
     manifest = read_manifest(prepared)
-    mapping = _class_map(manifest, classes, data or prepared)
+    mapping = _class_map(manifest.classes, classes, data or prepared)
     predictor = Predictor(run, model, image_size=size)
     model_path = predictor.path
     datasets = _datasets(prepared, split, size, batch_size)
-    total = sum(n for s, n in manifest["counts"]["per_split"].items()
+    total = sum(n for s, n in manifest.per_split.items()
                 if split in (s, "all")) if progress else 0
     labels, out = _predict(predictor, datasets, tta, total)
     probs = out.probabilities  # calibrated, when the run is

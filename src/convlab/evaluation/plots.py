@@ -247,16 +247,16 @@ def mistakes_gradcam(run: str | os.PathLike) -> Path | None:
 
 def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
     """Training images as the run saw them: each one before and after its augmentation."""
-    from convlab.data.ingest import MANIFEST, read_manifest
+    from convlab.data.manifest import is_prepared, read_manifest
     from convlab.data.pipeline import load
 
     record = read_record(run)
     run, config = record.path, record.config
     prepared = Path(record.prepared_data)
-    if not (prepared / MANIFEST).exists():
+    if not is_prepared(prepared):
         raise ConvlabError(f"the run's prepared data '{prepared}' is gone")
     manifest = read_manifest(prepared)
-    count = min(count, manifest["counts"]["per_split"].get("train", 0))
+    count = min(count, manifest.count("train"))
     # Same seed, so both pipelines shuffle identically: column k is one image, twice.
     common = {"batch_size": count, "image_size": record.image_size,
               "training": True, "seed": config.seed, "cache": False, "deterministic": True}
@@ -269,7 +269,7 @@ def augmentation(run: str | os.PathLike, count: int = 8) -> Path:
             axes[row, k].imshow(images[k].numpy(), interpolation="nearest")
             axes[row, k].set_xticks([])
             axes[row, k].set_yticks([])
-        axes[0, k].set_title(literal(manifest["classes"][int(labels[k])]), fontsize=10)
+        axes[0, k].set_title(literal(manifest.classes[int(labels[k])]), fontsize=10)
     axes[0, 0].set_ylabel("original")
     axes[1, 0].set_ylabel("augmented")
     what = _describe(config.augment)
@@ -301,13 +301,15 @@ def make_plots(run: str | os.PathLike) -> dict[str, Path]:
     Raises:
         ConvlabError: not a run folder, or not evaluated yet.
     """
-    from convlab.data.ingest import MANIFEST
+    from convlab.data.manifest import is_prepared
+    from convlab.data.sources import is_remote
 
     record = read_record(run)
     run = record.path
     made = {p.name: p for p in (training_curves(run), confusion_matrix(run), predictions(run),
                                 mistakes(run), mistakes_gradcam(run), reliability(run))
             if p is not None}
-    if record.prepared_data and (Path(record.prepared_data) / MANIFEST).exists():
+    local = record.prepared_data and not is_remote(record.prepared_data)
+    if local and is_prepared(record.prepared_data):
         made["augmentation.png"] = augmentation(run)
     return made

@@ -284,7 +284,7 @@ def _model_summary(run: Path, metrics: dict) -> str:
 def test_split(record) -> dict | None:
     """The metrics of the run's model on its prepared data's test split (a split folder's
     test/, or --test-fraction), evaluated once at the run's test size; None without one."""
-    from convlab.data.ingest import read_manifest
+    from convlab.data.manifest import read_manifest
     from convlab.errors import ConvlabError
 
     if not record.prepared_data:
@@ -293,7 +293,7 @@ def test_split(record) -> dict | None:
         manifest = read_manifest(record.prepared_data)
     except ConvlabError:  # the prepared data has moved: nothing to evaluate on
         return None
-    if not manifest["counts"]["per_split"].get("test"):
+    if not manifest.has_split("test"):
         return None
     for m in other_evaluations(record.path):
         if (m.get("split") == "test" and m.get("data") == str(record.prepared_data)

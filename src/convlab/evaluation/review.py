@@ -132,7 +132,7 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
     """
     from cleanlab.filter import find_label_issues
 
-    from convlab.data.ingest import read_manifest
+    from convlab.data.manifest import read_manifest
     from convlab.data.pipeline import record_paths
     from convlab.evaluation.metrics import _splits, near_chance
     from convlab.models import get_model_info
@@ -194,7 +194,7 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
         "run": str(record.path), "data": str(prepared), "method": how,
         "photos": int(len(y)), "splits": splits, "flagged": len(issues),
         "accuracy": float((probs.argmax(1) == y).mean()),
-        "issues": issues, "duplicates": manifest.get("duplicates", []),
+        "issues": issues, "duplicates": list(manifest.duplicates),
         "seconds": round(time.time() - started, 1),
         "page": str(out / "review.html"), "csv": str(out / "label_issues.csv"),
         "notes": [f"cleanlab: {n}" for n in notes],

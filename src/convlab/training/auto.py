@@ -64,11 +64,11 @@ def look_at_photos(spec: str, sample: int = 256) -> Photos:
     """The median short side of up to `sample` photos (their headers only), or a prepared
     folder's stored size."""
     from convlab.data.decode import SkipImage, sniff
-    from convlab.data.ingest import MANIFEST, read_manifest
+    from convlab.data.manifest import is_prepared, read_manifest
     from convlab.data.sources import read_bytes, scan_source
 
-    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, MANIFEST)):
-        stored = int(read_manifest(spec)["image_size"][0])
+    if os.path.isdir(spec) and is_prepared(spec):
+        stored = read_manifest(spec).stored_size
         return Photos(0, stored, stored)
     candidates = scan_source(spec).candidates
     step = max(1, len(candidates) // sample)
@@ -199,7 +199,7 @@ def plan(data: str, *, budget_minutes: float | None = None, progress: bool = Tru
     Raises:
         ConvlabError: no readable photos, or a budget too small to train anything.
     """
-    from convlab.data.ingest import read_manifest
+    from convlab.data.manifest import read_manifest
     from convlab.data.resolve import resolve_data
 
     started = time.time() if started is None else started
@@ -212,9 +212,7 @@ def plan(data: str, *, budget_minutes: float | None = None, progress: bool = Tru
     print(f"plan: {size_reason}")
     prepared = resolve_data(data, size, progress=progress)
     manifest = read_manifest(prepared)
-    per_split = manifest["counts"]["per_split"]
-    counts = Counts(per_split.get("train", 0), per_split.get("validation", 0),
-                    manifest["num_classes"])
+    counts = Counts(manifest.count("train"), manifest.count("validation"), manifest.num_classes)
     print(f"plan: {counts.train} training and {counts.validation} validation photos in "
           f"{counts.classes} classes; timing the backbone at {size} px on this machine ...")
     batch, reasons = 32, []  # the recipes' batch

@@ -95,7 +95,7 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
         sweep = keras.optimizers.schedules.ExponentialDecay(start_lr, steps - 1,
                                                             end_lr / start_lr)
         with strategy.scope():
-            model = create_model(config.model, manifest["num_classes"], image_size,
+            model = create_model(config.model, manifest.num_classes, image_size,
                                  **config.model_options)
             # One step per call (the default): the loss is read after every step.
             _compile(model, config, sweep)

@@ -15,7 +15,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from convlab.config import TrainConfig, named_config
+from convlab.data.manifest import Manifest, read_manifest
 from convlab.errors import ConvlabError
 from convlab.files import locked, write_text_atomic
 from convlab.runs import (
@@ -94,13 +94,12 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     `distribute_datasets_from_function`); elsewhere one pipeline feeds all local replicas.
     """
     from convlab.data.augment import mix_batch
-    from convlab.data.ingest import read_manifest
     from convlab.data.pipeline import input_plan, load
     from convlab.data.resolve import resolve_data
 
     prepared = resolve_data(config.data, image_size, progress=progress)
     manifest = read_manifest(prepared)
-    n_train = manifest["counts"]["per_split"].get("train", 0)
+    n_train = manifest.count("train")
     if n_train < global_batch:
         raise ConvlabError(f"only {n_train} training images in '{prepared}', fewer than the "
                            f"global batch of {global_batch}; lower --batch-size")
@@ -110,10 +109,10 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
 
     def finish(ds, training: bool, batches_per_epoch: int = 0):
         if weights and training:
-            table = tf.constant([weights.get(i, 0.0) for i in range(manifest["num_classes"])])
+            table = tf.constant([weights.get(i, 0.0) for i in range(manifest.num_classes)])
             ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
         if config.soft_labels:
-            n = manifest["num_classes"]
+            n = manifest.num_classes
             ds = ds.map(lambda x, y, *w: (x, tf.one_hot(y, n), *w))
         if training and (config.mixup or config.cutmix):
             # Seeded by the batch's number counted from epoch 0, so that a resumed run mixes
@@ -143,7 +142,7 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
             ds = load(prepared, "validation", drop_remainder=tpu, **common)
         return finish(ds, training, steps * local)
 
-    has_val = bool(manifest["counts"]["per_split"].get("validation"))
+    has_val = manifest.has_split("validation")
     strategy = strategy_info.strategy if strategy_info is not None else None
     if strategy is not None and is_multi_worker(strategy):
         train = strategy.distribute_datasets_from_function(lambda c: make("train", c))
@@ -177,10 +176,10 @@ def global_batch_size(config: TrainConfig, replicas: int) -> int:
     return batch
 
 
-def _class_weights(config: TrainConfig, manifest: dict) -> dict | None:
+def _class_weights(config: TrainConfig, manifest: Manifest) -> dict | None:
     if config.class_weights != "balanced":
         return None
-    counts = [manifest["counts"]["per_class"][c].get("train", 0) for c in manifest["classes"]]
+    counts = [manifest.per_class[c].get("train", 0) for c in manifest.classes]
     total = sum(counts)
     return {i: total / (len(counts) * n) for i, n in enumerate(counts) if n}
 
@@ -275,11 +274,11 @@ def test_size(config: TrainConfig, image_size: int) -> int:
     return max(1, round(image_size * config.test_scale))
 
 
-def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
+def _start_line(config: TrainConfig, image_size: int, manifest: Manifest) -> str:
     """What this run will do, in one line."""
     s, ft = config.schedule, config.fine_tune_schedule
     what = (f"training {config.model}" + (f" (recipe {config.recipe})" if config.recipe else "")
-            + f" at {image_size} px from {manifest['image_size'][0]} px images: "
+            + f" at {image_size} px from {manifest.stored_size} px images: "
             f"{config.epochs} epoch(s), {config.optimizer} at {s.learning_rate:g} ({s.name})")
     if config.feature_views:
         what += f", the head on cached features of {config.feature_views} augmented views"
@@ -292,7 +291,7 @@ def _start_line(config: TrainConfig, image_size: int, manifest: dict) -> str:
         what += "; each training batch mixed by " + " or ".join(mixes)
     if (tested := test_size(config, image_size)) != image_size:
         what += f"; evaluated at {tested} px"
-    if not manifest["counts"]["per_split"].get("validation"):
+    if not manifest.has_split("validation"):
         what += ("; no validation split: nothing measures the model on photos it did not "
                  "train on, and best.keras is the epoch with the best training accuracy "
                  "(prepare with --val-fraction above 0 to measure it)")
@@ -380,7 +379,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         prepared, manifest, train_ds, val_ds = build_datasets(
             config, image_size, global_batch, start_epoch=data_start, progress=progress,
             strategy_info=strategy_info)
-        n_train = manifest["counts"]["per_split"]["train"]
+        n_train = manifest.count("train")
         steps = n_train // global_batch
         # TPUs run best with many steps per call; elsewhere the user's setting.
         per_call = (min(steps, 32) if strategy_info.tpu and config.steps_per_execution == 1
@@ -393,7 +392,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
               f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
         print(_start_line(config, image_size, manifest))
-        stored = manifest["image_size"][0]
+        stored = manifest.stored_size
         if image_size > stored:
             print(f"warning: the prepared images are {stored} px and are enlarged to "
                   f"{image_size} px for training (no detail is added); prepare the photos at "
@@ -405,7 +404,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
                 print(f"resuming {run} after epoch {start_epoch} from {path.name}")
             else:
                 options = dict(config.model_options)
-                model = create_model(config.model, manifest["num_classes"], image_size, **options)
+                model = create_model(config.model, manifest.num_classes, image_size, **options)
                 if config.fine_tune_epochs and config.fine_tune_from:
                     from convlab.models.backbone import first_trainable_index
 
@@ -428,10 +427,10 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
                        "steps_per_epoch": steps, "steps_per_execution": per_call,
                        "precision": precision, "strategy": strategy_info.kind,
                        "workers": strategy_info.workers, "prepared_data": str(prepared),
-                       "classes": manifest["classes"],
+                       "classes": list(manifest.classes),
                        # what predict and export need, also once the prepared data has moved
-                       "stored_size": int(manifest["image_size"][0]),
-                       "jpeg_quality": int(manifest.get("options", {}).get("quality", 90)),
+                       "stored_size": manifest.stored_size,
+                       "jpeg_quality": manifest.quality,
                        "lr_per_epoch": [lr for phase, n in phases
                                         for lr in lr_per_epoch(phase, steps, n)]}
             folder = RunFolder(run)
@@ -472,7 +471,7 @@ class _Plan:
     global_batch: int
     steps: int  # per epoch
     start_epoch: int
-    manifest: dict
+    manifest: Manifest
     run: Path | None  # the run folder (the chief's; None on other workers before it exists)
     workdir: Path  # where this process writes: the run folder, or a temporary one
     chief: bool
@@ -568,7 +567,7 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
         return None
     _write_summary(run, config, model, plan.manifest, strategy_info, plan.precision, wall,
                    throughput, feature_seconds)
-    validated = bool(plan.manifest["counts"]["per_split"].get("validation"))
+    validated = plan.manifest.has_split("validation")
     if validated:
         from convlab.prediction import calibrate
 
@@ -620,8 +619,8 @@ def _write_summary(run, config, model, manifest, strategy_info, precision, wall,
         "run": str(run), "recipe": config.recipe, "model": config.model,
         "parameters": int(model.count_params()),
         "trainable_parameters": int(sum(v.numpy().size for v in model.trainable_weights)),
-        "data": str(manifest.get("source")),
-        "images": dict(Counter(manifest["counts"]["per_split"])),
+        "data": str(manifest.source),
+        "images": dict(manifest.per_split),
         "hardware": hardware(), "strategy": strategy_info.describe(), "precision": precision,
         "epochs": len(history),
         # fitting, from the first epoch's start to the last one's end (feature caching and
