@@ -4,6 +4,7 @@ photos (`flower_photos`)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,18 @@ def tiny_prepared(tmp_path_factory):
         return root / "data"
 
     return make
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, driven by Playwright) for the page tests; they skip
+    where it is not installed."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import re
-import shutil
 import socket
 import threading
 import time
@@ -351,19 +350,6 @@ def test_cli_serve_numbers_out_of_range_are_one_line_errors(run, flag, value, sh
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("convlab:"), err
     assert f"{flag} must be a number between" in err[0] and err[0].endswith(f"received: {shown}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def test_page_in_chromium_classifies_a_photo_offline(server, browser, run, photo, tmp_path):
