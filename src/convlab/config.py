@@ -466,6 +466,18 @@ def recipe_config(name: str) -> TrainConfig:
     return TrainConfig().override(**overrides, recipe=name, name=name)
 
 
+def flat_settings(values: dict, whole: tuple[str, ...] = (), prefix: str = "") -> dict:
+    """{dotted key: value} of a nested config (`schedule.learning_rate`: the keys `--set`
+    takes); lists, empty dicts and the fields named in `whole` stay values."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value and key not in whole:
+            flat.update(flat_settings(value, whole, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def named_config(name: str) -> TrainConfig:
     """A recipe's `TrainConfig`, or the defaults for a model of that name (`convlab train
     NAME`); an unknown model is named when the model is built."""

@@ -45,6 +45,15 @@ def live_display_ok() -> bool:
     return True
 
 
+def duration(seconds: float | None) -> str:
+    """A time as people read it: `45 s`, `17.1 min`, `2.3 h`; `-` for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def note(text: str) -> None:
     """One plain progress line, flushed (it shows while the work goes on): on stderr, which
     keeps machine-readable stdout clean, except in a notebook, which shows stderr as

@@ -8,7 +8,6 @@ runs made by older versions lack fields, and a run still training has no summary
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -16,7 +15,15 @@ from datetime import datetime
 from pathlib import Path
 
 from convlab.errors import ConvlabError
-from convlab.runs import RunFolder, history_rows, is_training, read_run, read_state
+from convlab.progress import duration
+from convlab.runs import (
+    RunFolder,
+    history_rows,
+    is_training,
+    read_json,
+    read_run,
+    read_state,
+)
 
 # running: a live `convlab train` holds the folder; finished: summary.json was written at
 # the end; interrupted: neither (resume it); damaged: its config.json cannot be read.
@@ -102,7 +109,7 @@ def read_row(run: str | os.PathLike) -> RunRow:
         state = "running"
     else:
         state = "finished" if folder.summary_json.is_file() else "interrupted"
-    summary = _read_json(folder.summary_json) or {}
+    summary = read_json(folder.summary_json) or {}
     accuracy, source = _val_accuracy(folder)
     return RunRow(
         **base, state=state, model=_text(config.get("model")), recipe=_text(config.get("recipe")),
@@ -131,15 +138,6 @@ def run_settings(run: str | os.PathLike) -> tuple[dict, dict]:
         raise ConvlabError(f"'{folder.config}' is damaged (no settings in it); the run's "
                            "settings are lost: train it again")
     return config, derived
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object file; None if absent, half-written or damaged."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _number(value) -> float | None:
@@ -192,7 +190,7 @@ def read_history(run: str | os.PathLike) -> list[dict]:
 
 
 def _val_accuracy(folder: RunFolder) -> tuple[float | None, str | None]:
-    measured = _number((_read_json(folder.metrics) or {}).get("accuracy"))
+    measured = _number((read_json(folder.metrics) or {}).get("accuracy"))
     if measured is not None:
         return measured, "evaluate"
     epochs = [_number(h.get("val_accuracy")) for h in read_history(folder.path)]
@@ -257,14 +255,6 @@ def _evaluation_texts(row: RunRow) -> list[str]:
             for label, accuracy in row.evaluations.items()]
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
 # The listing's columns as people read them: (header, the row's text). The CSV and JSON
 # give the row's values instead (`RunRow.to_dict`).
 COLUMNS = (
@@ -277,7 +267,7 @@ COLUMNS = (
     ("val acc", _accuracy_text),
     ("evaluations", lambda r: ", ".join(_evaluation_texts(r)) or "-"),
     ("started", lambda r: r.started.strftime("%Y-%m-%d %H:%M") if r.started else "-"),
-    ("took", lambda r: _duration(r.seconds)),
+    ("took", lambda r: duration(r.seconds)),
 )
 
 ACCURACY_NOTE = ("val acc: the run's model on its validation split (`convlab evaluate`); "

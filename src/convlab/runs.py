@@ -130,13 +130,19 @@ def read_record(run: str | os.PathLike) -> RunRecord:
                            "the run's settings are lost: train it again") from None
 
 
-def read_state(run: str | os.PathLike) -> dict | None:
-    """state.json ({"epoch": finished epochs, "best": ...}); None if absent or damaged."""
+def read_json(path: Path) -> dict | None:
+    """A run's small JSON file, a JSON object; None if absent, half-written or damaged."""
     try:
-        state = json.loads(RunFolder(run).state.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("epoch"), int) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_state(run: str | os.PathLike) -> dict | None:
+    """state.json ({"epoch": finished epochs, "best": ...}); None if absent or damaged."""
+    state = read_json(RunFolder(run).state)
+    return state if state is not None and isinstance(state.get("epoch"), int) else None
 
 
 def is_training(run: str | os.PathLike) -> bool:

@@ -18,6 +18,7 @@ from convlab.config import (
     SCHEDULES,
     STRATEGIES,
     TrainConfig,
+    flat_settings,
 )
 from convlab.errors import ConvlabError
 
@@ -182,7 +183,7 @@ def cmd_recipes(args) -> int:
         config = recipe_config(args.name)
         con = console()
         con.print(f"[bold]{args.name}[/]: {RECIPES[args.name][0]}", highlight=False)
-        for key, value in _flatten(config.to_dict()):
+        for key, value in flat_settings(config.to_dict(), whole=("model_options",)).items():
             con.print(f"  {key} = {plain(json.dumps(value))}", highlight=False)
         con.print(f"measured: {MEASURED.get(args.name, 'not measured on flower_photos yet')}",
                   highlight=False)
@@ -200,15 +201,6 @@ def cmd_recipes(args) -> int:
     for name, (description, _) in RECIPES.items():
         con.print(f"[bold]{name}[/]: {description}", highlight=False)
     return 0
-
-
-def _flatten(values: dict, prefix: str = ""):
-    """(dotted key, value) pairs of a nested config: the keys `--set` takes."""
-    for key, value in values.items():
-        if isinstance(value, dict) and key != "model_options" and value:
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 @dataclass(frozen=True)

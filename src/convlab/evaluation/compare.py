@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from convlab.config import flat_settings
 from convlab.errors import ConvlabError
 from convlab.files import atomic_path, figure, literal
 from convlab.runlist import COLUMNS, RunRow, read_history, read_row, run_settings
@@ -57,18 +58,6 @@ def find_run(run: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Pa
     raise ConvlabError(f"'{run}' is not a run folder (no {RunFolder(run).config.name} there "
                        f"or in '{Path(runs_dir) / run}'); give run folders, or names that "
                        f"`convlab runs {runs_dir}` lists")
-
-
-def flat_settings(config: dict, prefix: str = "") -> dict:
-    """{dotted key: value} of a nested config (`schedule.learning_rate`, the keys `--set`
-    takes); lists stay values."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def compare_runs(runs: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs"

@@ -23,6 +23,7 @@ from convlab.evaluation.metrics import (
     summary_line,
 )
 from convlab.evaluation.plots import make_plots
+from convlab.progress import duration
 from convlab.runs import RunFolder, RunRecord, load_run_model, read_record
 
 CSS = """
@@ -105,8 +106,8 @@ def _cards(metrics: dict, summary: dict, record: RunRecord) -> str:
     if summary:
         cards += [(f"{summary.get('train_images_per_second', 0):,.1f}",
                    f"training images/s ({_last_phase(record.config)})"),
-                  (_minutes(summary.get("wall_seconds", 0)), "training wall time" + (
-                      f", {_minutes(summary['feature_cache_seconds'])} of it caching features"
+                  (duration(summary.get("wall_seconds", 0)), "training wall time" + (
+                      f", {duration(summary['feature_cache_seconds'])} of it caching features"
                       if summary.get("feature_cache_seconds") else ""))]
     return "".join(f'<div class="card"><div class="v">{escape(v)}</div>'
                    f'<div class="k">{escape(k)}</div></div>' for v, k in cards)
@@ -120,10 +121,6 @@ def _last_phase(config) -> str:
     if config.feature_views:
         return "the head on cached features"
     return "the whole network"
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _run_table(record: RunRecord, summary: dict) -> str:
