@@ -168,7 +168,7 @@ class Extractor:
         from convlab.training.features import split_head
 
         self.info = run_info(run)
-        self.model, path = load_run_model(run, which, image_size=self.info.image_size)
+        self.model, path = load_run_model(run, which, image_size=self.info.test_size)
         self.extractor, head = split_head(self.model)
         dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
         others = [layer for layer in head.layers[1:] if not isinstance(
@@ -179,7 +179,7 @@ class Extractor:
         kernel, bias = dense[0].get_weights()
         self.kernel, self.bias = kernel.astype(np.float64), bias.astype(np.float64)
         stat = path.stat()
-        self.tag = f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}:{self.info.image_size}"
+        self.tag = f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}:{self.info.test_size}"
         self.cache, self.batch_size = cache, batch_size
         self.from_cache: list[str] = []  # the sets whose features an earlier run extracted
 
@@ -214,7 +214,7 @@ class Extractor:
         def make():
             start = time.perf_counter()
             ds = load(self.info.prepared, split, batch_size=self.batch_size,
-                      image_size=self.info.image_size, training=False, cache=False,
+                      image_size=self.info.test_size, training=False, cache=False,
                       deterministic=True)
             if limit:
                 ds = ds.take(-(-limit // self.batch_size))
@@ -519,7 +519,7 @@ def score_all(ex: Extractor, data: InScope, inside: dict, outside: dict, methods
 
 def measure_run(run: str, photos: list[str], args) -> dict:
     ex = Extractor(run, args.model, Path(args.cache), args.batch_size)
-    print(f"\n== {run}: {len(ex.info.classes)} classes at {ex.info.image_size} px", flush=True)
+    print(f"\n== {run}: {len(ex.info.classes)} classes at {ex.info.test_size} px", flush=True)
     inside, train, outside = image_sets(ex, photos, args)
     calib = calibrate(ex, inside, args.seed)
     val = inside["validation"]
@@ -528,7 +528,7 @@ def measure_run(run: str, photos: list[str], args) -> dict:
     costs, results, by_kind = score_all(ex, data, inside, outside, args.methods)
     sets = {**inside, **({"train": train} if train else {}), **outside}
     # Any images check the head's maths; these need no data.
-    size = ex.info.image_size
+    size = ex.info.test_size
     probe = np.stack([gradient(np.random.default_rng([args.seed, i]), size) for i in range(4)])
     return {
         "run": run, "model": args.model, "classes": ex.info.classes, "image_size": size,

@@ -29,7 +29,7 @@ def trained(tiny_prepared, tmp_path_factory):
 def test_loaded_model_predicts_paths_pil_and_numpy_like_the_cli(trained):
     run, files = trained
     clf = convlab.load(run)
-    assert clf.classes == ["circle", "square", "triangle"] and clf.image_size == 16
+    assert clf.classes == ["circle", "square", "triangle"] and clf.test_size == 16
     rows, skipped = convlab.predict(run, files, top_k=3)
     assert not skipped
     by_path = clf.predict(files, top_k=3)

@@ -83,7 +83,7 @@ def test_training_ends_calibrated_and_the_score_tells_shapes_from_flat_colours_a
 
 
 def test_predict_the_api_and_the_page_say_none_of_the_classes(frozen, capsys):
-    from convlab.webapp import Demo, _predict_json, prediction_card
+    from convlab.webapp import Demo, predict_json, prediction_card
 
     run, src, odd = frozen
     flat, shape = odd / "flat0.png", sorted(src.rglob("*.jpg"))[0]
@@ -104,9 +104,9 @@ def test_predict_the_api_and_the_page_say_none_of_the_classes(frozen, capsys):
     assert "calibrated (temperature" in repr(clf)
 
     demo = Demo(run)
-    answer = _predict_json(demo, flat.read_bytes(), 3, False)
+    answer = predict_json(demo, flat.read_bytes(), 3, False)
     assert answer["none_of_the_classes"] is True and answer["score"] < answer["threshold"]
-    assert _predict_json(demo, shape.read_bytes(), 3, False)["none_of_the_classes"] is False
+    assert predict_json(demo, shape.read_bytes(), 3, False)["none_of_the_classes"] is False
     card = prediction_card(demo, "flat0.png", demo.classify(demo.pixels(flat.read_bytes())))
     assert 'data-top="none of the classes"' in card and "cl-none" in card
 

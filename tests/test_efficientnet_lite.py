@@ -73,7 +73,7 @@ def test_imagenet_weights_recognise_daisies(variant, flower_photos, tmp_path, mo
     pytest.importorskip(VARIANTS[variant].package.replace("-", "_"),
                         reason="ImageNet weights not installed")
     monkeypatch.setenv("CONVLAB_CACHE", str(tmp_path))
-    name, size = f"efficientnet_{variant}", VARIANTS[variant].image_size
+    name, size = f"efficientnet_{variant}", VARIANTS[variant].default_size
     model = create_model(name, 1000, imagenet_head=True)
     assert model.input.shape[1] == size
     assert (tmp_path / "weights" / f"{name}_imagenet.weights.h5").is_file()

@@ -21,7 +21,9 @@ from convlab.data import load, read_manifest
 from convlab.data.synthetic import make_folder
 from convlab.errors import ConvlabError
 from convlab.evaluation import evaluate, format_metrics, make_plots
-from convlab.training.trainer import train
+from convlab.evaluation.report import CAPTIONS
+from convlab.runs import PLOTS, RunFolder
+from convlab.workflow import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -209,6 +211,14 @@ def test_plots_are_valid_pngs(run):
         with Image.open(path) as im:
             assert im.format == "PNG" and min(im.size) >= 300
             im.verify()
+
+
+def test_run_plots_are_named_once_each_with_a_caption(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert list(CAPTIONS) == list(PLOTS)  # the report shows them in this order
+    assert folder.plot("confusion_matrix") == tmp_path / "plots" / "confusion_matrix.png"
+    with pytest.raises(ValueError, match="'confusion'.*confusion_matrix"):
+        folder.plot("confusion")
 
 
 class _Tags(HTMLParser):

@@ -62,7 +62,15 @@ def user_errors(h) -> list[tuple[list, dict | None, str]]:
     (foreign / "labels.txt").write_text("theirs\n")
     photos = h["photos"]
     return [
-        ([*train, "--image-size", "0"], None, "--image-size must be between 1 and 4096"),
+        # one check of every image size: training, test and prepared
+        ([*train, "--image-size", "0"], None,
+         "--image-size must be a whole number of pixels between 8 and 4096 (or omitted for "
+         "the model's own), received: 0"),
+        (["evaluate", run, "--image-size", "5"], None,
+         "--image-size must be a whole number of pixels between 8 and 4096 (or omitted for "
+         "the run's own), received: 5"),
+        (["data", "prepare", photos, root / "size-5", "--size", "5"], None,
+         "--size must be a whole number of pixels between 8 and 4096, received: 5"),
         ([*train, "--image-size", "-5"], None, "received: -5"),
         ([*train, "--image-size", "10000"], None, "received: 10000"),
         (["train", "convnet", "--data", data, "--weights", "imagenet", *TINY], None,
@@ -111,7 +119,7 @@ def user_errors(h) -> list[tuple[list, dict | None, str]]:
 
 # Cases that also run as real `convlab` processes (the entry point, the environment read at
 # start-up); every case runs in-process through `main`, the same code minus the start-up.
-AS_PROCESSES = (0, 12, 16)
+AS_PROCESSES = (0, 14, 18)
 
 
 def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile, capsys,
@@ -140,7 +148,7 @@ def test_every_user_error_is_one_line_naming_the_value_and_no_traceback(hostile,
         assert len(errors) == 1 and message in errors[0], (args, err[-1000:])
     assert not (hostile["root"] / "unused").exists() or not any(
         (hostile["root"] / "unused").iterdir())  # no half-made run folder anywhere
-    assert len(cases) == 36
+    assert len(cases) == 38
     assert not (hostile["photos"] / "prepared").exists()
     assert (hostile["root"] / "their-export" / "labels.txt").read_text() == "theirs\n"
     assert not (hostile["root"] / "w0").exists() and not (hostile["root"] / "w3").exists()
@@ -188,11 +196,9 @@ def test_fifos_are_skipped_with_a_reason_and_linked_folders_followed(tmp_path):
 
 
 def test_run_folders_started_in_the_same_second_never_collide(tmp_path):
-    from convlab.config import TrainConfig
-    from convlab.training.trainer import _run_dir
+    from convlab.runs import new_run_folder
 
-    config = TrainConfig(runs_dir=str(tmp_path), name="same")
-    folders = [_run_dir(config) for _ in range(5)]
+    folders = [new_run_folder(tmp_path, "same") for _ in range(5)]
     assert len(set(folders)) == 5 and all(f.is_dir() for f in folders)
 
 

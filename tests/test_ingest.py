@@ -274,6 +274,44 @@ def test_bad_options_are_refused(tmp_path, bad, message):
         prepare(str(src), tmp_path / "out", progress=False, **bad)
 
 
+
+def test_each_prepare_flag_sets_its_argument_and_names_its_default(monkeypatch, capsys):
+    """prepare's options are defined once (ingest.PREPARE_OPTIONS): each flag of `convlab data
+    prepare` sets the prepare() argument it names, unset it passes prepare()'s own default,
+    and its help names that default."""
+    import inspect
+
+    from convlab.cli import data as cli_data
+    from convlab.cli.main import build_parser
+    from convlab.data import ingest
+
+    defaults = {name: p.default for name, p in inspect.signature(ingest.prepare).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    given = {"size": 64, "shards": 3, "val_fraction": 0.25, "test_fraction": 0.1, "quality": 77,
+             "seed": 7, "workers": 2, "overwrite": True}
+    # every option of prepare() is a flag (but `progress`: --quiet), and has a value here
+    assert [o.name for o in ingest.PREPARE_OPTIONS] == list(given) == list(defaults)[:-1]
+    received = []
+    monkeypatch.setattr(ingest, "prepare", lambda src, out, **kw: received.append(kw))
+    monkeypatch.setattr(cli_data, "print_prepare_summary", lambda manifest, out: None)
+    flags = [a for o in ingest.PREPARE_OPTIONS for a in (
+        [o.flag] if o.type is bool else [o.flag, str(given[o.name])])]
+    for argv in (["photos", "out"], ["photos", "out", *flags, "--quiet"]):
+        args = build_parser().parse_args(["data", "prepare", *argv])
+        assert args.func(args) == 0
+    assert received[0] == defaults
+    assert received[1] == {**given, "progress": False}
+    assert all(type(received[1][k]) is type(v) for k, v in given.items())
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "prepare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for option in ingest.PREPARE_OPTIONS:
+        value = "" if option.type is bool else " " + option.name.upper()
+        # an option off or unset by default (None, False, 0) names no default
+        shown = f" (default: {option.default})" if option.default else ""
+        assert f"{option.flag}{value} {option.help}{shown}" in help_text, option.flag
+    assert "--size SIZE output image size in px (default: 192)" in help_text
+
 def test_remote_pattern_is_read_through_tf_io_gfile(tmp_path):
     # TensorFlow's in-memory filesystem stands in for gs://: same tf.io.gfile code path.
     root = f"ram://convlab-test-{os.getpid()}"

@@ -194,7 +194,7 @@ def test_many_classes_stay_readable_and_a_split_folder_run_scores_its_test_split
     import json
 
     from convlab.evaluation.metrics import format_metrics, other_evaluations
-    from convlab.training.trainer import train
+    from convlab.workflow import train
 
     per_class = {f"kind{i:02d}": 4 for i in range(39)}
     per_class["single"] = 1

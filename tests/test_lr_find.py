@@ -6,6 +6,7 @@ import inspect
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -112,9 +113,9 @@ def test_cli_prints_the_curve_and_the_suggestion(tiny_data, tmp_path, capsys):
                 *[a for s in settings for a in ("--set", s)],
                 "--set", f"runs_dir={tmp_path}", "--quiet"])
     assert code == 0
-    # The default folder: RUNS_DIR/lr-find/<name>-<time>/.
+    # The default folder: RUNS_DIR/lr-find/<time>-<name>/, as a run folder is named.
     (folder,) = (tmp_path / "lr-find").iterdir()
-    assert folder.name.startswith("squeezenet-")
+    assert re.fullmatch(r"\d{8}-\d{6}-squeezenet", folder.name)
     result = json.loads((folder / "lr_find.json").read_text())
     out = capsys.readouterr().out
     assert f"suggestion: {result['suggestion']['lr']:.2g} (" in out

@@ -20,8 +20,8 @@ from convlab.data.decode import decode_and_resize
 from convlab.errors import ConvlabError
 from convlab.inference import predict
 from convlab.runs import load_run_model, run_info
-from convlab.serving import TOLERANCES, Tolerance, export
-from convlab.training.trainer import train
+from convlab.serving import ARTIFACTS, EXPORTS, TOLERANCES, Tolerance, export
+from convlab.workflow import train
 
 TINY = {"model": "squeezenet", "image_size": 16, "batch_size": 8, "epochs": 1,
         "model_options": {"layout": [[8, 16], "pool", [8, 16]], "dropout": 0.5}}
@@ -118,9 +118,8 @@ def test_cli_predict_formats_parse(run, photos, capsys):
     assert "plain.jpg" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("format,quantize", [
-    ("keras", None), ("savedmodel", None), ("tflite", None), ("tflite", "dynamic"),
-    ("tflite", "float16"), ("tflite", "int8"), ("onnx", None)])
+@pytest.mark.parametrize("format,quantize", [  # every format of the table, every quantize
+    (name, q) for name, entry in EXPORTS.items() for q in (None, *entry.quantize)])
 def test_export_verifies_and_writes_labels(run, tmp_path, format, quantize):
     # The tiny one-epoch model's near-uniform probabilities flip easily under quantization:
     # a looser accuracy bound here than real models get (1 point).
@@ -138,8 +137,8 @@ def test_export_verifies_and_writes_labels(run, tmp_path, format, quantize):
                                                          - numbers["accuracy"])
     assert (tmp_path / "labels.txt").read_text().split("\n") == run_info(run).classes + [""]
     assert json.loads((tmp_path / "export.json").read_text()) == report
-    assert (tmp_path / {"keras": "model.keras", "savedmodel": "saved_model",
-                        "tflite": "model.tflite", "onnx": "model.onnx"}[format]).exists()
+    assert report["artifact"] == str(tmp_path / ARTIFACTS[format])
+    assert Path(report["artifact"]).exists()
     if format == "tflite":  # raw uint8 pixels in, float32 probabilities out, int8 or not
         interpreter = Interpreter(model_path=report["artifact"])
         assert interpreter.get_input_details()[0]["dtype"] == np.uint8
@@ -224,6 +223,19 @@ def test_export_refuses_bad_options_and_unverified_models(run, tmp_path, monkeyp
     assert json.loads((tmp_path / "export.json").read_text())["verification"]["passed"] is False
 
 
+def test_to_unit_is_the_pipelines_conversion_bit_for_bit_and_to_pixels_inverts_it():
+    from convlab.data import pipeline
+    from convlab.prediction import to_pixels, to_unit
+
+    every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    eager = pipeline.to_float(tf.constant(every)).numpy()
+    mapped = next(iter(tf.data.Dataset.from_tensors(every).map(pipeline.to_float))).numpy()
+    for floats in (eager, mapped):
+        assert floats.dtype == np.float32
+        np.testing.assert_array_equal(to_unit(every).view(np.uint32), floats.view(np.uint32))
+    np.testing.assert_array_equal(to_pixels(to_unit(every)), every)
+
+
 def test_flip_tta_averages_each_image_with_its_mirror(run, photos):
     plain = {r["path"]: r["predictions"] for r in predict(run, [photos], top_k=3)[0]}
     rows, _ = predict(run, [photos], top_k=3, tta="flip")
@@ -269,7 +281,7 @@ def test_a_larger_test_size_is_used_by_evaluate_predict_and_export(tiny_prepared
     out = capsys.readouterr().out
     assert "at 16 px from 24 px images" in out and "; evaluated at 24 px" in out
     assert json.loads((run / "config.json").read_text())["derived"]["test_image_size"] == 24
-    assert run_info(run).image_size == 24
+    assert run_info(run).test_size == 24
 
     # The size-free copy is the trained model: the same outputs at the training size.
     trained = load_run_model(run, image_size=16)[0]

@@ -24,7 +24,7 @@ from convlab.errors import ConvlabError
 from convlab.evaluation.gradcam import HeatMaps, normalise, overlay
 from convlab.inference import predict
 from convlab.runs import load_run_model
-from convlab.training.trainer import train
+from convlab.workflow import train
 
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("gradio")

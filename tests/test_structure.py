@@ -122,3 +122,68 @@ def test_model_names_read_without_keras_are_the_registered_ones():
     from convlab.models import list_models, model_names
 
     assert model_names() == [info.name for info in list_models()]
+
+
+# The layers above data and models, lowest first: a module may import its own layer and
+# those below it, never one above. The command layer (cli, and the package API in
+# convlab/__init__.py) composes them, e.g. "train, then calibrate, then report".
+LAYERS = [
+    ("training", ("convlab.training",)),
+    # Grad-CAM heat maps are part of what a prediction returns (the web page shows them)
+    ("prediction", ("convlab.prediction", "convlab.inference", "convlab.evaluation.gradcam")),
+    ("evaluation", ("convlab.evaluation",)),
+    ("serving", ("convlab.serving", "convlab.webapp", "convlab.classifier")),
+    ("commands", ("convlab.cli", "convlab.workflow")),
+]
+
+
+def _layer(module: str) -> int | None:
+    if module == "convlab":
+        return len(LAYERS) - 1
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def test_no_layer_imports_a_layer_above_it():
+    upward = {}
+    for name, path in MODULES.items():
+        rank = _layer(name)
+        if rank is None or name == "convlab":
+            continue
+        above = {m for m in _imports(path, top_level_only=False)
+                 if (r := _layer(m)) is not None and r > rank}
+        if above:
+            upward[name] = sorted(above)
+    assert not upward
+
+
+def test_no_private_name_is_imported_from_another_module():
+    imported = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.split(".")[0] == "convlab"):
+                private = [a.name for a in node.names if a.name.startswith("_")
+                           and a.name != "__version__"]
+                if private:
+                    imported.setdefault(name, []).extend(f"{node.module}.{p}" for p in private)
+    assert not imported
+
+
+MAX_FUNCTION_LINES = 60
+# Functions allowed to be longer, each with its reason.
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def test_no_function_in_src_is_longer_than_60_lines():
+    long = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                where = f"{name}.{node.name}"
+                if lines > MAX_FUNCTION_LINES and where not in LONG_FUNCTIONS:
+                    long[where] = lines
+    assert not long

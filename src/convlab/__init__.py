@@ -41,19 +41,19 @@ def prepare(src, out, **options):
 
 def train(config=None, **overrides):
     """Train a model or recipe, or with neither (`train(data=D, budget_minutes=20)`) the
-    approach chosen from the data and this machine; returns the run folder. See
-    `convlab.training.trainer.train`."""
-    return _with_tensorflow("convlab.training.trainer", "train")(config, **overrides)
+    approach chosen from the data and this machine; returns the run folder (calibrated, with
+    its report). See `convlab.workflow.train`."""
+    return _with_tensorflow("convlab.workflow", "train")(config, **overrides)
 
 
 def resume(run, **options):
-    """Continue an interrupted run; see `convlab.training.trainer.resume`."""
-    return _with_tensorflow("convlab.training.trainer", "resume")(run, **options)
+    """Continue an interrupted run; see `convlab.workflow.resume`."""
+    return _with_tensorflow("convlab.workflow", "resume")(run, **options)
 
 
 def tune(config, **options) -> dict:
     """Hyperparameter search with KerasTuner; see `convlab.training.tune.tune`."""
-    return _with_tensorflow("convlab.training.tune", "tune")(config, **options)
+    return _with_tensorflow("convlab.workflow", "tune")(config, **options)
 
 
 def review(run, **options) -> dict:

@@ -16,8 +16,8 @@ import numpy as np
 
 from convlab.data.decode import SkipImage
 from convlab.errors import ConvlabError
-from convlab.prediction import Outputs, Predictor, answers
-from convlab.runs import MODEL_FILES, RunInfo, check_tta
+from convlab.prediction import Outputs, Predictor, answers, check_tta
+from convlab.runs import MODEL_FILES, RunInfo
 
 
 class Classifier:
@@ -26,7 +26,7 @@ class Classifier:
     Attributes:
         run: the run folder.
         classes: class names, in the model's output order.
-        image_size: the size the model takes (inputs are resized to it): the run's test size,
+        test_size: the size the model takes (inputs are resized to it): the run's test size,
             which is its training size unless its config set `test_scale`.
         model: the Keras model (best.keras or model.keras).
         which: "best" or "final".
@@ -37,12 +37,12 @@ class Classifier:
         self.info: RunInfo = self.predictor.info
         self.model, self.model_path = self.predictor.model, self.predictor.path
         self.which = model
-        self.run, self.classes, self.image_size = (self.info.path, list(self.info.classes),
-                                                   self.info.image_size)
+        self.run, self.classes, self.test_size = (self.info.path, list(self.info.classes),
+                                                   self.info.test_size)
 
     def __repr__(self) -> str:
         return (f"Classifier(run='{self.run}', model={self.model_path.name}, "
-                f"classes={self.classes}, image_size={self.image_size}; "
+                f"classes={self.classes}, test_size={self.test_size}; "
                 f"{self.predictor.describe()})")
 
     # -- inputs ------------------------------------------------------------------------

@@ -21,7 +21,23 @@ SCHEDULES = ("constant", "rampup", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "onedevice", "mirrored", "multiworker", "tpu")
 CLASS_WEIGHTS = ("balanced",)
+MIN_IMAGE_SIZE = 8  # the smallest side convlab prepares, trains or evaluates at
 MAX_IMAGE_SIZE = 4096  # the largest side `convlab data prepare` writes
+
+
+def check_image_size(flag: str, size, omitted: str | None = None) -> None:
+    """The one check of an image size, whichever it is (prepared, training or test): a
+    one-line error naming --`flag` unless `size` is a whole number of pixels from
+    MIN_IMAGE_SIZE to MAX_IMAGE_SIZE, or None where `omitted` says what None stands for.
+    (A model may need more: its builder checks its own minimum.)"""
+    if size is None and omitted is not None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or \
+            not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ConvlabError(f"--{flag} must be a whole number of pixels between "
+                           f"{MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}"
+                           + (f" (or omitted for {omitted})" if omitted else "")
+                           + f", received: {size!r}")
 
 
 @dataclass
@@ -159,9 +175,7 @@ class TrainConfig:
         for flag, value in {"epochs": self.epochs, "batch-size": self.batch_size,
                             "steps-per-execution": self.steps_per_execution}.items():
             check_at_least(flag, value, 1)
-        if self.image_size is not None and not 1 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ConvlabError(f"--image-size must be between 1 and {MAX_IMAGE_SIZE} px (or "
-                               f"omitted for the model's own), received: {self.image_size}")
+        check_image_size("image-size", self.image_size, "the model's own")
         if not 0.5 <= self.test_scale <= 4:
             raise ConvlabError(f"--test-scale must be between 0.5 and 4 (1: evaluate at the "
                                f"training size), received: {self.test_scale}")

@@ -17,8 +17,8 @@ import numpy as np
 from convlab.data.decode import SkipImage, decode_and_resize
 from convlab.data.sources import read_bytes, walk_files
 from convlab.errors import ConvlabError
-from convlab.prediction import Predictor, answers
-from convlab.runs import RunInfo, check_tta
+from convlab.prediction import Predictor, answers, check_tta
+from convlab.runs import RunInfo
 
 
 def collect(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
@@ -80,10 +80,10 @@ def decode_bytes(data: bytes, info: RunInfo) -> np.ndarray:
     jpeg = decode_and_resize(data, info.stored_size, info.quality).jpeg
     # TF's decoder, not Pillow's: their IDCTs differ by a few levels, and training used TF's.
     image = tf.io.decode_jpeg(jpeg, channels=3)
-    if info.stored_size != info.image_size:
+    if info.stored_size != info.test_size:
         from convlab.data.pipeline import resize_to_square
 
-        image = resize_to_square(image, info.image_size)
+        image = resize_to_square(image, info.test_size)
     return image.numpy()
 
 
@@ -154,27 +154,30 @@ def predict(
     if not paths:
         raise ConvlabError(f"no image files in {', '.join(map(str, inputs))}")
     predictor = Predictor(run, model)
-    info = predictor.info
-    k = min(top_k, len(info.classes))
+    k = min(top_k, len(predictor.classes))
     rows: list[dict] = []
-    batch_paths: list[str] = []
-    batch: list[np.ndarray] = []
-
-    def flush():
+    decoded = decode_all(paths, predictor.info, workers=workers)
+    for batch_paths, batch in _batches(decoded, batch_size, skipped):
         found = answers(predictor(np.stack(batch), tta=tta), predictor, k, reject)
         rows.extend({"path": p, **t.as_dict()} for p, t in zip(batch_paths, found, strict=True))
-        batch_paths.clear()
-        batch.clear()
+    return rows, skipped
 
-    for path, result in decode_all(paths, info, workers=workers):
+
+def _batches(decoded: Iterator[tuple[str, np.ndarray | SkipImage]], size: int,
+             skipped: list[dict]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """(paths, images) of the decoded images, `size` at a time; each file that did not
+    decode goes to `skipped` instead."""
+    paths: list[str] = []
+    images: list[np.ndarray] = []
+    for path, result in decoded:
         if isinstance(result, SkipImage):
             skipped.append({"path": path, "reason": result.reason, "detail": result.detail})
             continue
-        batch_paths.append(path)
-        batch.append(result)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    return rows, skipped
+        paths.append(path)
+        images.append(result)
+        if len(images) == size:
+            yield paths, images
+            paths, images = [], []
+    if images:
+        yield paths, images
 

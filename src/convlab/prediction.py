@@ -33,11 +33,34 @@ import numpy as np
 
 from convlab.errors import ConvlabError
 from convlab.files import write_text_atomic
-from convlab.runs import RunFolder, check_tta, load_run_model, read_record, run_info
+from convlab.runs import RunFolder, RunInfo, load_run_model, read_record, run_info
 
 NEIGHBOURS = 10  # the k of the k-th nearest training photo
 PASS_RATE = 0.95  # the share of in-scope validation photos the threshold lets through
 ECE_BINS = 15
+TTA_MODES = ("none", "flip")
+
+
+# ---- pixels ----------------------------------------------------------------------------
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1], as the training pipeline converts them (cast, then
+    divide by 255: bit for bit the same floats)."""
+    return np.asarray(pixels).astype(np.float32) / np.float32(255.0)
+
+
+def to_pixels(unit: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 pixels: the inverse of `to_unit`, exact on its floats."""
+    return np.round(np.asarray(unit) * 255).astype(np.uint8)
+
+
+def check_tta(tta: str | None) -> str:
+    """The test-time augmentation mode ("none" for None); ConvlabError for an unknown one."""
+    tta = tta or "none"
+    if tta not in TTA_MODES:
+        raise ConvlabError(f"--tta must be one of {', '.join(TTA_MODES)}, received: {tta!r}")
+    return tta
 
 
 # ---- the measures ----------------------------------------------------------------------
@@ -194,6 +217,20 @@ class Predictor:
             self.heat_maps: HeatMaps | None = HeatMaps(self.model)
         except ConvlabError:
             self.heat_maps = None  # the dense baseline: no feature map
+        self._forward = self.model.predict_on_batch
+
+    @classmethod
+    def of_model(cls, model, info: RunInfo, path: Path, calibration: Calibration | None
+                 ) -> Predictor:
+        """A `Predictor` of a model already in memory (export's float32 rebuild of a run's
+        model, the reference its exports are verified against): probabilities only, calibrated
+        with `calibration` when given; no pooled features, so no out-of-scope score and no
+        heat maps. Each batch is one direct call of the model, in inference mode."""
+        self = cls.__new__(cls)
+        self.info, self.model, self.path, self.calibration = info, model, path, calibration
+        self.heat_maps = None
+        self._forward = lambda x: model(x, training=False)
+        return self
 
     @property
     def classes(self) -> list[str]:
@@ -203,8 +240,8 @@ class Predictor:
                  heat: bool = False) -> Outputs:
         """`Outputs` of a batch: uint8 (N, S, S, 3) as decoded, or float32 in [0, 1]."""
         x = np.asarray(images)
-        if x.dtype == np.uint8:  # the pipeline's conversion: cast, then divide by 255
-            x = x.astype(np.float32) / np.float32(255.0)
+        if x.dtype == np.uint8:
+            x = to_unit(x)
         tta = check_tta(tta)
         features = maps = None
         if self.heat_maps is not None:
@@ -213,9 +250,9 @@ class Predictor:
             if heat:
                 maps = self.heat_maps.maps(feature_maps, raw.argmax(1))
         else:
-            raw = np.asarray(self.model.predict_on_batch(x), np.float32)
+            raw = self.probabilities(x)
         if tta == "flip":  # the mean with the mirror image's (training flips photos)
-            raw = (raw + np.asarray(self.model.predict_on_batch(x[:, :, ::-1]), np.float32)) / 2
+            raw = (raw + self.probabilities(x[:, :, ::-1])) / 2
         cal = self.calibration
         if cal is None:
             return Outputs(raw, raw, features, None, None, maps)
@@ -223,6 +260,10 @@ class Predictor:
                   if cal.bank is not None and features is not None else None)
         return Outputs(tempered(raw, cal.temperature), raw, features, scores,
                        None if scores is None else scores >= cal.threshold, maps)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """The model's own probabilities of a float [0, 1] batch, without its features."""
+        return np.asarray(self._forward(x), np.float32)
 
     def describe(self) -> str:
         """One line: what the probabilities and the out-of-scope answer mean for this run."""
@@ -301,7 +342,7 @@ def _pass(predictor: Predictor, prepared: Path, split: str, batch_size: int,
     un-augmented, at the predictor's size."""
     from convlab.data.pipeline import load
 
-    ds = load(prepared, split, batch_size=batch_size, image_size=predictor.info.image_size,
+    ds = load(prepared, split, batch_size=batch_size, image_size=predictor.info.test_size,
               training=False, cache=False, deterministic=True)
     labels, raw, features = [], [], []
     for x, y in ds:

@@ -42,7 +42,7 @@ class RunRow:
     data: str | None = None  # what it was trained on, as given (a folder, URL or name)
     prepared_data: str | None = None  # the prepared folder that was read
     image_size: int | None = None  # training size, px
-    test_image_size: int | None = None  # evaluated at
+    test_size: int | None = None  # evaluated at
     epochs_done: int | None = None
     epochs_total: int | None = None
     val_accuracy: float | None = None
@@ -115,7 +115,7 @@ def read_row(run: str | os.PathLike) -> RunRow:
         **base, state=state, model=_text(config.get("model")), recipe=_text(config.get("recipe")),
         data=_text(config.get("data")), prepared_data=_text(derived.get("prepared_data")),
         image_size=_whole(derived.get("image_size") or config.get("image_size")),
-        test_image_size=_whole(derived.get("test_image_size") or derived.get("image_size")),
+        test_size=_whole(derived.get("test_image_size") or derived.get("image_size")),
         epochs_done=_epochs_done(folder, summary), epochs_total=_epochs_total(config),
         val_accuracy=accuracy, val_accuracy_from=source,
         evaluations=_evaluations(folder.path), seconds=_number(summary.get("wall_seconds")),

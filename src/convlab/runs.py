@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from convlab.errors import ConvlabError
 from convlab.files import LOCK
 
 MODEL_FILES = {"best": "best.keras", "final": "model.keras"}
+# The plots a run folder can hold (RUN/plots/NAME.png, see `RunFolder.plot`), in the order
+# the report shows them: drawn by `convlab.evaluation.plots`, lr_schedule by the trainer.
+PLOTS = ("training_curves", "lr_schedule", "confusion_matrix", "top_confusions", "predictions",
+         "mistakes", "mistakes_gradcam", "reliability", "augmentation")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class RunFolder:
         return self.checkpoints / f"epoch-{epoch:03d}.keras"
 
     def plot(self, name: str) -> Path:
+        """RUN/plots/NAME.png, for a NAME of `PLOTS`."""
+        if name not in PLOTS:
+            raise ValueError(f"no run plot is named {name!r}; they are: {', '.join(PLOTS)}")
         return self.plots / f"{name}.png"
 
     def model(self, which: str) -> Path:
@@ -65,6 +73,33 @@ class RunFolder:
         """Where an evaluation writes its metrics.json and predictions.npz: the run folder
         itself for the run's own validation split (label None), else evaluations/LABEL/."""
         return self if label is None else RunFolder(self.evaluations / label)
+
+
+def new_run_folder(parent: str | os.PathLike, name: str) -> Path:
+    """A new folder PARENT/<time>-<name>, created atomically: two started in the same second
+    get <time>-<name> and <time>-<name>-2, never the same folder.
+
+    Raises:
+        ConvlabError: `parent` cannot hold folders, or one cannot be created there.
+    """
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConvlabError(f"cannot use --runs-dir '{parent}' for run folders: "
+                           f"{err.strerror or err}; give a folder path") from None
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    for n in range(1, 1000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ConvlabError(f"cannot create the run folder '{path}': "
+                               f"{err.strerror or err}") from None
+    raise ConvlabError(f"999 run folders named '{base}' already exist in '{parent}'")
 
 
 def read_run(run: str | os.PathLike) -> tuple[Path, dict]:
@@ -105,7 +140,7 @@ class RunRecord:
     derived: dict  # everything the trainer recorded, as written
 
     @property
-    def test_image_size(self) -> int:
+    def test_size(self) -> int:
         """The size the model is evaluated, predicted and exported at: the training size
         times the config's `test_scale` (larger than 1: FixRes)."""
         return int(self.derived.get("test_image_size") or self.image_size)
@@ -207,7 +242,7 @@ class RunInfo:
     """What a run folder says about the images its model expects."""
 
     path: Path
-    image_size: int  # the size its model takes: the run's test size (= training size by default)
+    test_size: int  # the size its model takes: the run's test size (= training size by default)
     classes: list[str]
     prepared: Path | None  # the run's prepared TFRecords, when still there
     stored_size: int  # the size the training images were prepared at
@@ -227,7 +262,7 @@ def run_info(run: str | os.PathLike) -> RunInfo:
     from convlab.data.manifest import is_prepared, read_manifest
 
     record = read_record(run)
-    size = record.test_image_size
+    size = record.test_size
     prepared = Path(record.prepared_data) if record.prepared_data else None
     if prepared is not None and not is_prepared(prepared):
         prepared = None
@@ -267,7 +302,7 @@ def load_run_model(run: str | os.PathLike, which: str = "best", image_size: int 
         other = " (or try --model final)" if which == "best" else ""
         raise ConvlabError(f"cannot load '{path}': {why_not_loaded(err)}; train the run "
                            f"again{other}") from None
-    size = image_size or read_record(run).test_image_size
+    size = image_size or read_record(run).test_size
     if model.input_shape[1:3] not in ((size, size), (None, None)):
         from convlab.models import with_free_size
 
@@ -289,27 +324,3 @@ def why_not_loaded(err: Exception) -> str:
     return f"the file is damaged ({type(err).__name__})"
 
 
-TTA_MODES = ("none", "flip")
-
-
-def check_tta(tta: str | None) -> str:
-    """The test-time augmentation mode ("none" for None); ConvlabError for an unknown one."""
-    tta = tta or "none"
-    if tta not in TTA_MODES:
-        raise ConvlabError(f"--tta must be one of {', '.join(TTA_MODES)}, received: {tta!r}")
-    return tta
-
-
-MIN_TEST_SIZE = 8
-
-
-def check_image_size(size: int | None) -> int | None:
-    """An evaluation size (None: the run's own); ConvlabError for a bad one."""
-    from convlab.config import MAX_IMAGE_SIZE
-
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                             or not MIN_TEST_SIZE <= size <= MAX_IMAGE_SIZE):
-        raise ConvlabError(f"--image-size must be a whole number of pixels between "
-                           f"{MIN_TEST_SIZE} and {MAX_IMAGE_SIZE} (or omitted for the run's "
-                           f"own), received: {size!r}")
-    return size

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -35,16 +36,11 @@ from typing import NamedTuple
 import numpy as np
 
 from convlab.errors import ConvlabError
-from convlab.prediction import Calibration, tempered
+from convlab.prediction import Calibration, Predictor, to_pixels
 from convlab.progress import progress_bar, step
 from convlab.runs import RunFolder, RunInfo, load_run_model, read_record, run_info
 from convlab.tfimport import muted_stderr
 from convlab.usertext import visible
-
-FORMATS = ("keras", "savedmodel", "tflite", "onnx")
-QUANTIZE = ("float16", "int8", "dynamic")
-ARTIFACTS = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite",
-             "onnx": "model.onnx"}
 
 
 class Tolerance(NamedTuple):
@@ -111,11 +107,11 @@ def run_images(info: RunInfo, splits: tuple[str, ...], count: int | None = None
     need = count if count is not None else 2**62
     for split in (s for s in splits if s in have):
         ds = load(info.prepared, split, training=False, batch_size=min(need, 64),
-                  image_size=info.image_size, cache=False)
+                  image_size=info.test_size, cache=False)
         used.append(split)
         for batch, y in ds:
             # Exact: the pipeline's floats are uint8 / 255.
-            images.append(np.round(batch.numpy() * 255).astype(np.uint8)[:need])
+            images.append(to_pixels(batch.numpy())[:need])
             labels.append(y.numpy()[:need])
             need -= len(images[-1])
             if need <= 0:
@@ -127,10 +123,16 @@ def run_images(info: RunInfo, splits: tuple[str, ...], count: int | None = None
     return np.concatenate(images), np.concatenate(labels), used
 
 
-def _write_savedmodel(serving, path: Path, size: int, dtypes: tuple[str, ...]) -> None:
+def _write_keras(serving, path: Path, info: RunInfo, quantize: str | None) -> None:
+    serving.save(path)
+
+
+def _write_savedmodel(serving, path: Path, info: RunInfo, quantize: str | None,
+                      dtypes: tuple[str, ...] = ("float32", "uint8")) -> None:
     import keras
     import tensorflow as tf
 
+    size = info.test_size
     archive = keras.export.ExportArchive()
     archive.track(serving)
     for i, dtype in enumerate(dtypes):
@@ -148,7 +150,7 @@ def _write_tflite(serving, path: Path, info: RunInfo, quantize: str | None) -> N
 
     with tempfile.TemporaryDirectory() as tmp:
         # Through a SavedModel: the converter freezes its variables into constants.
-        _write_savedmodel(serving, Path(tmp) / "sm", info.image_size, ("uint8",))
+        _write_savedmodel(serving, Path(tmp) / "sm", info, None, ("uint8",))
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "sm"))
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -167,10 +169,11 @@ def _write_tflite(serving, path: Path, info: RunInfo, quantize: str | None) -> N
                                f"{_first_line(err)}{hint}") from None
 
 
-def _write_onnx(serving, path: Path, size: int) -> None:
+def _write_onnx(serving, path: Path, info: RunInfo, quantize: str | None) -> None:
     import logging
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    size = info.test_size
     serving(np.zeros((1, size, size, 3), np.float32))  # Keras exports only a called model
     try:
         with muted_stderr(), warnings.catch_warnings():
@@ -189,29 +192,37 @@ def _first_line(err: Exception) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
-def _runners(format: str, path: Path) -> dict:
-    """Ways to run the exported artifact: name -> f(uint8 images) -> probabilities."""
-    if format == "keras":
-        import keras
+# Runners: the ways to run an exported artifact, name -> f(uint8 images) -> probabilities.
 
-        model = keras.models.load_model(path, compile=False)
-        # Called directly, not via predict(): that would retrace for each input dtype.
-        return {"float32 input": lambda x: model(x.astype(np.float32), training=False),
-                "uint8 input": lambda x: model(x, training=False)}
-    if format == "savedmodel":
-        import tensorflow as tf
 
-        loaded = tf.saved_model.load(str(path))
-        return {f"{name}": (lambda x, s=loaded.signatures[name], d=dtype:
-                            s(images=tf.constant(x, d))["probabilities"].numpy())
-                for name, dtype in (("serving_default", tf.float32),
-                                    ("serving_uint8", tf.uint8))}
-    if format == "onnx":
-        import onnxruntime
+def _keras_runners(path: Path) -> dict:
+    import keras
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return {"float32 input": lambda x: session.run(None, {name: x.astype(np.float32)})[0]}
+    model = keras.models.load_model(path, compile=False)
+    # Called directly, not via predict(): that would retrace for each input dtype.
+    return {"float32 input": lambda x: model(x.astype(np.float32), training=False),
+            "uint8 input": lambda x: model(x, training=False)}
+
+
+def _savedmodel_runners(path: Path) -> dict:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    return {f"{name}": (lambda x, s=loaded.signatures[name], d=dtype:
+                        s(images=tf.constant(x, d))["probabilities"].numpy())
+            for name, dtype in (("serving_default", tf.float32),
+                                ("serving_uint8", tf.uint8))}
+
+
+def _onnx_runners(path: Path) -> dict:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return {"float32 input": lambda x: session.run(None, {name: x.astype(np.float32)})[0]}
+
+
+def _tflite_runners(path: Path) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     def run_tflite(x):
@@ -227,6 +238,29 @@ def _runners(format: str, path: Path) -> dict:
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
     return {"uint8 input": run_tflite}
+
+
+class ExportFormat(NamedTuple):
+    """Everything `export` knows about one format: adding a format is one `EXPORTS` entry."""
+
+    artifact: str  # the file or folder it writes in the export folder
+    write: Callable  # (serving model, artifact path, RunInfo, quantize or None) -> None
+    runners: Callable  # artifact path -> {input name: f(uint8 images) -> probabilities}
+    input_dtype: str  # what its input takes, as export.json says
+    quantize: tuple[str, ...] = ()  # the quantize options it takes
+
+
+EXPORTS = {
+    "keras": ExportFormat("model.keras", _write_keras, _keras_runners, "float32 (or uint8)"),
+    "savedmodel": ExportFormat("saved_model", _write_savedmodel, _savedmodel_runners,
+                               "float32 (or uint8)"),
+    "tflite": ExportFormat("model.tflite", _write_tflite, _tflite_runners, "uint8",
+                           ("float16", "int8", "dynamic")),
+    "onnx": ExportFormat("model.onnx", _write_onnx, _onnx_runners, "float32"),
+}
+FORMATS = tuple(EXPORTS)
+QUANTIZE = tuple(dict.fromkeys(q for f in EXPORTS.values() for q in f.quantize))
+ARTIFACTS = {name: f.artifact for name, f in EXPORTS.items()}
 
 
 def compare(reference: np.ndarray, exported: np.ndarray, near_tie: float) -> dict:
@@ -286,13 +320,28 @@ def export(
             loses more accuracy (or, for float exports, strays further from the Keras
             model's probabilities) than the tolerance allows.
     """
-    from convlab.data.manifest import is_prepared
+    tol = _checked_tolerance(format, quantize, max_accuracy_drop, samples)
+    info = _verifiable_run(run, data)
+    out = Path(out) if out is not None else (
+        RunFolder(info.path).export / (format + (f"-{quantize}" if quantize else "")))
+    artifact = _claim_export_folder(out, format)
+    try:
+        return _export_into(out, artifact, info, format, quantize, model, samples, tol,
+                            progress)
+    except OSError as err:
+        raise ConvlabError(f"cannot write the export into '{out}': "
+                           f"{err.strerror or err}; give a writable folder with --out") from None
 
-    if format not in FORMATS:
+
+def _checked_tolerance(format: str, quantize: str | None, max_accuracy_drop: float | None,
+                       samples: int | None) -> Tolerance:
+    """The `Tolerance` an export is verified with; ConvlabError for bad options."""
+    if format not in EXPORTS:
         raise ConvlabError(f"format must be one of {', '.join(FORMATS)}. Received: "
                            f"format={format!r}")
-    if quantize is not None and (format != "tflite" or quantize not in QUANTIZE):
-        raise ConvlabError(f"quantize applies to tflite only and is one of "
+    if quantize is not None and quantize not in EXPORTS[format].quantize:
+        takers = " and ".join(name for name, f in EXPORTS.items() if f.quantize)
+        raise ConvlabError(f"quantize applies to {takers} only and is one of "
                            f"{', '.join(QUANTIZE)}. Received: format={format!r}, "
                            f"quantize={quantize!r}")
     tol = TOLERANCES[quantize]
@@ -305,27 +354,26 @@ def export(
     if samples is not None and samples < 1:
         raise ConvlabError(f"samples must be positive (or None for the validation split), "
                            f"received: {samples}")
+    return tol
+
+
+def _verifiable_run(run: str | os.PathLike, data: str | os.PathLike | None) -> RunInfo:
+    """The run, with the prepared data its export is verified on (`data` when given)."""
+    from convlab.data.manifest import is_prepared
+
     info = run_info(run) if data is None else replace(run_info(run), prepared=Path(data))
     if info.prepared is None or not is_prepared(info.prepared):
         trained_on = read_record(info.path).prepared_data if data is None else data
         raise ConvlabError(f"the run's prepared data ('{trained_on}') is not there any more; "
                            "exports are verified on it: pass --data (data=) with the prepared "
                            "folder where it is now")
-    out = Path(out) if out is not None else (
-        RunFolder(info.path).export / (format + (f"-{quantize}" if quantize else "")))
-    artifact = _claim_export_folder(out, format)
-    try:
-        return _export_into(out, artifact, info, format, quantize, model, samples, tol,
-                            progress)
-    except OSError as err:
-        raise ConvlabError(f"cannot write the export into '{out}': "
-                           f"{err.strerror or err}; give a writable folder with --out") from None
+    return info
 
 
 def _claim_export_folder(out: Path, format: str) -> Path:
     """Make `out` ready for an export; the artifact's path. A folder that holds files an
     export writes, but no export.json, is someone else's: refused, nothing replaced."""
-    artifact = out / ARTIFACTS[format]
+    artifact = out / EXPORTS[format].artifact
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -343,52 +391,94 @@ def _claim_export_folder(out: Path, format: str) -> Path:
     return artifact
 
 
-def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, samples,
-                 tol, progress) -> dict:
+def _export_into(out: Path, artifact: Path, info: RunInfo, format: str, quantize: str | None,
+                 model: str, samples: int | None, tol: Tolerance, progress: bool) -> dict:
     """Write, verify and describe one export (see `export`)."""
     trained, path = load_run_model(info.path, model)
     calibration = Calibration.load(info.path, path.name)
     temperature = calibration.temperature if calibration is not None else None
     keras_fp32 = float32_model(trained)  # exported, and the reference it is verified against
-    serving = serving_model(keras_fp32, info.image_size, temperature)
-    with step(progress, f"writing the {format}{f' {quantize}' if quantize else ''} export of "
-                        f"{path.name}"):
-        if format == "keras":
-            serving.save(artifact)
-        elif format == "savedmodel":
-            _write_savedmodel(serving, artifact, info.image_size, ("float32", "uint8"))
-        elif format == "onnx":
-            _write_onnx(serving, artifact, info.image_size)
-        else:
-            _write_tflite(serving, artifact, info, quantize)
+    serving = serving_model(keras_fp32, info.test_size, temperature)
+    with step(progress, f"writing the {_named(format, quantize)} export of {path.name}"):
+        EXPORTS[format].write(serving, artifact, info, quantize)
     (out / "labels.txt").write_text("".join(f"{c}\n" for c in info.classes))
+    # what convlab shows: the calibrated probabilities, as the export computes them
+    reference = Predictor.of_model(keras_fp32, info, path, calibration)
+    check = _verify(artifact, EXPORTS[format].runners, reference, samples, tol, progress)
+    report = _report(out, artifact, info, format, quantize, model, calibration, check)
+    (out / "export.json").write_text(json.dumps(report, indent=1))
+    if not check["passed"]:
+        # An export that does not match its model must not be picked up by mistake.
+        if artifact.is_dir():
+            shutil.rmtree(artifact)
+        else:
+            artifact.unlink()
+        raise ConvlabError(f"{_named(format, quantize)} export failed verification: "
+                           f"{_shortfall(check, tol)} on {check['images']} "
+                           f"{'+'.join(check['splits'])} images; removed it, numbers in "
+                           f"{out / 'export.json'}")
+    if progress:
+        print(describe(report))
+    return report
 
+
+def _named(format: str, quantize: str | None) -> str:
+    """'tflite int8', 'keras': an export as messages name it."""
+    return f"{format}{f' {quantize}' if quantize else ''}"
+
+
+def _verify(artifact: Path, runners, reference: Predictor, samples: int | None,
+            tol: Tolerance, progress: bool) -> dict:
+    """export.json's "verification": each way of running `artifact` against the
+    `reference` predictor's probabilities, on the run's validation images (see `export`)."""
+    info = reference.info
     images, labels, splits = run_images(info, ("validation", "test", "train"), samples)
-    runners = _runners(format, artifact)
-    with progress_bar(progress, len(images) * (1 + len(runners)),
+    ways = runners(artifact)
+    with progress_bar(progress, len(images) * (1 + len(ways)),
                       "verifying the export") as advance:
-        reference = _batched(lambda x: keras_fp32(x.astype(np.float32) / np.float32(255.0),
-                                                  training=False), images, advance)
-        if temperature is not None:  # what convlab shows: the calibrated probabilities
-            reference = tempered(reference, temperature)
-        outputs = {name: _batched(fn, images, advance) for name, fn in runners.items()}
-    keras_accuracy = float((reference.argmax(1) == labels).mean())
+        expected = _batched(lambda x: reference(x).probabilities, images, advance)
+        outputs = {name: _batched(fn, images, advance) for name, fn in ways.items()}
+    keras_accuracy = float((expected.argmax(1) == labels).mean())
     results = {}
     for name, probs in outputs.items():
         accuracy = float((probs.argmax(1) == labels).mean())
         results[name] = {"accuracy": accuracy, "accuracy_drop": keras_accuracy - accuracy,
-                         **compare(reference, probs, tol.near_tie)}
+                         **compare(expected, probs, tol.near_tie)}
     worst = {key: pick(r[key] for r in results.values()) for key, pick in (
         ("accuracy", min), ("accuracy_drop", max), ("top1_agreement", min),
         ("top1_agreement_decided", min), ("max_abs_diff", max))}
-    too_lossy = worst["accuracy_drop"] > tol.max_accuracy_drop + 1e-9
-    ok = worst["max_abs_diff"] <= tol.max_abs_diff and not too_lossy
-    report = {
+    ok = worst["max_abs_diff"] <= tol.max_abs_diff and not _too_lossy(worst, tol)
+    return {"reference": "the run's Keras model in float32 (calibrated as the export is), on "
+                         "[0, 1] inputs",
+            "images": len(images), "splits": splits, "passed": ok,
+            "tolerance": tol._asdict(), "keras_accuracy": keras_accuracy,
+            **worst, "by_input": results}
+
+
+def _too_lossy(worst: dict, tol: Tolerance) -> bool:
+    return worst["accuracy_drop"] > tol.max_accuracy_drop + 1e-9
+
+
+def _shortfall(check: dict, tol: Tolerance) -> str:
+    """Which bound a failed verification broke, with its numbers."""
+    if _too_lossy(check, tol):
+        return (f"accuracy {check['accuracy']:.4f} against the Keras model's "
+                f"{check['keras_accuracy']:.4f} (a drop of {100 * check['accuracy_drop']:.2f} "
+                f"points; bound {100 * tol.max_accuracy_drop:g}, --max-accuracy-drop to change "
+                "it)")
+    return (f"max |diff| {check['max_abs_diff']:.2e} from the Keras model's probabilities "
+            f"(tolerance {tol.max_abs_diff:g})")
+
+
+def _report(out: Path, artifact: Path, info: RunInfo, format: str, quantize: str | None,
+            model: str, calibration: Calibration | None, verification: dict) -> dict:
+    """export.json: what was written, what it takes and gives, and how it verified."""
+    temperature = calibration.temperature if calibration is not None else None
+    return {
         "format": format, "quantize": quantize, "artifact": str(artifact),
         "labels": str(out / "labels.txt"), "run": str(info.path), "model": model,
-        "input": {"shape": [None, info.image_size, info.image_size, 3], "range": [0, 255],
-                  "dtype": "uint8" if format == "tflite" else
-                  "float32" if format == "onnx" else "float32 (or uint8)"},
+        "input": {"shape": [None, info.test_size, info.test_size, 3], "range": [0, 255],
+                  "dtype": EXPORTS[format].input_dtype},
         "output": {"shape": [None, len(info.classes)], "dtype": "float32",
                    "meaning": "class probabilities in labels.txt order" + (
                        f", calibrated (temperature {temperature:.4f}, inside the model)"
@@ -399,33 +489,9 @@ def _export_into(out: Path, artifact: Path, info, format: str, quantize, model, 
             "temperature": temperature, "out_of_scope_threshold": calibration.threshold,
             "out_of_scope": "not in the exported model (convlab predict / serve give it)"},
         "bytes": _size(artifact),
-        "verification": {"reference": "the run's Keras model in float32 (calibrated as the "
-                                      "export is), on [0, 1] inputs",
-                         "images": len(images), "splits": splits, "passed": ok,
-                         "tolerance": tol._asdict(), "keras_accuracy": keras_accuracy,
-                         **worst, "by_input": results},
+        "verification": verification,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out / "export.json").write_text(json.dumps(report, indent=1))
-    if not ok:
-        # An export that does not match its model must not be picked up by mistake.
-        if artifact.is_dir():
-            shutil.rmtree(artifact)
-        else:
-            artifact.unlink()
-        what = (f"accuracy {worst['accuracy']:.4f} against the Keras model's "
-                f"{keras_accuracy:.4f} (a drop of {100 * worst['accuracy_drop']:.2f} points; "
-                f"bound {100 * tol.max_accuracy_drop:g}, --max-accuracy-drop to change it)"
-                if too_lossy else
-                f"max |diff| {worst['max_abs_diff']:.2e} from the Keras model's probabilities "
-                f"(tolerance {tol.max_abs_diff:g})")
-        raise ConvlabError(
-            f"{format}{f' {quantize}' if quantize else ''} export failed verification: {what} "
-            f"on {len(images)} {'+'.join(splits)} images; removed it, numbers in "
-            f"{out / 'export.json'}")
-    if progress:
-        print(describe(report))
-    return report
 
 
 def describe(report: dict) -> str:

@@ -15,15 +15,13 @@ if TYPE_CHECKING:  # the data layer loads Pillow: not for `convlab --help`
 
 
 def cmd_data_prepare(args) -> int:
-    from convlab.data import prepare
+    from convlab.data.ingest import PREPARE_OPTIONS, prepare
 
     if (args.src is None) == (args.labels is None):
         raise ConvlabError("give the photos as SRC or as --labels FILE.csv (one of the two), "
                            f"received: SRC={args.src!r}, --labels={args.labels!r}")
-    manifest = prepare(args.src or args.labels, args.out, size=args.size, shards=args.shards,
-                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                       quality=args.quality, seed=args.seed, workers=args.workers,
-                       overwrite=args.overwrite, progress=not args.quiet)
+    options = {option.name: getattr(args, option.name) for option in PREPARE_OPTIONS}
+    manifest = prepare(args.src or args.labels, args.out, **options, progress=not args.quiet)
     print_prepare_summary(manifest, args.out)
     return 0
 
@@ -131,6 +129,19 @@ def cmd_data_bench(args) -> int:
     return 0
 
 
+def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
+    """A flag for each of `prepare`'s options (`PREPARE_OPTIONS`: its name, type, default and
+    help); `--help` adds "(default: X)" from the default."""
+    from convlab.data.ingest import PREPARE_OPTIONS  # no Pillow: `convlab --help` stays quick
+
+    for option in PREPARE_OPTIONS:
+        if option.type is bool:
+            parser.add_argument(option.flag, action="store_true", help=option.help)
+        else:
+            parser.add_argument(option.flag, type=option.type, default=option.default,
+                                help=option.help)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `data` and its subcommands to the `convlab` parser."""
     data = sub.add_parser("data", help="prepare, inspect and benchmark image data")
@@ -148,16 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--labels", metavar="FILE.csv",
                       help="a labels file as the source: a path column and a label column "
                            "(optionally a split column), paths relative to the file")
-    prep.add_argument("--size", type=int, default=192, help="output image size in px")
-    prep.add_argument("--shards", type=int, default=16, help="TFRecord files per split")
-    prep.add_argument("--val-fraction", type=float, default=0.2,
-                      help="validation share, stratified by class")
-    prep.add_argument("--test-fraction", type=float, default=0.0, help="test share")
-    prep.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    prep.add_argument("--seed", type=int, default=42, help="split and shuffle seed")
-    prep.add_argument("--workers", type=int, default=None, help="decoding threads (one per core)")
-    prep.add_argument("--overwrite", action="store_true",
-                      help="replace a different dataset already in OUT")
+    _add_prepare_options(prep)
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=cmd_data_prepare)
 

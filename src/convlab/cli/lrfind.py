@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "data, model, optimizer and loss `convlab train` would use; stop when the "
                     "loss diverges. Prints the curve and a suggested learning rate (the "
                     "steepest descent of the smoothed loss); writes lr_find.png and "
-                    "lr_find.json to RUNS_DIR/lr-find/<name>-<time>/ (or --out).")
+                    "lr_find.json to RUNS_DIR/lr-find/<time>-<name>/ (or --out).")
     lf.add_argument("model", help="model or recipe name")
     lf.add_argument("--data", required=True,
                     help="prepared folder, folder of class subfolders, 'flowers' or "
@@ -90,6 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="set any config field, repeatable, as for `convlab train` (e.g. --set "
                          "optimizer=sgd --set runs_dir=elsewhere)")
     lf.add_argument("--out", help="folder for the plot and the numbers "
-                                  "(default: RUNS_DIR/lr-find/<name>-<time>/)")
+                                  "(default: RUNS_DIR/lr-find/<time>-<name>/)")
     lf.add_argument("--quiet", action="store_true", help="no progress bar")
     lf.set_defaults(func=cmd_lr_find, check=check_model_arg)

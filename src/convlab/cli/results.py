@@ -9,7 +9,7 @@ import sys
 
 from convlab.cli.console import add_run_args, console, plain
 from convlab.errors import ConvlabError, check_at_least
-from convlab.runs import TTA_MODES
+from convlab.prediction import TTA_MODES
 from convlab.serving import FORMATS, QUANTIZE
 from convlab.usertext import csv_row, visible
 
@@ -142,8 +142,7 @@ def _add_tta(parser: argparse.ArgumentParser) -> None:
                         help="test-time augmentation: flip averages each image and its mirror")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the subcommands that use a run folder to the `convlab` parser."""
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser(
         "evaluate", help="metrics of a run's model: accuracy, per class, confusion matrix",
         description="Evaluate RUN's model on its validation split, or on --data (a prepared "
@@ -162,6 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "size times its test_scale, 1 unless the recipe sets it)")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
     rep = subparsers.add_parser(
         "report", help="write RUN/report.html: metrics, plots, model and config, offline",
         description="Write one self-contained HTML report for RUN (evaluating it first if "
@@ -169,6 +170,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_args(rep, model=False)
     rep.set_defaults(func=cmd_report)
 
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     pr = subparsers.add_parser(
         "predict", help="classify image files and folders with a trained run",
         description="Classify images (any format `data prepare` accepts; folders are walked "
@@ -186,6 +189,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     cal = subparsers.add_parser(
         "calibrate", help="fit RUN's temperature and \"none of the classes\" threshold",
         description="Fit, on RUN's validation split, the temperature that makes its "
@@ -198,6 +203,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--quiet", action="store_true", help="no progress bar")
     cal.set_defaults(func=cmd_calibrate)
 
+
+def _add_review(subparsers: argparse._SubParsersAction) -> None:
     rv = subparsers.add_parser(
         "review", help="suspected label errors and duplicate photos, with their files",
         description="Find photos whose given label the model confidently contradicts "
@@ -214,6 +221,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rv.add_argument("--quiet", action="store_true", help="no progress bars")
     rv.set_defaults(func=cmd_review)
 
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
     ex = subparsers.add_parser(
         "export", help="export a run for serving (keras, savedmodel, tflite, onnx), verified",
         description="Write RUN's model as a file that takes raw [0, 255] images (uint8 for "
@@ -232,3 +241,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="accuracy the export may lose against the Keras model, in points "
                          "(default: 0.5 for float exports, 1 for quantized ones)")
     ex.set_defaults(func=cmd_export)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the subcommands that use a run folder to the `convlab` parser."""
+    _add_evaluate(subparsers)
+    _add_report(subparsers)
+    _add_predict(subparsers)
+    _add_calibrate(subparsers)
+    _add_review(subparsers)
+    _add_export(subparsers)

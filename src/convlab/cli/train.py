@@ -39,8 +39,8 @@ def cmd_models(args) -> int:
         table.add_column(col, no_wrap=True, justify="right" if col == "parameters" else "left")
     for info in list_models():
         opts = {"weights": None} if info.pretrained else {}
-        params = create_model(info.name, args.classes, info.image_size, **opts).count_params()
-        table.add_row(info.name, f"{info.image_size} px", f"{params:,}",
+        params = create_model(info.name, args.classes, info.default_size, **opts).count_params()
+        table.add_row(info.name, f"{info.default_size} px", f"{params:,}",
                       "ImageNet" if info.pretrained else "-")
     con = console()
     con.print(table)
@@ -84,7 +84,8 @@ def check_model_arg(args) -> None:
 
 
 def cmd_tune(args) -> int:
-    from convlab.training.tune import short_value, tune
+    from convlab.training.tune import short_value
+    from convlab.workflow import tune
 
     config = _base_config(args).override(**_train_overrides(args))
     config = config.with_settings(args.set or [])
@@ -139,7 +140,7 @@ def cmd_train(args) -> int:
     import time
 
     from convlab.runs import RunFolder
-    from convlab.training.trainer import resume, train
+    from convlab.workflow import resume, train
 
     started = time.time()
     if args.budget_minutes is not None and (args.model or args.config or args.resume):
@@ -310,6 +311,14 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model, recipe and training subcommands to the `convlab` parser."""
+    _add_models(sub)
+    _add_recipes(sub)
+    _add_train(sub)
+    _add_tune(sub)
+    _add_launch(sub)
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list the model zoo, or show one model's summary")
     models.add_argument("name", nargs="?", help="a model to show layer by layer (Keras' summary)")
     models.add_argument("--classes", type=int, default=5,
@@ -318,12 +327,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="input size for NAME's summary (default: the model's own)")
     models.set_defaults(func=cmd_models)
 
+
+def _add_recipes(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recipes", help="list the training recipes, or show one in full",
                          description="List the recipes, or with NAME print every setting it "
                                      "resolves to (as `--set` keys) and what it measured.")
     rec.add_argument("name", nargs="?", help="a recipe to show in full")
     rec.set_defaults(func=cmd_recipes, tensorflow=False)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "train", help="train a model or recipe; writes a run folder",
         description="Train MODEL (see `convlab models`) or RECIPE (see `convlab recipes`). "
@@ -343,6 +356,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_training_flags(tr)
     tr.set_defaults(func=cmd_train, check=check_model_arg)
 
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
     tu = sub.add_parser(
         "tune", help="search hyperparameters with KerasTuner; each trial a run",
         description="Search the settings of MODEL or RECIPE with KerasTuner (Hyperband by "
@@ -368,6 +383,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_training_flags(tu)
     tu.set_defaults(func=cmd_tune, check=check_model_arg)
 
+
+def _add_launch(sub: argparse._SubParsersAction) -> None:
     la = sub.add_parser(
         "launch", help="run `convlab train` as a multi-worker job on this machine",
         description="Start N worker processes on loopback ports, each with its own TF_CONFIG, "

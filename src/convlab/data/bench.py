@@ -65,56 +65,21 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
     check_at_least("size", size, 1)
     import tensorflow as tf
 
-    from convlab.data.pipeline import load, load_files, shard_files
+    from convlab.data.pipeline import shard_files
     from convlab.data.tfrecord import IMAGE_AND_CLASS, parse_example
 
-    prepared = Path(path)
-    tmp = None
-    if not is_prepared(prepared):
-        from convlab.data.ingest import prepare
-
-        tmp = tempfile.TemporaryDirectory(prefix="convlab-bench-")
-        prepared = Path(tmp.name)
-        prepare(str(path), prepared, size=size, progress=progress)
+    prepared, tmp = _prepared(path, size, progress)
     manifest = read_manifest(prepared)
     files, counts, _ = shard_files(prepared, split)
     count = sum(counts)
-    split_name = {s.split for s in manifest.shards if str(prepared / s.file) in files}
-    inputs = [i for i in manifest.inputs if i["split"] in split_name]
-    classes = {c: i for i, c in enumerate(manifest.classes)}
     size = manifest.stored_size
     common = {"batch_size": batch_size, "training": True, "repeat": False, "seed": 0,
               "open_latency": latency_ms / 1000}
     jpegs = [parse_example(record, IMAGE_AND_CLASS)["image"].numpy()
              for record in tf.data.TFRecordDataset(files)]
-
-    def variants():
-        for augment in (False, True):
-            yield "per-file", "none", augment, lambda a=augment: load_files(
-                [i["path"] for i in inputs], [classes[i["class"]] for i in inputs],
-                image_size=size, augment=a, cache=False, **common)
-            yield "tfrecord", "none", augment, lambda a=augment: load(
-                prepared, split, augment=a, cache=False, **common)
-            if not latency_ms:  # a cached epoch opens no files
-                yield "tfrecord", "memory (2nd epoch)", augment, lambda a=augment: load(
-                    prepared, split, augment=a, cache=True, **common)
-
-    results: dict[tuple, list[float]] = {}
-    steps = rounds * (1 + len(list(variants())))
+    variants = _variants(prepared, split, manifest, files, common, latency_ms)
     try:
-        with progress_bar(progress, steps, "decode only") as advance:
-            for r in range(rounds):
-                results.setdefault(("decode only", "bytes in memory", False), []).append(
-                    _decode_rate(jpegs, batch_size))
-                for kind, cache, augment, make in variants():
-                    advance(description=f"round {r + 1}/{rounds}: {kind}, cache {cache}"
-                                        f"{', augmented' if augment else ''}")
-                    ds = make()
-                    if cache != "none":
-                        _epoch_rate(ds)  # fill the cache
-                    results.setdefault((kind, cache, augment), []).append(_epoch_rate(ds))
-                advance(description=f"round {r + 2}/{rounds}: decode only"
-                        if r + 1 < rounds else "done")
+        results = _measure(jpegs, batch_size, variants, rounds, progress)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -122,3 +87,60 @@ def bench(path: str, *, split: str = "train", batch_size: int = 64, rounds: int 
     info = {"images": count, "size": size, "split": split, "batch_size": batch_size,
             "rounds": rounds, "source": manifest.source, "latency_ms": latency_ms}
     return rows, info
+
+
+def _prepared(path: str, size: int,
+              progress: bool) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """(the prepared folder, None), or for a photo folder (a temporary folder it is prepared
+    into at `size` px, its `TemporaryDirectory` to clean up)."""
+    if is_prepared(Path(path)):
+        return Path(path), None
+    from convlab.data.ingest import prepare
+
+    tmp = tempfile.TemporaryDirectory(prefix="convlab-bench-")
+    prepare(str(path), Path(tmp.name), size=size, progress=progress)
+    return Path(tmp.name), tmp
+
+
+def _variants(prepared: Path, split: str, manifest, files: list[str], common: dict,
+              latency_ms: float) -> list[tuple]:
+    """(path, cache, augment, make a dataset) of each variant measured: per-file and
+    TFRecord, each with and without augmentation, TFRecord also cached in memory."""
+    from convlab.data.pipeline import load, load_files
+
+    split_name = {s.split for s in manifest.shards if str(prepared / s.file) in files}
+    inputs = [i for i in manifest.inputs if i["split"] in split_name]
+    classes = {c: i for i, c in enumerate(manifest.classes)}
+    variants = []
+    for augment in (False, True):
+        variants.append(("per-file", "none", augment, lambda a=augment: load_files(
+            [i["path"] for i in inputs], [classes[i["class"]] for i in inputs],
+            image_size=manifest.stored_size, augment=a, cache=False, **common)))
+        variants.append(("tfrecord", "none", augment, lambda a=augment: load(
+            prepared, split, augment=a, cache=False, **common)))
+        if not latency_ms:  # a cached epoch opens no files
+            variants.append(("tfrecord", "memory (2nd epoch)", augment, lambda a=augment: load(
+                prepared, split, augment=a, cache=True, **common)))
+    return variants
+
+
+def _measure(jpegs: list[bytes], batch_size: int, variants: list[tuple], rounds: int,
+             progress: bool) -> dict[tuple, list[float]]:
+    """{(path, cache, augment): images/s of each round}, the variants alternating round by
+    round after the reference (decoding `jpegs` from memory)."""
+    results: dict[tuple, list[float]] = {}
+    steps = rounds * (1 + len(variants))
+    with progress_bar(progress, steps, "decode only") as advance:
+        for r in range(rounds):
+            results.setdefault(("decode only", "bytes in memory", False), []).append(
+                _decode_rate(jpegs, batch_size))
+            for kind, cache, augment, make in variants:
+                advance(description=f"round {r + 1}/{rounds}: {kind}, cache {cache}"
+                                    f"{', augmented' if augment else ''}")
+                ds = make()
+                if cache != "none":
+                    _epoch_rate(ds)  # fill the cache
+                results.setdefault((kind, cache, augment), []).append(_epoch_rate(ds))
+            advance(description=f"round {r + 2}/{rounds}: decode only"
+                    if r + 1 < rounds else "done")
+    return results

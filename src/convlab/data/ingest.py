@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from convlab.data import decode
+from convlab.config import check_image_size
 from convlab.data.manifest import (
     FORMAT,
     MANIFEST,
@@ -35,26 +35,55 @@ from convlab.data.manifest import (
     write_manifest,
     written_by_prepare,
 )
-from convlab.data.sources import file_sha256, is_remote, join, read_bytes, scan_source
+from convlab.data.sources import Scan, file_sha256, is_remote, join, read_bytes, scan_source
 from convlab.errors import ConvlabError, check_at_least
 from convlab.files import LOCK, cache_dir, locked, write_text_atomic
 from convlab.progress import progress_bar
 
 
 @dataclass(frozen=True)
-class PrepareOptions:
-    """What determines the prepared dataset (workers and progress do not)."""
+class Option:
+    """One option of `prepare`, and of `convlab data prepare` as `flag`: its only definition.
+    prepare()'s defaults, the flag and its `--help` text (hence the docs' CLI reference) come
+    from here."""
 
-    size: int = 192
-    shards: int = 16
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    quality: int = 90
-    seed: int = 42
+    name: str  # prepare()'s argument
+    type: type
+    default: object
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+PREPARE_OPTIONS = (
+    Option("size", int, 192, "output image size in px"),
+    Option("shards", int, 16, "TFRecord files per split"),
+    Option("val_fraction", float, 0.2, "validation share, stratified by class"),
+    Option("test_fraction", float, 0.0, "test share"),
+    Option("quality", int, 90, "JPEG quality"),
+    Option("seed", int, 42, "split and shuffle seed"),
+    Option("workers", int, None, "decoding threads (one per core)"),
+    Option("overwrite", bool, False, "replace a different dataset already in OUT"),
+)
+DEFAULTS = {option.name: option.default for option in PREPARE_OPTIONS}
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What determines the prepared dataset (workers and progress do not): the options'
+    values as `prepare` received them (their defaults: `PREPARE_OPTIONS`)."""
+
+    size: int
+    shards: int
+    val_fraction: float
+    test_fraction: float
+    quality: int
+    seed: int
 
     def validate(self) -> None:
-        if not 8 <= self.size <= 4096:
-            raise ConvlabError(f"--size must be between 8 and 4096 pixels, received: {self.size}")
+        check_image_size("size", self.size)
         if self.shards < 1:
             raise ConvlabError(f"--shards must be at least 1, received: {self.shards}")
         for name, value in (("val", self.val_fraction), ("test", self.test_fraction)):
@@ -73,6 +102,8 @@ class PrepareOptions:
 
 
 def _probe(path: str) -> dict:
+    from convlab.data import decode  # Pillow: loaded by the first photo, not by `convlab --help`
+
     try:
         data = read_bytes(path)
     except OSError as err:
@@ -86,6 +117,8 @@ def _probe(path: str) -> dict:
 
 
 def _decode(path: str, size: int, quality: int) -> tuple[str, object]:
+    from convlab.data import decode
+
     try:
         return path, decode.decode_and_resize(read_bytes(path), size, quality)
     except decode.SkipImage as skip:
@@ -307,20 +340,11 @@ def _map(pool, fn, args: list[tuple]):
     return pool.map(fn, *zip(*args, strict=True))
 
 
-def prepare(
-    src: str,
-    out: str | os.PathLike,
-    *,
-    size: int = 192,
-    shards: int = 16,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    quality: int = 90,
-    seed: int = 42,
-    workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Manifest:
+def prepare(src: str, out: str | os.PathLike, *, size: int = DEFAULTS["size"],
+            shards: int = DEFAULTS["shards"], val_fraction: float = DEFAULTS["val_fraction"],
+            test_fraction: float = DEFAULTS["test_fraction"], quality: int = DEFAULTS["quality"],
+            seed: int = DEFAULTS["seed"], workers: int | None = DEFAULTS["workers"],
+            overwrite: bool = DEFAULTS["overwrite"], progress: bool = True) -> Manifest:
     """Turn photos into sharded TFRecords with a manifest.
 
     Args:
@@ -355,56 +379,93 @@ def prepare(
     if Path(scan.source).is_dir() and out.resolve().is_relative_to(scan.source):
         raise ConvlabError(f"output folder '{out}' is inside the photos '{src}'; convlab writes "
                            "nothing into a source folder: prepare into a folder outside it")
-    label_of = {c.path: c.label for c in scan.candidates}
-    split_of = {c.path: c.split for c in scan.candidates}
     pool = _pool(workers)
     try:
-        with progress_bar(progress, len(scan.candidates), "checking files", keep=True
-                          ) as advance:
-            probes, skipped = [], list(scan.skipped)
-            for result in _map(pool, _probe, [(c.path,) for c in scan.candidates]):
-                advance()
-                if "reason" in result:
-                    skipped.append({"path": result["path"], "class": label_of[result["path"]],
-                                    "reason": result["reason"], "detail": result["detail"]})
-                else:
-                    probes.append(result)
-        kept, dup_skipped, dup_groups = _dedupe(probes, label_of, split_of)
-        skipped += dup_skipped
-        classes = sorted({label_of[p["path"]] for p in kept})
-        empty = sorted(set(scan.empty_classes) | (set(scan.labels) - set(classes)))
-        if len(classes) < 2:
-            raise ConvlabError(
-                f"found {len(kept)} usable images in {len(classes)} class(es) under '{src}' "
-                f"({len(skipped)} skipped, {len(scan.ignored)} ignored); a classifier needs "
-                "image files in at least 2 class subfolders"
-            )
-        items = [{"path": p["path"], "class": label_of[p["path"]], "sha256": p["sha256"],
-                  "split": split_of[p["path"]]} for p in kept]
-        plan = _split(items, opts, scan.given_splits)
-        fingerprint = _fingerprint(opts, classes, plan)
+        plan = _plan(src, scan, opts, pool, progress)
         with _exclusive(out):
-            done = _claim_output(out, fingerprint, overwrite)
+            done = _claim_output(out, plan.fingerprint, overwrite)
             if done is not None:
                 return done
-            try:
-                _write_json(out / STATE, {"fingerprint": fingerprint, "source": scan.source,
-                                          "options": asdict(opts), "started": started})
-                shard_records = _write_shards(out, plan, classes, opts, pool, progress,
-                                              scan.source)
-                manifest = new_manifest(scan, asdict(opts), classes, empty, list(plan),
-                                        shard_records, skipped, dup_groups, fingerprint, started)
-                write_manifest(out, manifest)
-            except OSError as err:  # e.g. the disk filled up (temporary files are removed)
-                raise ConvlabError(f"cannot write {err.filename or out}: {err.strerror}; free "
-                                   "some space and run the same command again: finished "
-                                   "shards are kept") from None
-            (out / STATE).unlink(missing_ok=True)
-            shutil.rmtree(out / PARTS, ignore_errors=True)
-            return manifest
+            return _write_dataset(out, plan, opts, pool, progress, started)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a source and the options make, decided before anything is written."""
+
+    scan: Scan
+    classes: list[str]
+    empty: list[str]  # class folders without a usable image
+    shards: dict[str, list[list[dict]]]  # split -> its shards -> their members
+    skipped: list[dict]
+    duplicates: list[dict]
+    fingerprint: str
+
+
+def _check_files(scan: Scan, pool, progress: bool) -> tuple[list[dict], list[dict]]:
+    """Probe every candidate: (the probes of the images, every file skipped and why)."""
+    label_of = {c.path: c.label for c in scan.candidates}
+    with progress_bar(progress, len(scan.candidates), "checking files", keep=True) as advance:
+        probes, skipped = [], list(scan.skipped)
+        for result in _map(pool, _probe, [(c.path,) for c in scan.candidates]):
+            advance()
+            if "reason" in result:
+                skipped.append({"path": result["path"], "class": label_of[result["path"]],
+                                "reason": result["reason"], "detail": result["detail"]})
+            else:
+                probes.append(result)
+    return probes, skipped
+
+
+def _plan(src: str, scan: Scan, opts: PrepareOptions, pool, progress: bool) -> _Plan:
+    """Check, deduplicate and split the source's files into shards.
+
+    Raises:
+        ConvlabError: fewer than 2 classes hold usable images.
+    """
+    label_of = {c.path: c.label for c in scan.candidates}
+    split_of = {c.path: c.split for c in scan.candidates}
+    probes, skipped = _check_files(scan, pool, progress)
+    kept, dup_skipped, dup_groups = _dedupe(probes, label_of, split_of)
+    skipped += dup_skipped
+    classes = sorted({label_of[p["path"]] for p in kept})
+    empty = sorted(set(scan.empty_classes) | (set(scan.labels) - set(classes)))
+    if len(classes) < 2:
+        raise ConvlabError(
+            f"found {len(kept)} usable images in {len(classes)} class(es) under '{src}' "
+            f"({len(skipped)} skipped, {len(scan.ignored)} ignored); a classifier needs "
+            "image files in at least 2 class subfolders"
+        )
+    items = [{"path": p["path"], "class": label_of[p["path"]], "sha256": p["sha256"],
+              "split": split_of[p["path"]]} for p in kept]
+    shards = _split(items, opts, scan.given_splits)
+    return _Plan(scan, classes, empty, shards, skipped, dup_groups,
+                 _fingerprint(opts, classes, shards))
+
+
+def _write_dataset(out: Path, plan: _Plan, opts: PrepareOptions, pool, progress: bool,
+                   started: float) -> Manifest:
+    """Write the plan's shards, then the manifest, into OUT (claimed and locked); the state
+    file written first lets an interrupted job resume."""
+    try:
+        _write_json(out / STATE, {"fingerprint": plan.fingerprint, "source": plan.scan.source,
+                                  "options": asdict(opts), "started": started})
+        shard_records = _write_shards(out, plan.shards, plan.classes, opts, pool, progress,
+                                      plan.scan.source)
+        manifest = new_manifest(plan.scan, asdict(opts), plan.classes, plan.empty,
+                                list(plan.shards), shard_records, plan.skipped,
+                                plan.duplicates, plan.fingerprint, started)
+        write_manifest(out, manifest)
+    except OSError as err:  # e.g. the disk filled up (temporary files are removed)
+        raise ConvlabError(f"cannot write {err.filename or out}: {err.strerror}; free "
+                           "some space and run the same command again: finished "
+                           "shards are kept") from None
+    (out / STATE).unlink(missing_ok=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    return manifest
 
 
 def record_path(path: str, source: str) -> str:
@@ -417,12 +478,9 @@ def record_path(path: str, source: str) -> str:
         else full
 
 
-def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list[dict]:
-    import tensorflow as tf
-
-    from convlab.data.tfrecord import encode_example, shard_name
-
-    class_index = {c: i for i, c in enumerate(classes)}
+def _shards_to_write(out: Path, plan: dict) -> tuple[list[dict], list[tuple]]:
+    """The records of the shards a previous run of this plan finished, and the (split,
+    index, members) of the shards still to write."""
     records, todo = [], []
     for split, shards in plan.items():
         for index, members in enumerate(shards):
@@ -435,49 +493,66 @@ def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list
             for stale in out.glob(f"{split}{index:02d}-*.tfrec"):
                 stale.unlink()  # renamed but never recorded: redo it
             todo.append((split, index, members))
+    return records, todo
+
+
+def _write_shards(out, plan, classes, opts, pool, progress, source: str) -> list[dict]:
+    records, todo = _shards_to_write(out, plan)
     total = sum(len(m) for _, _, m in todo)
     with progress_bar(progress, total, "writing shards", keep=True) as advance:
         for split, index, members in todo:
-            tmp = out / f"{split}{index:02d}.tfrec.tmp"
-            per_class, failures, count, enlarged = Counter(), [], 0, 0
-            args = [(m["path"], opts.size, opts.quality) for m in members]
-            by_path = {m["path"]: m for m in members}
-            try:
-                with tf.io.TFRecordWriter(str(tmp)) as writer:
-                    for path, result in _map(pool, _decode, args):
-                        advance()
-                        member = by_path[path]
-                        if isinstance(result, dict):
-                            failures.append({"path": path, "class": member["class"], **result})
-                            continue
-                        writer.write(encode_example(result.jpeg, class_index[member["class"]],
-                                                    member["class"], opts.size, len(classes),
-                                                    record_path(path, source)))
-                        per_class[member["class"]] += 1
-                        count += 1
-                        member["format"] = result.source_format
-                        # short side below the output size: upsampled, no detail added
-                        enlarged += min(result.source_size) < opts.size
-            except (OSError, tf.errors.OpError) as err:  # e.g. the disk is full
-                tmp.unlink(missing_ok=True)
-                why = getattr(err, "strerror", None) or getattr(err, "message", None) or err
-                raise ConvlabError(f"cannot write shard '{tmp}': {why}; free some space and "
-                                   "run the same command again: finished shards are kept") \
-                    from None
-            failed = {f["path"] for f in failures}
-            name = shard_name(split, index, count)
-            record = {"file": name, "split": split, "count": count,
-                      "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
-                      "per_class": dict(sorted(per_class.items())), "failures": failures,
-                      "enlarged": enlarged,
-                      "members": [{"path": m["path"], "class": m["class"],
-                                   "sha256": m["sha256"]} for m in members
-                                  if m["path"] not in failed]}
-            os.replace(tmp, out / name)
-            _write_json(out / PARTS / f"{split}{index:02d}.json", record)
-            records.append(record)
+            records.append(_write_shard(out, split, index, members, classes, opts, pool,
+                                        source, advance))
     order = {s: i for i, s in enumerate(SPLITS)}
     return sorted(records, key=lambda r: (order[r["split"]], r["file"]))
+
+
+def _write_shard(out, split, index, members, classes, opts, pool, source: str,
+                 advance) -> dict:
+    """Decode, resize and re-encode one shard's photos into its TFRecord file (written under
+    a temporary name, renamed when whole), then record it beside; returns the record."""
+    import tensorflow as tf
+
+    from convlab.data.tfrecord import encode_example, shard_name
+
+    class_index = {c: i for i, c in enumerate(classes)}
+    tmp = out / f"{split}{index:02d}.tfrec.tmp"
+    per_class, failures, count, enlarged = Counter(), [], 0, 0
+    args = [(m["path"], opts.size, opts.quality) for m in members]
+    by_path = {m["path"]: m for m in members}
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for path, result in _map(pool, _decode, args):
+                advance()
+                member = by_path[path]
+                if isinstance(result, dict):
+                    failures.append({"path": path, "class": member["class"], **result})
+                    continue
+                writer.write(encode_example(result.jpeg, class_index[member["class"]],
+                                            member["class"], opts.size, len(classes),
+                                            record_path(path, source)))
+                per_class[member["class"]] += 1
+                count += 1
+                member["format"] = result.source_format
+                # short side below the output size: upsampled, no detail added
+                enlarged += min(result.source_size) < opts.size
+    except (OSError, tf.errors.OpError) as err:  # e.g. the disk is full
+        tmp.unlink(missing_ok=True)
+        why = getattr(err, "strerror", None) or getattr(err, "message", None) or err
+        raise ConvlabError(f"cannot write shard '{tmp}': {why}; free some space and "
+                           "run the same command again: finished shards are kept") from None
+    failed = {f["path"] for f in failures}
+    name = shard_name(split, index, count)
+    record = {"file": name, "split": split, "count": count,
+              "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
+              "per_class": dict(sorted(per_class.items())), "failures": failures,
+              "enlarged": enlarged,
+              "members": [{"path": m["path"], "class": m["class"],
+                           "sha256": m["sha256"]} for m in members
+                          if m["path"] not in failed]}
+    os.replace(tmp, out / name)
+    _write_json(out / PARTS / f"{split}{index:02d}.json", record)
+    return record
 
 
 def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite: bool,
@@ -487,10 +562,8 @@ def _prepare_remote(src: str, out: str, opts: PrepareOptions, workers, overwrite
     import tensorflow as tf
 
     staging = cache_dir() / "staging" / hashlib.sha256(out.encode()).hexdigest()[:12]
-    manifest = prepare(src, staging, size=opts.size, shards=opts.shards,
-                       val_fraction=opts.val_fraction, test_fraction=opts.test_fraction,
-                       quality=opts.quality, seed=opts.seed, workers=workers,
-                       overwrite=True, progress=progress)
+    manifest = prepare(src, staging, **asdict(opts), workers=workers, overwrite=True,
+                       progress=progress)
     target = join(out, MANIFEST)
     if tf.io.gfile.exists(target):
         with tf.io.gfile.GFile(target) as f:

@@ -131,6 +131,13 @@ def _as_augment(augment: Augment | bool | None, training: bool) -> Augment | Non
     return Augment() if augment is True else augment
 
 
+def _crop_size(augment: Augment | None, stored: int, size: int) -> int | None:
+    """The training size the augmentation's zoom crops the records down to, for images stored
+    larger: random-resized crops from the stored pixels (the zoom crop does the resize)
+    instead of zooming into a downscaled copy. None: records are decoded at `size`."""
+    return size if augment is not None and augment.zoom and stored > size else None
+
+
 def _mix(seed: int, epoch) -> tf.Tensor:
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
@@ -142,7 +149,9 @@ def _cached(ds: tf.data.Dataset, cache) -> tf.data.Dataset:
     return ds.cache(str(cache)) if cache else ds
 
 
-def _to_float(images):
+def to_float(images):
+    """uint8 pixels -> float32 in [0, 1] (cast, then divide by 255): what every model of a
+    run is trained on. `convlab.prediction.to_unit` is the same in NumPy, bit for bit."""
     return tf.cast(images, tf.float32) / 255.0
 
 
@@ -159,7 +168,7 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
     if not training:
         ds = _cached(records(None), cache)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-        return ds.map(lambda x, y: (_to_float(x), y), num_parallel_calls=AUTOTUNE).prefetch(
+        return ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=AUTOTUNE).prefetch(
             AUTOTUNE)
 
     # Training: one pass per epoch, its order and augmentation drawn from (seed, epoch) by
@@ -179,7 +188,7 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
         # Convert and augment whole batches: vectorised ops beat per-image maps on few cores.
         def finish(i, batch):
             if augment is None:
-                return _to_float(batch[0]), batch[1]
+                return to_float(batch[0]), batch[1]
             # uint8 in: the conversion fuses into augment_batch's one compiled pass.
             return augment_batch(batch[0], augment, tf.stack([
                 tf.cast(seed % 2**31, tf.int32), tf.cast(e * 100_003 + i, tf.int32)]),
@@ -198,25 +207,14 @@ def _read_shards(files: tf.data.Dataset, read, count: int, deterministic: bool):
                             deterministic=deterministic)
 
 
-def load(
-    path: str | os.PathLike,
-    split: str = "train",
-    *,
-    batch_size: int = 32,
-    image_size: int | None = None,
-    training: bool | None = None,
-    augment: Augment | bool | None = None,
-    cache: bool | str = True,
-    shuffle_buffer: int = 2048,
-    repeat: bool | None = None,
-    drop_remainder: bool | None = None,
-    deterministic: bool | None = None,
-    seed: int | None = None,
-    start_epoch: int = 0,
-    input_context: tf.distribute.InputContext | None = None,
-    batches_per_epoch: int | None = None,
-    open_latency: float = 0.0,
-) -> tf.data.Dataset:
+def load(path: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
+         image_size: int | None = None, training: bool | None = None,
+         augment: Augment | bool | None = None, cache: bool | str = True,
+         shuffle_buffer: int = 2048, repeat: bool | None = None,
+         drop_remainder: bool | None = None, deterministic: bool | None = None,
+         seed: int | None = None, start_epoch: int = 0,
+         input_context: tf.distribute.InputContext | None = None,
+         batches_per_epoch: int | None = None, open_latency: float = 0.0) -> tf.data.Dataset:
     """A batched dataset of (images, labels) from a prepared TFRecord folder.
 
     Args:
@@ -255,16 +253,28 @@ def load(
     size = image_size or manifest.stored_size
     stored = manifest.stored_size
     augment = _as_augment(augment, training)
-    # Images stored larger than the training size: random-resized crops from the stored
-    # pixels (the zoom crop does the resize) instead of zooming into a downscaled copy.
-    crop_size = size if augment is not None and augment.zoom and stored > size else None
-    decode_size = stored if crop_size else size
+    crop_size = _crop_size(augment, stored, size)
     needed = batches_per_epoch * batch_size if training and batches_per_epoch else None
     plan = input_plan(path, split, input_context=input_context, needed=needed,
                       manifest=manifest)
-    files, count, pipelines = plan.files, plan.records, plan.pipelines
     # Every pipeline must see the records in the same order to keep disjoint parts.
     deterministic = deterministic or plan.policy == "data"
+    records = _shard_records(plan, stored, stored if crop_size else size, deterministic,
+                             open_latency)
+    return _assemble(records, plan.records, batch_size=batch_size, training=training,
+                     augment=augment, cache=cache, shuffle_buffer=shuffle_buffer,
+                     repeat=training if repeat is None else repeat,
+                     drop_remainder=training if drop_remainder is None else drop_remainder,
+                     seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch,
+                     crop_size=crop_size)
+
+
+def _shard_records(plan: InputPlan, stored: int, decode_size: int, deterministic: bool,
+                   open_latency: float):
+    """`records(file_seed)` for `_assemble`: the decoded (uint8 image, label) records of the
+    plan's shard files, stored `stored` px square, at `decode_size` px; `file_seed` (None:
+    none) shuffles the files' order."""
+    files, count, pipelines = plan.files, plan.records, plan.pipelines
 
     def decode(serialized):
         example = parse_example(serialized, IMAGE_AND_CLASS)
@@ -293,12 +303,7 @@ def load(
         # Known size: Keras shows validation progress and never guesses an epoch's end.
         return ds.apply(tf.data.experimental.assert_cardinality(count))
 
-    return _assemble(records, count, batch_size=batch_size, training=training,
-                     augment=augment, cache=cache, shuffle_buffer=shuffle_buffer,
-                     repeat=training if repeat is None else repeat,
-                     drop_remainder=training if drop_remainder is None else drop_remainder,
-                     seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch,
-                     crop_size=crop_size)
+    return records
 
 
 def record_paths(path: str | os.PathLike, split: str = "validation") -> list[str]:

@@ -284,41 +284,14 @@ def scan_labels(file: str | os.PathLike) -> Scan:
         ConvlabError: unreadable, no recognisable columns, or no listed file found.
     """
     file = Path(file)
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvlabError(f"cannot read labels file '{file}': "
-                           f"{getattr(err, 'strerror', None) or err}") from None
-    delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
-    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
-    header = rows[0] if rows else []
-    path_col, label_col = _column(header, PATH_COLUMNS), _column(header, LABEL_COLUMNS)
-    if path_col is None or label_col is None:
-        raise ConvlabError(
-            f"labels file '{file}' has columns {', '.join(map(repr, header)) or 'none'}; "
-            f"it needs a path column ({', '.join(PATH_COLUMNS[:5])}, ...) and a label column "
-            f"({', '.join(LABEL_COLUMNS[:4])}, ...): rename its header")
-    split_col = _column(header, SPLIT_COLUMNS)
-    index = {name: header.index(name) for name in (path_col, label_col, split_col) if name}
+    rows, columns = _labels_table(file)
     base = file.resolve().parent
     scan = Scan(source=str(file.resolve()))
     missing = []
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) < len(header):
-            raise ConvlabError(f"labels file '{file}' line {number} has {len(row)} of "
-                               f"{len(header)} columns; fix or remove that line")
-        name = row[index[path_col]].strip()
-        label = class_name(row[index[label_col]].strip(), f"{file.name} line {number}")
-        split = None
-        if split_col:
-            value = row[index[split_col]].strip()
-            split = SPLIT_FOLDERS.get(value.lower())
-            if split is None:
-                raise ConvlabError(f"labels file '{file}' line {number}: split {value!r} is "
-                                   f"not one of {', '.join(sorted(SPLIT_FOLDERS))}")
-            scan.given_splits.setdefault(split, value)
+        name, label, split = _labels_row(file, row, number, columns, len(rows[0]), scan)
         if not label:
             scan.skipped.append({"path": name, "class": None, "reason": "no label",
                                  "detail": f"line {number} of {file.name}"})
@@ -337,6 +310,56 @@ def scan_labels(file: str | os.PathLike) -> Scan:
             f"file (e.g. {missing[0]!r} under '{base}')" if missing else
             f"labels file '{file}' lists no photos")
     return scan
+
+
+def _labels_table(file: Path) -> tuple[list[list[str]], dict[str, int]]:
+    """A labels file's rows (the header first) and where its columns are: {"path": i,
+    "label": j}, and "split" when it has one.
+
+    Raises:
+        ConvlabError: unreadable, or no path or no label column.
+    """
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConvlabError(f"cannot read labels file '{file}': "
+                           f"{getattr(err, 'strerror', None) or err}") from None
+    delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    header = rows[0] if rows else []
+    path_col, label_col = _column(header, PATH_COLUMNS), _column(header, LABEL_COLUMNS)
+    if path_col is None or label_col is None:
+        raise ConvlabError(
+            f"labels file '{file}' has columns {', '.join(map(repr, header)) or 'none'}; "
+            f"it needs a path column ({', '.join(PATH_COLUMNS[:5])}, ...) and a label column "
+            f"({', '.join(LABEL_COLUMNS[:4])}, ...): rename its header")
+    split_col = _column(header, SPLIT_COLUMNS)
+    found = {"path": path_col, "label": label_col, "split": split_col}
+    return rows, {key: header.index(name) for key, name in found.items() if name}
+
+
+def _labels_row(file: Path, row: list[str], number: int, columns: dict[str, int], width: int,
+                scan: Scan) -> tuple[str, str, str | None]:
+    """(path, class name, split) of a labels file's line `number`; a split it names is
+    recorded in `scan.given_splits` as written.
+
+    Raises:
+        ConvlabError: the line has too few columns, or names an unknown split.
+    """
+    if len(row) < width:
+        raise ConvlabError(f"labels file '{file}' line {number} has {len(row)} of "
+                           f"{width} columns; fix or remove that line")
+    name = row[columns["path"]].strip()
+    label = class_name(row[columns["label"]].strip(), f"{file.name} line {number}")
+    split = None
+    if "split" in columns:
+        value = row[columns["split"]].strip()
+        split = SPLIT_FOLDERS.get(value.lower())
+        if split is None:
+            raise ConvlabError(f"labels file '{file}' line {number}: split {value!r} is "
+                               f"not one of {', '.join(sorted(SPLIT_FOLDERS))}")
+        scan.given_splits.setdefault(split, value)
+    return name, label, split
 
 
 def _listed_file(base: Path, name: str) -> Path | None:

@@ -9,20 +9,16 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from convlab.config import check_image_size
 from convlab.errors import ConvlabError
 from convlab.files import write_text_atomic
-from convlab.prediction import ECE_BINS, Outputs, Predictor, ece, nll
-from convlab.runs import (
-    RunFolder,
-    RunRecord,
-    check_image_size,
-    check_tta,
-    read_record,
-)
+from convlab.prediction import ECE_BINS, Outputs, Predictor, check_tta, ece, nll
+from convlab.runs import RunFolder, RunRecord, read_record
 from convlab.usertext import csv_row, from_csv_cell, visible
 
 GRID_IMAGES = 20  # the prediction grid
@@ -78,19 +74,32 @@ def _class_map(classes: tuple[str, ...], known: list[str], data) -> np.ndarray:
     return np.array([known.index(c) for c in classes], dtype=np.int64)
 
 
-def _datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> list:
-    """The split's (or every split's) batches, in the same fixed order on every pass."""
+def splits_with_photos(prepared: Path) -> list[str]:
+    """The splits of a prepared folder that hold photos, in its manifest's order."""
+    from convlab.data.manifest import read_manifest
+
+    return [k for k, v in read_manifest(prepared).per_split.items() if v]
+
+
+def split_datasets(prepared: Path, split: str, image_size: int, batch_size: int) -> list:
+    """The split's (or, for "all", every split's) batches, unaugmented, in the same fixed
+    order on every pass."""
     from convlab.data.pipeline import load
 
-    splits = _splits(prepared) if split == "all" else [split]
+    splits = splits_with_photos(prepared) if split == "all" else [split]
     return [load(prepared, name, batch_size=batch_size, image_size=image_size, training=False,
                  cache=False, deterministic=True) for name in splits]
 
 
-def _predict(predictor: Predictor, datasets: list, tta: str | None, total: int = 0
-             ) -> tuple[np.ndarray, Outputs]:
+def predict_datasets(predictor: Predictor, datasets: list, tta: str | None, total: int = 0
+                     ) -> tuple[np.ndarray, Outputs]:
     """(labels in the dataset's class indices, the `Predictor`'s outputs, heat maps left
-    out); a progress bar over `total` images when it is given."""
+    out) over all the batches of `datasets`; a progress bar over `total` images when it is
+    given.
+
+    Raises:
+        ConvlabError: the datasets hold no image.
+    """
     from convlab.progress import progress_bar
 
     labels, parts = [], []
@@ -134,10 +143,113 @@ def _gather(datasets: list, indices: np.ndarray) -> np.ndarray:
     return np.stack([found[i] for i in indices])
 
 
-def _splits(prepared: Path) -> list[str]:
+def _top_k(top_k: int | None, classes: int) -> int:
+    """The k of the top-k accuracy: `top_k`, by default min(3, classes - 1)."""
+    k = top_k if top_k is not None else max(1, min(3, classes - 1))
+    if not 1 <= k <= max(1, classes - 1):
+        raise ConvlabError(f"--top-k must be between 1 and {max(1, classes - 1)} for {classes} "
+                           f"classes, received: {k}")
+    return k
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one evaluation reads and where it writes, its options checked."""
+
+    record: RunRecord
+    prepared: Path | str  # the prepared folder (a TPU run's own data: its gs:// URL)
+    split: str
+    image_size: int
+    tta: str
+    top_k: int
+    label: str | None  # see `_label`
+    where: RunFolder  # the run folder, or its evaluations/LABEL/
+
+
+def _plan(run, data, split: str | None, top_k: int | None, tta: str | None,
+          image_size: int | None, progress: bool) -> _Plan:
+    """Check `evaluate`'s options; resolve its data, split, size and output folder."""
+    from convlab.data.pipeline import SPLIT_ALIASES
+
+    record = read_record(run)
+    k = _top_k(top_k, len(record.classes))
+    tta = check_tta(tta)
+    check_image_size("image-size", image_size, "the run's own")
+    size = image_size or record.test_size
+    prepared, split = _resolve(data, record, split, size, progress)
+    split = SPLIT_ALIASES.get(split, split)
+    variant = (f"-{size}px" if size != record.test_size else "") + (
+        f"-{tta}" if tta != "none" else "")
+    label = _label(record, prepared, data, split, variant)
+    return _Plan(record, prepared, split, size, tta, k, label,
+                 RunFolder(record.path).evaluation(label))
+
+
+def _predict_split(plan: _Plan, data, model: str, batch_size: int, progress: bool
+                   ) -> tuple[Predictor, list, np.ndarray, Outputs]:
+    """(predictor, datasets, labels in the model's class indices, outputs): the run's model
+    on the planned split."""
     from convlab.data.manifest import read_manifest
 
-    return [k for k, v in read_manifest(prepared).per_split.items() if v]
+    manifest = read_manifest(plan.prepared)
+    mapping = _class_map(manifest.classes, plan.record.classes, data or plan.prepared)
+    predictor = Predictor(plan.record.path, model, image_size=plan.image_size)
+    datasets = split_datasets(plan.prepared, plan.split, plan.image_size, batch_size)
+    total = sum(n for s, n in manifest.per_split.items()
+                if plan.split in (s, "all")) if progress else 0
+    labels, out = predict_datasets(predictor, datasets, plan.tta, total)
+    return predictor, datasets, mapping[labels], out
+
+
+def _scores(y: np.ndarray, probs: np.ndarray, classes: list[str], k: int) -> dict:
+    """Accuracies, loss, per-class and averaged precision/recall/F1, confusion matrices."""
+    from sklearn import metrics as skm
+
+    pred = probs.argmax(axis=1)
+    everyone = list(range(len(classes)))
+    p, r, f1, support = skm.precision_recall_fscore_support(y, pred, labels=everyone,
+                                                            zero_division=0)
+    # Averages over the classes present in the data evaluated: a class with no photo here
+    # has no recall to average (counting it as 0 would understate every macro figure).
+    present = sorted(set(y.tolist()))
+    averages = {}
+    for avg in ("macro", "weighted"):
+        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=present,
+                                                            average=avg, zero_division=0)
+        averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    return {
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        # the mean of the per-class recalls: what accuracy would be with balanced classes
+        "balanced_accuracy": averages["macro"]["recall"],
+        "macro_f1": averages["macro"]["f1"],
+        "absent_classes": [classes[i] for i in sorted(set(everyone) - set(present))],
+        "top_k": k,
+        "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
+        if len(classes) > 2 else float(skm.accuracy_score(y, pred)),
+        "loss": float(skm.log_loss(y, _normalised(probs), labels=everyone)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]),
+                          "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        **averages,
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=everyone).tolist(),
+        "confusion_matrix_normalized": skm.confusion_matrix(
+            y, pred, labels=everyone, normalize="true").round(4).tolist(),
+    }
+
+
+def _metrics(plan: _Plan, predictor: Predictor, y: np.ndarray, out: Outputs) -> dict:
+    """The contents of metrics.json."""
+    record, where, probs = plan.record, plan.where, out.probabilities  # calibrated, if it is
+    return {
+        "run": str(record.path), "evaluation": plan.label, "metrics_file": str(where.metrics),
+        "model_file": predictor.path.name, "data": str(plan.prepared),
+        "split": plan.split, "images": int(len(y)), "classes": record.classes, "tta": plan.tta,
+        "image_size": plan.image_size,
+        **_scores(y, probs, record.classes, plan.top_k),
+        "calibration": _calibration(predictor, out, y),
+        "predictions": where.predictions.name,
+        "mistakes": int((probs.argmax(axis=1) != y).sum()), "mistakes_file": str(where.mistakes),
+    }
 
 
 def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -179,78 +291,15 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike | None = None,
         ConvlabError: not a run folder, missing model or data, a class the model does not
             know, or a bad split or top_k.
     """
-    from sklearn import metrics as skm
-
-    from convlab.data.manifest import read_manifest
-    from convlab.data.pipeline import SPLIT_ALIASES
-
-    record = read_record(run)
-    run, classes = record.path, record.classes
-    n = len(classes)
-    k = top_k if top_k is not None else max(1, min(3, n - 1))
-    if not 1 <= k <= max(1, n - 1):
-        raise ConvlabError(f"--top-k must be between 1 and {max(1, n - 1)} for {n} classes, "
-                           f"received: {k}")
-    tta = check_tta(tta)
-    size = check_image_size(image_size) or record.test_image_size
-    prepared, split = _resolve(data, record, split, size, progress)
-    split = SPLIT_ALIASES.get(split, split)
-    manifest = read_manifest(prepared)
-    mapping = _class_map(manifest.classes, classes, data or prepared)
-    predictor = Predictor(run, model, image_size=size)
-    model_path = predictor.path
-    datasets = _datasets(prepared, split, size, batch_size)
-    total = sum(n for s, n in manifest.per_split.items()
-                if split in (s, "all")) if progress else 0
-    labels, out = _predict(predictor, datasets, tta, total)
-    probs = out.probabilities  # calibrated, when the run is
-    paths = _paths(prepared, split, len(labels))
-    y = mapping[labels]
-    pred = probs.argmax(axis=1)
-    everyone = list(range(n))
-    p, r, f1, support = skm.precision_recall_fscore_support(y, pred, labels=everyone,
-                                                            zero_division=0)
-    # Averages over the classes present in the data evaluated: a class with no photo here
-    # has no recall to average (counting it as 0 would understate every macro figure).
-    present = sorted(set(y.tolist()))
-    averages = {}
-    for avg in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=present,
-                                                            average=avg, zero_division=0)
-        averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
-    variant = (f"-{size}px" if size != record.test_image_size else "") + (
-        f"-{tta}" if tta != "none" else "")
-    label = _label(record, prepared, data, split, variant)
-    where = RunFolder(run).evaluation(label)
-    metrics = {
-        "run": str(run), "evaluation": label, "metrics_file": str(where.metrics),
-        "model_file": model_path.name, "data": str(prepared),
-        "split": split, "images": int(len(y)), "classes": classes, "tta": tta,
-        "image_size": size,
-        "accuracy": float(skm.accuracy_score(y, pred)),
-        # the mean of the per-class recalls: what accuracy would be with balanced classes
-        "balanced_accuracy": averages["macro"]["recall"],
-        "macro_f1": averages["macro"]["f1"],
-        "absent_classes": [classes[i] for i in sorted(set(everyone) - set(present))],
-        "top_k": k,
-        "top_k_accuracy": float(skm.top_k_accuracy_score(y, probs, k=k, labels=everyone))
-        if n > 2 else float(skm.accuracy_score(y, pred)),
-        "loss": float(skm.log_loss(y, _normalised(probs), labels=everyone)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]),
-                          "f1": float(f1[i]), "support": int(support[i])}
-                      for i, c in enumerate(classes)},
-        **averages,
-        "confusion_matrix": skm.confusion_matrix(y, pred, labels=everyone).tolist(),
-        "confusion_matrix_normalized": skm.confusion_matrix(
-            y, pred, labels=everyone, normalize="true").round(4).tolist(),
-        "calibration": _calibration(predictor, out, y),
-        "predictions": where.predictions.name,
-        "mistakes": int((pred != y).sum()), "mistakes_file": str(where.mistakes),
-    }
+    plan = _plan(run, data, split, top_k, tta, image_size, progress)
+    predictor, datasets, y, out = _predict_split(plan, data, model, batch_size, progress)
+    metrics = _metrics(plan, predictor, y, out)
+    where = plan.where
     where.path.mkdir(parents=True, exist_ok=True)
-    _save_predictions(where.predictions, y, probs, datasets, paths, predictor.heat_maps,
-                      raw=out.raw)
-    write_mistakes(where.mistakes, y, probs, paths, classes)
+    paths = _paths(plan.prepared, plan.split, len(y))
+    _save_predictions(where.predictions, y, out.probabilities, datasets, paths,
+                      predictor.heat_maps, raw=out.raw)
+    write_mistakes(where.mistakes, y, out.probabilities, paths, plan.record.classes)
     write_text_atomic(where.metrics, json.dumps(metrics, indent=1))
     if progress:
         print(f"evaluated {metrics['images']:,} images: accuracy {metrics['accuracy']:.4f}; "
@@ -269,7 +318,7 @@ def _paths(prepared, split: str, count: int) -> list[str]:
     """The source file of each evaluated image, in order ("" where unknown)."""
     from convlab.data.pipeline import record_paths
 
-    splits = _splits(prepared) if split == "all" else [split]
+    splits = splits_with_photos(prepared) if split == "all" else [split]
     paths = [p for s in splits for p in record_paths(prepared, s)]
     return paths if len(paths) == count else [""] * count
 

@@ -311,5 +311,6 @@ def make_plots(run: str | os.PathLike) -> dict[str, Path]:
             if p is not None}
     local = record.prepared_data and not is_remote(record.prepared_data)
     if local and is_prepared(record.prepared_data):
-        made["augmentation.png"] = augmentation(run)
+        path = augmentation(run)
+        made[path.name] = path
     return made

@@ -24,7 +24,7 @@ from convlab.evaluation.metrics import (
 )
 from convlab.evaluation.plots import make_plots
 from convlab.progress import duration
-from convlab.runs import RunFolder, RunRecord, load_run_model, read_record
+from convlab.runs import PLOTS, RunFolder, RunRecord, load_run_model, read_record
 
 CSS = """
 *{box-sizing:border-box}
@@ -57,26 +57,26 @@ td.path{overflow-wrap:anywhere;word-break:break-all}
 .note{color:#5b6475;font-size:13px;margin:8px 0 0}
 """
 
-FIGURES = (
-    ("training_curves.png", "Accuracy and loss per epoch, training vs validation, and the "
-                            "learning rate per epoch."),
-    ("lr_schedule.png", "The learning-rate schedule, step by step."),
-    ("confusion_matrix.png", "Confusion matrix: rows are true classes; each cell gives the "
-                             "count and the share of its row."),
-    ("top_confusions.png", "The most frequent confusions (too many classes for a readable "
-                           "matrix): true class -> predicted class, with the share of the "
-                           "true class's photos."),
-    ("predictions.png", "Predictions on evaluation images; red titles are mistakes, with the "
-                        "true class."),
-    ("mistakes.png", "The most confident mistakes: predicted class and p, true class and p."),
-    ("mistakes_gradcam.png", "The same mistakes with their Grad-CAM heat maps: where the model "
-                             "found the class it predicted (red: strongest)."),
-    ("reliability.png", "Reliability: in bins of the top probability, how often the model "
-                        "is right, before and after calibration; on the diagonal, a "
-                        "probability of 80% is right 80% of the time."),
-    ("augmentation.png", "Training images before (top) and after (bottom) the run's "
-                         "augmentation."),
-)
+# The caption of each plot of `PLOTS`, shown in that order (those the run has).
+CAPTIONS = {
+    "training_curves": "Accuracy and loss per epoch, training vs validation, and the learning "
+                       "rate per epoch.",
+    "lr_schedule": "The learning-rate schedule, step by step.",
+    "confusion_matrix": "Confusion matrix: rows are true classes; each cell gives the count and "
+                        "the share of its row.",
+    "top_confusions": "The most frequent confusions (too many classes for a readable matrix): "
+                      "true class -> predicted class, with the share of the true class's "
+                      "photos.",
+    "predictions": "Predictions on evaluation images; red titles are mistakes, with the true "
+                   "class.",
+    "mistakes": "The most confident mistakes: predicted class and p, true class and p.",
+    "mistakes_gradcam": "The same mistakes with their Grad-CAM heat maps: where the model found "
+                        "the class it predicted (red: strongest).",
+    "reliability": "Reliability: in bins of the top probability, how often the model is right, "
+                   "before and after calibration; on the diagonal, a probability of 80% is "
+                   "right 80% of the time.",
+    "augmentation": "Training images before (top) and after (bottom) the run's augmentation.",
+}
 
 
 def _png_uri(path: Path) -> str:
@@ -138,8 +138,8 @@ def _run_table(record: RunRecord, summary: dict) -> str:
             f" and {len(record.classes) - 40} more" if len(record.classes) > 40 else "")),
         ("images", ", ".join(f"{k} {v:,}" for k, v in images.items()) or "-"),
         ("image size", f"{record.image_size} px" + (
-            f" (evaluated at {record.test_image_size} px)"
-            if record.test_image_size != record.image_size else "")),
+            f" (evaluated at {record.test_size} px)"
+            if record.test_size != record.image_size else "")),
         ("hardware", summary.get("hardware", "-")),
         ("strategy", summary.get("strategy", record.strategy)),
         ("precision", record.precision),
@@ -244,13 +244,13 @@ def _other_evaluations(run: Path) -> str:
             f"the run's own validation split.</p><table><tr>{head}</tr>{body}</table></section>")
 
 
-def _figures(plots: Path) -> str:
+def _figures(folder: RunFolder) -> str:
     out = []
-    for name, caption in FIGURES:
-        path = plots / name
+    for name in PLOTS:
+        path = folder.plot(name)
         if path.exists():
-            out.append(f'<figure><img src="{_png_uri(path)}" alt="{escape(name)}">'
-                       f"<figcaption>{escape(caption)}</figcaption></figure>")
+            out.append(f'<figure><img src="{_png_uri(path)}" alt="{escape(path.name)}">'
+                       f"<figcaption>{escape(CAPTIONS[name])}</figcaption></figure>")
     return "".join(out)
 
 
@@ -294,7 +294,7 @@ def test_split(record) -> dict | None:
         return None
     for m in other_evaluations(record.path):
         if (m.get("split") == "test" and m.get("data") == str(record.prepared_data)
-                and m.get("image_size") == record.test_image_size
+                and m.get("image_size") == record.test_size
                 and m.get("tta", "none") == "none"):
             return m
     return evaluate(record.path, split="test", progress=False)
@@ -340,7 +340,7 @@ def report(run: str | os.PathLike) -> Path:
 <section><h2>Training: final and best epoch</h2>{_epochs_table(summary, record.config)}</section>
 <section><h2>Evaluation</h2><p>{escape(summary_line(metrics))}</p>{_class_table(metrics)}</section>
 {_other_evaluations(run)}
-<section><h2>Plots</h2>{_figures(RunFolder(run).plots)}</section>
+<section><h2>Plots</h2>{_figures(RunFolder(run))}</section>
 {_mistakes_table(run, metrics)}
 <section><h2>Model</h2><pre>{escape(_model_summary(run, metrics))}</pre></section>
 <section><h2>Resolved config</h2><pre>{escape(config)}</pre></section>

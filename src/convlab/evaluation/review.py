@@ -84,10 +84,10 @@ def _probabilities_from_features(record, keras_model, prepared, splits, folds, s
 
 def _probabilities_from_model(record, predictor, prepared, progress):
     """The run's model on its validation split (held out from its training)."""
-    from convlab.evaluation.metrics import _datasets, _predict
+    from convlab.evaluation.metrics import predict_datasets, split_datasets
 
-    datasets = _datasets(prepared, "validation", record.test_image_size, 64)
-    y, out = _predict(predictor, datasets, None)
+    datasets = split_datasets(prepared, "validation", record.test_size, 64)
+    y, out = predict_datasets(predictor, datasets, None)
     probs = out.raw
     how = ("the run's model on its validation split (never trained on); a model trained "
            "from scratch cannot review its own training photos")
@@ -106,6 +106,80 @@ def _thumbnail(path: str) -> str | None:
     except (OSError, ValueError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _probabilities(run, record, prepared, model: str, folds: int, seed: int, progress: bool
+                   ) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    """(splits reviewed, labels, out-of-sample probabilities, how they were found): K-fold
+    on backbone features for pretrained models, else the run's model on its validation
+    split."""
+    from convlab.evaluation.metrics import splits_with_photos
+    from convlab.models import get_model_info
+
+    if get_model_info(record.config.model).pretrained:
+        splits = splits_with_photos(prepared)
+        return splits, *_probabilities_from_features(
+            record, load_run_model(run, model)[0], prepared, splits, folds, seed, progress)
+    if "validation" not in splits_with_photos(prepared):
+        raise ConvlabError(f"'{prepared}' has no validation split to review; a model "
+                           "trained from scratch can only review photos it never saw")
+    return ["validation"], *_probabilities_from_model(
+        record, Predictor(run, model, calibrated=False), prepared, progress)
+
+
+def _photo_paths(prepared, splits: list[str], count: int) -> tuple[list[str], list[str]]:
+    """(source file, split) of each of the `count` photos reviewed, in their order."""
+    from convlab.data.pipeline import record_paths
+
+    paths, split_of = [], []
+    for split in splits:
+        found = record_paths(prepared, split)
+        paths += found
+        split_of += [split] * len(found)
+    if len(paths) != count:
+        raise ConvlabError(f"'{prepared}' changed while it was being read; run the review again")
+    return paths, split_of
+
+
+def _find_issues(y: np.ndarray, probs: np.ndarray, classes: list[str]
+                 ) -> tuple[np.ndarray, list[str]]:
+    """(indices of the suspected label errors, most suspect first; cleanlab's warnings)."""
+    from cleanlab.filter import find_label_issues
+
+    # In this process (n_jobs=1: worker processes would print their warnings themselves),
+    # its warnings caught and shown as notes, one line each, classes by name.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ranked = find_label_issues(y, probs / probs.sum(1, keepdims=True), n_jobs=1,
+                                   return_indices_ranked_by="self_confidence")
+    notes = list(dict.fromkeys(re.sub(r"class: (\d+)", lambda m: f"class {classes[int(m[1])]!r}",
+                                      " ".join(str(w.message).split())) for w in caught))
+    return ranked, notes
+
+
+def _issues(ranked, y: np.ndarray, probs: np.ndarray, paths: list[str], split_of: list[str],
+            classes: list[str]) -> list[dict]:
+    """One row per suspected label error: its file, given label and the likeliest other."""
+    issues = []
+    for rank, i in enumerate(ranked, 1):
+        others = probs[i].copy()
+        others[y[i]] = -1
+        suggested = int(others.argmax())
+        issues.append({"rank": rank, "path": paths[i], "split": split_of[i],
+                       "label": classes[y[i]], "suggested": classes[suggested],
+                       "p_label": float(probs[i, y[i]]),
+                       "p_suggested": float(probs[i, suggested])})
+    return issues
+
+
+def _write_issues(path: Path, issues: list[dict]) -> None:
+    """label_issues.csv (text a spreadsheet would run as a formula quoted: `csv_cell`)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(issues[0]) if issues else
+                                ["rank", "path", "split", "label", "suggested", "p_label",
+                                 "p_suggested"])
+        writer.writeheader()
+        writer.writerows({k: csv_cell(v) for k, v in issue.items()} for issue in issues)
 
 
 def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown: int = 60,
@@ -130,12 +204,8 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
     Raises:
         ConvlabError: not a run folder, its data gone, bad options.
     """
-    from cleanlab.filter import find_label_issues
-
     from convlab.data.manifest import read_manifest
-    from convlab.data.pipeline import record_paths
-    from convlab.evaluation.metrics import _splits, near_chance
-    from convlab.models import get_model_info
+    from convlab.evaluation.metrics import near_chance
 
     if folds < 2:
         raise ConvlabError(f"--folds must be at least 2, received: {folds}")
@@ -147,49 +217,13 @@ def review(run: str | os.PathLike, *, model: str = "best", folds: int = 5, shown
                            "review reads its photos")
     prepared, classes = info.prepared, record.classes
     manifest = read_manifest(prepared)
-    if get_model_info(record.config.model).pretrained:
-        splits = _splits(prepared)
-        y, probs, how = _probabilities_from_features(record, load_run_model(run, model)[0],
-                                                     prepared, splits, folds, seed, progress)
-    else:
-        splits = ["validation"]
-        if "validation" not in _splits(prepared):
-            raise ConvlabError(f"'{prepared}' has no validation split to review; a model "
-                               "trained from scratch can only review photos it never saw")
-        y, probs, how = _probabilities_from_model(
-            record, Predictor(run, model, calibrated=False), prepared, progress)
-    paths, split_of = [], []
-    for split in splits:
-        found = record_paths(prepared, split)
-        paths += found
-        split_of += [split] * len(found)
-    if len(paths) != len(y):
-        raise ConvlabError(f"'{prepared}' changed while it was being read; run the review again")
-    # In this process (n_jobs=1: worker processes would print their warnings themselves),
-    # its warnings caught and shown as notes, one line each, classes by name.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ranked = find_label_issues(y, probs / probs.sum(1, keepdims=True), n_jobs=1,
-                                   return_indices_ranked_by="self_confidence")
-    notes = list(dict.fromkeys(re.sub(r"class: (\d+)", lambda m: f"class {classes[int(m[1])]!r}",
-                                      " ".join(str(w.message).split())) for w in caught))
-    issues = []
-    for rank, i in enumerate(ranked, 1):
-        others = probs[i].copy()
-        others[y[i]] = -1
-        suggested = int(others.argmax())
-        issues.append({"rank": rank, "path": paths[i], "split": split_of[i],
-                       "label": classes[y[i]], "suggested": classes[suggested],
-                       "p_label": float(probs[i, y[i]]),
-                       "p_suggested": float(probs[i, suggested])})
+    splits, y, probs, how = _probabilities(run, record, prepared, model, folds, seed, progress)
+    paths, split_of = _photo_paths(prepared, splits, len(y))
+    ranked, notes = _find_issues(y, probs, classes)
+    issues = _issues(ranked, y, probs, paths, split_of, classes)
     out = RunFolder(run).review
     out.mkdir(exist_ok=True)
-    with open(out / "label_issues.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(issues[0]) if issues else
-                                ["rank", "path", "split", "label", "suggested", "p_label",
-                                 "p_suggested"])
-        writer.writeheader()
-        writer.writerows({k: csv_cell(v) for k, v in issue.items()} for issue in issues)
+    _write_issues(out / "label_issues.csv", issues)
     result = {
         "run": str(record.path), "data": str(prepared), "method": how,
         "photos": int(len(y)), "splits": splits, "flagged": len(issues),

@@ -23,7 +23,7 @@ class ModelInfo:
 
     name: str
     builder: Callable
-    image_size: int  # the size it was designed or pretrained for
+    default_size: int  # the size it was designed or pretrained for
     description: str
     pretrained: bool = False  # has ImageNet weights (downloaded or shipped)
     # Trains faster in mixed_bfloat16 than float32 on CPUs with native bfloat16 (measured:
@@ -34,12 +34,12 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, image_size: int, description: str, pretrained: bool = False,
+def register_model(name: str, *, default_size: int, description: str, pretrained: bool = False,
                    cpu_bfloat16: bool = False):
     """Decorator registering `builder(num_classes, image_size, **options) -> keras.Model`."""
 
     def wrap(builder):
-        _REGISTRY[name] = ModelInfo(name, builder, image_size, description, pretrained,
+        _REGISTRY[name] = ModelInfo(name, builder, default_size, description, pretrained,
                                     cpu_bfloat16)
         return builder
 
@@ -125,7 +125,7 @@ def create_model(name: str, num_classes: int, image_size: int | None = None, **o
         have = ", ".join(accepted) or "none"
         raise ConvlabError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its "
                            f"options: {have} (e.g. --unfreeze is for pretrained models only)")
-    return info.builder(num_classes, image_size or info.image_size, **options)
+    return info.builder(num_classes, image_size or info.default_size, **options)
 
 
 def model_options(name: str) -> dict:

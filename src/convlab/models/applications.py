@@ -75,7 +75,7 @@ def _application_model(application, name: str, min_size: int, num_classes: int,
 
 @register_model(
     "mobilenetv2",
-    image_size=224,
+    default_size=224,
     description="MobileNetV2 (ImageNet, [-1, 1] inside), frozen backbone + new head",
     pretrained=True,
 )
@@ -93,7 +93,7 @@ def mobilenetv2(
 
 @register_model(
     "xception",
-    image_size=299,
+    default_size=299,
     description="Xception (ImageNet, [-1, 1] inside), fine-tuned end to end (the codelab used 331 px)",
     pretrained=True,
 )

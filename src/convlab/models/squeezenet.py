@@ -75,7 +75,7 @@ def _fire(x, squeeze: int, expand: int, name: str, fused: bool = True):
 
 @register_model(
     "squeezenet",
-    image_size=192,
+    default_size=192,
     cpu_bfloat16=True,
     description="the codelab's SqueezeNet: fire modules + BN + max pools, GAP head; options layout, width, bypass, dropout, fused_batch_norm",
 )

@@ -4,12 +4,12 @@ A fresh model trains for up to `steps` steps while its learning rate grows expon
 `start_lr` to `end_lr`; the loss, smoothed, first falls, then explodes. A good learning rate
 lies where it falls fastest, well before its minimum. The data, model, optimizer, loss and
 precision are those `convlab train` builds for the same config (`build_datasets`,
-`create_model`, `_compile`): only the schedule differs, so the curve describes the run about
+`create_model`, `compile_model`): only the schedule differs, so the curve describes the run about
 to be started. For a pretrained model that is the first phase (the head, backbone frozen),
 run through the whole model (no cached features).
 
 Writes lr_find.png (the curve) and lr_find.json (every number) to
-RUNS_DIR/lr-find/<name>-<time>/, or to `out`.
+RUNS_DIR/lr-find/<time>-<name>/, or to `out`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -26,10 +27,11 @@ import numpy as np
 from convlab.config import TrainConfig, named_config
 from convlab.errors import ConvlabError, check_at_least
 from convlab.files import figure, literal, write_text_atomic
+from convlab.runs import new_run_folder
 from convlab.training.callbacks import fit_output
 from convlab.training.distributed import check_tpu_data
 from convlab.training.strategy import precision_policy, resolve_precision, select_strategy
-from convlab.training.trainer import _compile, build_datasets, global_batch_size
+from convlab.training.trainer import build_datasets, compile_model, global_batch_size
 
 PLOT, NUMBERS = "lr_find.png", "lr_find.json"
 
@@ -50,7 +52,7 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
         diverge: stop once the smoothed loss exceeds this many times its minimum (or is NaN).
         progress: show Keras' progress bar.
         out: the folder for lr_find.png and lr_find.json; default:
-            RUNS_DIR/lr-find/<name>-<time>/.
+            RUNS_DIR/lr-find/<time>-<name>/.
         **overrides: fields of `TrainConfig` to replace, as for `convlab.train`.
 
     Returns:
@@ -65,6 +67,32 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
         ConvlabError: a bad argument, config or data.
     """
     _check_sweep(start_lr, end_lr, steps, smoothing, diverge)
+    config = _one_process_config(config, data, overrides)
+    swept = _sweep(config, start_lr, end_lr, steps, smoothing, diverge, progress)
+    folder = _out_folder(config, out)
+    recorder, diverged = swept.recorder, swept.recorder.diverged_at
+    result = {
+        "name": config.name or config.model, "model": config.model, "recipe": config.recipe,
+        "data": str(swept.prepared), "image_size": swept.image_size,
+        "global_batch": swept.global_batch, "optimizer": config.optimizer,
+        "precision": swept.precision, "strategy": swept.strategy,
+        "start_lr": start_lr, "end_lr": end_lr, "steps": steps, "smoothing": smoothing,
+        "diverge": diverge, "steps_run": len(recorder.losses),
+        "diverged": (None if diverged is None else
+                     {"step": diverged, "lr": recorder.lrs[diverged]}),
+        **_suggest(recorder.lrs, recorder.smoothed),
+        "recipe_lr": swept.recipe_lr, "seconds": round(swept.seconds, 1),
+        "lrs": recorder.lrs, "losses": _finite(recorder.losses),
+        "smoothed_losses": _finite(recorder.smoothed),
+        "folder": str(folder), "plot": str(folder / PLOT), "json": str(folder / NUMBERS),
+    }
+    _plot(result, folder / PLOT)
+    write_text_atomic(folder / NUMBERS, json.dumps(result, indent=1))
+    return result
+
+
+def _one_process_config(config: TrainConfig | str | None, data, overrides: dict) -> TrainConfig:
+    """The config the test runs, validated; a multi-worker one is refused."""
     if isinstance(config, str):
         config = named_config(config)
     if data is not None:
@@ -76,9 +104,30 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
         raise ConvlabError("lr-find runs in one process, not as a multi-worker job (TF_CONFIG "
                            "or --strategy multiworker); unset TF_CONFIG or use --strategy "
                            "default or mirrored")
+    return config
+
+
+@dataclass(frozen=True)
+class _Swept:
+    """What one sweep measured, and the set-up it ran with."""
+
+    recorder: _LossRecorder
+    seconds: float
+    prepared: object  # the prepared folder (a path or gs:// URL)
+    image_size: int
+    global_batch: int
+    precision: str
+    strategy: str  # described
+    recipe_lr: float  # the rate the config would train at
+
+
+def _sweep(config: TrainConfig, start_lr: float, end_lr: float, steps: int, smoothing: float,
+           diverge: float, progress: bool) -> _Swept:
+    """A fresh model built and compiled as `convlab train` does, fit with the learning
+    rate growing exponentially from `start_lr` to `end_lr`."""
     from convlab.models import create_model, get_model_info
 
-    image_size = config.image_size or get_model_info(config.model).image_size
+    image_size = config.image_size or get_model_info(config.model).default_size
     strategy_info = select_strategy(config.strategy)
     if strategy_info.tpu:
         check_tpu_data(config.data)
@@ -98,7 +147,7 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
             model = create_model(config.model, manifest.num_classes, image_size,
                                  **config.model_options)
             # One step per call (the default): the loss is read after every step.
-            _compile(model, config, sweep)
+            compile_model(model, config, sweep)
         print(f"lr-find: {config.model}" + (f" (recipe {config.recipe})" if config.recipe else "")
               + f" at {image_size} px, {config.optimizer}, global batch {global_batch}; "
               f"learning rate {start_lr:g} -> {end_lr:g} over at most {steps} steps; "
@@ -109,27 +158,8 @@ def lr_find(config: TrainConfig | str | None = None, *, data: str | os.PathLike 
         model.fit(train_ds, epochs=1, steps_per_epoch=steps, shuffle=False,
                   callbacks=[recorder, *lines], verbose=verbose)
         seconds = time.time() - started
-
-    folder = _out_folder(config, out)
-    diverged = recorder.diverged_at
-    result = {
-        "name": config.name or config.model, "model": config.model, "recipe": config.recipe,
-        "data": str(prepared), "image_size": image_size, "global_batch": global_batch,
-        "optimizer": config.optimizer, "precision": precision,
-        "strategy": strategy_info.describe(),
-        "start_lr": start_lr, "end_lr": end_lr, "steps": steps, "smoothing": smoothing,
-        "diverge": diverge, "steps_run": len(recorder.losses),
-        "diverged": (None if diverged is None else
-                     {"step": diverged, "lr": recorder.lrs[diverged]}),
-        **_suggest(recorder.lrs, recorder.smoothed),
-        "recipe_lr": recipe_lr, "seconds": round(seconds, 1),
-        "lrs": recorder.lrs, "losses": _finite(recorder.losses),
-        "smoothed_losses": _finite(recorder.smoothed),
-        "folder": str(folder), "plot": str(folder / PLOT), "json": str(folder / NUMBERS),
-    }
-    _plot(result, folder / PLOT)
-    write_text_atomic(folder / NUMBERS, json.dumps(result, indent=1))
-    return result
+    return _Swept(recorder, seconds, prepared, image_size, global_batch, precision,
+                  strategy_info.describe(), recipe_lr)
 
 
 def _check_sweep(start_lr, end_lr, steps, smoothing, diverge) -> None:
@@ -216,24 +246,16 @@ def _finite(values: list[float]) -> list[float | None]:
 
 
 def _out_folder(config: TrainConfig, out) -> Path:
-    if out is not None:
-        candidates = [Path(out)]
-    else:
-        base = (Path(config.runs_dir) / "lr-find"
-                / f"{config.name or config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        # Two tests started in the same second get NAME and NAME-2.
-        candidates = [base] + [base.with_name(f"{base.name}-{n}") for n in range(2, 100)]
-    for path in candidates:
-        try:
-            path.mkdir(parents=True, exist_ok=out is not None)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as err:
-            flag = "--out" if out is not None else "--runs-dir"
-            raise ConvlabError(f"cannot create {flag} folder '{path}': "
-                               f"{err.strerror or err}") from None
-    raise ConvlabError(f"99 lr-find folders named '{candidates[0]}' already exist")
+    """`out`, or a new folder RUNS_DIR/lr-find/<time>-<name>."""
+    if out is None:
+        return new_run_folder(Path(config.runs_dir) / "lr-find", config.name or config.model)
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConvlabError(f"cannot create --out folder '{path}': "
+                           f"{err.strerror or err}") from None
+    return path
 
 
 def _plot(result: dict, path: Path) -> None:

@@ -2,7 +2,9 @@
 
 `train` is a sequence of named steps: resolve the strategy and precision, build the datasets,
 build (or restore) the model inside `strategy.scope()`, fit (in one or two phases), write the
-run folder. `resume` reloads a run's config and last checkpoint and continues it.
+run folder. `resume` reloads a run's config and last checkpoint and continues it. What follows
+fitting (calibrating, the report) belongs to the layers above: the command layer passes it in
+as `after_fit` (see `convlab.workflow`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -30,6 +33,7 @@ from convlab.runs import (
     checkpoints,
     history_rows,
     last_checkpoint,
+    new_run_folder,
     read_record,
     why_not_loaded,
 )
@@ -60,28 +64,9 @@ from convlab.training.strategy import (
     select_strategy,
 )
 
-
-def _run_dir(config: TrainConfig) -> Path:
-    """A new run folder, created atomically: two runs started in the same second get
-    NAME and NAME-2, never the same folder."""
-    runs = Path(config.runs_dir)
-    try:
-        runs.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConvlabError(f"cannot use --runs-dir '{runs}' for run folders: "
-                           f"{err.strerror or err}; give a folder path") from None
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.name or config.model}"
-    for n in range(1, 1000):
-        path = runs / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise ConvlabError(f"cannot create the run folder '{path}': "
-                               f"{err.strerror or err}") from None
-    raise ConvlabError(f"999 run folders named '{base}' already exist in '{runs}'")
+# What the chief runs once fitting has ended, in the run folder still locked and under the
+# run's precision policy: (run folder, config, manifest, progress=...).
+AfterFit = Callable[..., None]
 
 
 def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
@@ -93,8 +78,6 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     pipeline that reads only its part of the data (`tf.distribute`'s
     `distribute_datasets_from_function`); elsewhere one pipeline feeds all local replicas.
     """
-    from convlab.data.augment import mix_batch
-    from convlab.data.pipeline import input_plan, load
     from convlab.data.resolve import resolve_data
 
     prepared = resolve_data(config.data, image_size, progress=progress)
@@ -103,62 +86,83 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     if n_train < global_batch:
         raise ConvlabError(f"only {n_train} training images in '{prepared}', fewer than the "
                            f"global batch of {global_batch}; lower --batch-size")
-    steps = n_train // global_batch
-    weights = _class_weights(config, manifest)
-    tpu = strategy_info is not None and strategy_info.tpu
+    splits = _Splits(config, prepared, manifest, image_size, global_batch,
+                     steps=n_train // global_batch, start_epoch=start_epoch,
+                     weights=_class_weights(config, manifest),
+                     tpu=strategy_info is not None and strategy_info.tpu)
+    has_val = manifest.has_split("validation")
+    strategy = strategy_info.strategy if strategy_info is not None else None
+    if strategy is not None and is_multi_worker(strategy):
+        train = strategy.distribute_datasets_from_function(lambda c: splits.make("train", c))
+        # This worker's part of the validation split, as a plain dataset: `ShardedValidation`
+        # evaluates it locally (the parts may differ by a batch; see there).
+        _, index = task_of(strategy)
+        context = tf.distribute.InputContext(strategy_info.workers, index,
+                                             strategy.num_replicas_in_sync)
+        val = splits.make("validation", context) if has_val else None
+    elif splits.tpu:
+        train = strategy.distribute_datasets_from_function(lambda c: splits.make("train", c))
+        val = strategy.distribute_datasets_from_function(
+            lambda c: splits.make("validation", c)) if has_val else None
+    else:
+        train, val = splits.make("train"), (splits.make("validation") if has_val else None)
+    return prepared, manifest, train, val
 
-    def finish(ds, training: bool, batches_per_epoch: int = 0):
-        if weights and training:
-            table = tf.constant([weights.get(i, 0.0) for i in range(manifest.num_classes)])
+
+@dataclass(frozen=True)
+class _Splits:
+    """One split's dataset for `build_datasets`: all of it, or one input pipeline's part."""
+
+    config: TrainConfig
+    prepared: object  # the prepared folder (a path or gs:// URL)
+    manifest: Manifest
+    image_size: int
+    global_batch: int
+    steps: int  # per epoch, over all replicas
+    start_epoch: int
+    weights: dict | None  # class weights of the loss
+    tpu: bool
+
+    def make(self, split: str, context: tf.distribute.InputContext | None = None):
+        from convlab.data.pipeline import input_plan, load
+
+        config, training = self.config, split == "train"
+        batch, local = self.global_batch, 1
+        if context is not None:
+            batch = context.get_per_replica_batch_size(self.global_batch)
+            local = context.num_replicas_in_sync // context.num_input_pipelines
+            print(input_plan(self.prepared, split, input_context=context, manifest=self.manifest,
+                             needed=self.steps * local * batch if training else None).describe())
+        common = {"batch_size": batch, "image_size": self.image_size, "deterministic": True,
+                  "input_context": context}
+        if training:
+            ds = load(self.prepared, "train", augment=config.augment, seed=config.seed,
+                      start_epoch=self.start_epoch, batches_per_epoch=self.steps * local,
+                      **common)
+        else:  # TPUs want fixed shapes: the last partial batch is left out there
+            ds = load(self.prepared, "validation", drop_remainder=self.tpu, **common)
+        return self._finish(ds, training, self.steps * local)
+
+    def _finish(self, ds, training: bool, batches_per_epoch: int):
+        """Class weights, soft labels and mixed batches, as the config asks."""
+        from convlab.data.augment import mix_batch
+
+        config, n = self.config, self.manifest.num_classes
+        if self.weights and training:
+            table = tf.constant([self.weights.get(i, 0.0) for i in range(n)])
             ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
         if config.soft_labels:
-            n = manifest.num_classes
             ds = ds.map(lambda x, y, *w: (x, tf.one_hot(y, n), *w))
         if training and (config.mixup or config.cutmix):
             # Seeded by the batch's number counted from epoch 0, so that a resumed run mixes
             # exactly as an uninterrupted one does.
-            ds = ds.enumerate(start=start_epoch * batches_per_epoch).map(
+            ds = ds.enumerate(start=self.start_epoch * batches_per_epoch).map(
                 lambda i, batch: mix_batch(*batch[:2], tf.stack([
                     tf.constant(config.seed % 2**31, tf.int32), tf.cast(i, tf.int32)]),
                     mixup=config.mixup, cutmix=config.cutmix,
                     weights=batch[2] if len(batch) > 2 else None),
                 num_parallel_calls=tf.data.AUTOTUNE)
         return ds
-
-    def make(split: str, context: tf.distribute.InputContext | None = None):
-        training = split == "train"
-        batch, local = global_batch, 1
-        if context is not None:
-            batch = context.get_per_replica_batch_size(global_batch)
-            local = context.num_replicas_in_sync // context.num_input_pipelines
-            print(input_plan(prepared, split, input_context=context, manifest=manifest,
-                             needed=steps * local * batch if training else None).describe())
-        common = {"batch_size": batch, "image_size": image_size, "deterministic": True,
-                  "input_context": context}
-        if training:
-            ds = load(prepared, "train", augment=config.augment, seed=config.seed,
-                      start_epoch=start_epoch, batches_per_epoch=steps * local, **common)
-        else:  # TPUs want fixed shapes: the last partial batch is left out there
-            ds = load(prepared, "validation", drop_remainder=tpu, **common)
-        return finish(ds, training, steps * local)
-
-    has_val = manifest.has_split("validation")
-    strategy = strategy_info.strategy if strategy_info is not None else None
-    if strategy is not None and is_multi_worker(strategy):
-        train = strategy.distribute_datasets_from_function(lambda c: make("train", c))
-        # This worker's part of the validation split, as a plain dataset: `ShardedValidation`
-        # evaluates it locally (the parts may differ by a batch; see there).
-        _, index = task_of(strategy)
-        context = tf.distribute.InputContext(strategy_info.workers, index,
-                                             strategy.num_replicas_in_sync)
-        val = make("validation", context) if has_val else None
-    elif tpu:
-        train = strategy.distribute_datasets_from_function(lambda c: make("train", c))
-        val = strategy.distribute_datasets_from_function(
-            lambda c: make("validation", c)) if has_val else None
-    else:
-        train, val = make("train"), (make("validation") if has_val else None)
-    return prepared, manifest, train, val
 
 
 def global_batch_size(config: TrainConfig, replicas: int) -> int:
@@ -195,8 +199,10 @@ def _optimizer(config: TrainConfig, learning_rate):
     return keras.optimizers.Adam(learning_rate, **ema)
 
 
-def _compile(model, config: TrainConfig, learning_rate, *, count_examples: bool = False,
-             steps_per_execution: int = 1) -> None:
+def compile_model(model, config: TrainConfig, learning_rate, *, count_examples: bool = False,
+                  steps_per_execution: int = 1) -> None:
+    """Compile `model` as training does: the config's optimizer at `learning_rate` (a rate or a
+    schedule), its loss, accuracy (and the examples counted, under a multi-worker strategy)."""
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
             if config.soft_labels else keras.losses.SparseCategoricalCrossentropy())
     metrics = ["accuracy"] + ([ExampleCount()] if count_examples else [])
@@ -211,7 +217,8 @@ def _set_backbone(model, trainable: bool, first_trainable: str | None = None) ->
 
 
 def train(config: TrainConfig | str | None = None, *, progress: bool = True,
-          budget_minutes: float | None = None, **overrides) -> Path | None:
+          budget_minutes: float | None = None, after_fit: AfterFit | None = None,
+          **overrides) -> Path | None:
     """Train a model (or a recipe) and write a run folder.
 
     Args:
@@ -220,6 +227,8 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
             `budget_minutes` (see `convlab.training.auto`).
         progress: show progress bars (else one line per epoch).
         budget_minutes: the time budget of a chosen approach (default 20).
+        after_fit: what the chief runs on the run folder once fitting has ended (the command
+            layer's calibration and report: `convlab.workflow.train`); None: nothing.
         **overrides: fields of `TrainConfig` to replace (`schedule`/`augment` take dicts).
 
     Returns:
@@ -242,7 +251,7 @@ def train(config: TrainConfig | str | None = None, *, progress: bool = True,
     if Path(config.data).exists():
         # So that `--resume` and repeats work from any directory.
         config = config.override(data=str(Path(config.data).resolve()))
-    return _fit(config, run=None, progress=progress)
+    return _fit(config, run=None, progress=progress, after_fit=after_fit)
 
 
 def _resume_point(run: Path, strategy) -> tuple[int, Path, keras.Model] | None:
@@ -326,8 +335,10 @@ def _trim_history(run: Path, epochs: int) -> None:
             write_text_atomic(path, "".join(kept))
 
 
-def resume(run: str | os.PathLike, *, progress: bool = True) -> Path | None:
-    """Continue an interrupted run from its last completed epoch, in the same folder.
+def resume(run: str | os.PathLike, *, progress: bool = True,
+           after_fit: AfterFit | None = None) -> Path | None:
+    """Continue an interrupted run from its last completed epoch, in the same folder;
+    `after_fit` as for `train`.
 
     Raises:
         ConvlabError: not a run folder, or nothing to resume.
@@ -337,22 +348,12 @@ def resume(run: str | os.PathLike, *, progress: bool = True) -> Path | None:
     done = last_checkpoint(run)
     if done is not None and done[0] >= config.total_epochs:
         raise ConvlabError(f"run '{run}' already finished all {config.total_epochs} epochs")
-    return _fit(config, run=run, progress=progress)
+    return _fit(config, run=run, progress=progress, after_fit=after_fit)
 
 
-def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
-    from convlab.models import create_model, get_model_info
-
-    info = get_model_info(config.model)
-    image_size = config.image_size or info.image_size
-    if config.fine_tune_epochs and not info.pretrained:
-        raise ConvlabError(f"--fine-tune-epochs needs a pretrained backbone to unfreeze; "
-                           f"{config.model!r} has none (use more --epochs instead)")
-    frozen = info.pretrained and not config.model_options.get("trainable_backbone", False) \
-        and config.model_options.get("weights", "imagenet") is not None
-    if config.feature_views and not frozen:
-        raise ConvlabError(f"--feature-views needs a frozen pretrained backbone; {config.model!r}"
-                           f" with options {config.model_options} has none (drop --feature-views)")
+def _fit(config: TrainConfig, run: Path | None, progress: bool,
+         after_fit: AfterFit | None) -> Path | None:
+    image_size = _image_size(config)
     strategy_info = select_strategy(config.strategy)
     if strategy_info.tpu:
         check_tpu_data(config.data)
@@ -363,11 +364,10 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
     # The policy is restored however training ends; the run folder is locked while it trains.
     with precision_policy(precision), contextlib.ExitStack() as held:
         keras.utils.set_random_seed(config.seed)
-        multi_worker = is_multi_worker(strategy)
         chief = is_chief(strategy)
         if run is not None and chief:
             held.enter_context(_locked_run(run))
-        if config.feature_views and (multi_worker or strategy_info.tpu):
+        if config.feature_views and (is_multi_worker(strategy) or strategy_info.tpu):
             print("cached features: not under a multi-worker or TPU strategy; the head trains "
                   "through the whole model instead")
             config = config.override(feature_views=0)
@@ -379,81 +379,56 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool) -> Path | None:
         prepared, manifest, train_ds, val_ds = build_datasets(
             config, image_size, global_batch, start_epoch=data_start, progress=progress,
             strategy_info=strategy_info)
-        n_train = manifest.count("train")
-        steps = n_train // global_batch
-        # TPUs run best with many steps per call; elsewhere the user's setting.
-        per_call = (min(steps, 32) if strategy_info.tpu and config.steps_per_execution == 1
-                    else config.steps_per_execution)
-        schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
-                                  replicas=replicas)
-        phases = [(schedule, config.epochs)]
-        if config.fine_tune_epochs:
-            phases.append((_fine_tune_schedule(config, steps, replicas), config.fine_tune_epochs))
-        print(f"strategy: {strategy_info.describe()}; precision: {precision}; global batch "
-              f"{global_batch} ({global_batch // replicas} per replica); {steps} steps/epoch")
-        print(_start_line(config, image_size, manifest))
-        stored = manifest.stored_size
-        if image_size > stored:
-            print(f"warning: the prepared images are {stored} px and are enlarged to "
-                  f"{image_size} px for training (no detail is added); prepare the photos at "
-                  f"{image_size} px or more for their full detail")
-
-        with strategy.scope():
-            if resumed:
-                start_epoch, path, model = resumed
-                print(f"resuming {run} after epoch {start_epoch} from {path.name}")
-            else:
-                options = dict(config.model_options)
-                model = create_model(config.model, manifest.num_classes, image_size, **options)
-                if config.fine_tune_epochs and config.fine_tune_from:
-                    from convlab.models.backbone import first_trainable_index
-
-                    first_trainable_index(model, config.fine_tune_from)  # a typo: now
-                _compile(model, config, schedule, count_examples=multi_worker,
-                         steps_per_execution=per_call)
-            if multi_worker and (synced := synchronize_batch_norm(model)):
-                print(f"batch norm: {synced} layer(s) use the global batch's statistics "
-                      "(synchronized across workers)")
-
-        # Only the chief writes the run folder. The other workers run exactly the same steps
-        # (saving touches every variable on every worker) but into a temporary folder.
+        steps = manifest.count("train") // global_batch
+        plan = _Plan(config, strategy_info, precision, image_size, global_batch, prepared,
+                     manifest, steps, per_call=_steps_per_call(config, strategy_info, steps),
+                     phases=_phases(config, steps, replicas), start_epoch=start_epoch,
+                     chief=chief, progress=progress, after_fit=after_fit, run=run)
+        _print_start(plan)
+        model = _build_model(plan, resumed)
         if chief and run is None:
-            run = _run_dir(config)
-            held.enter_context(_locked_run(run))
-            derived = {"image_size": image_size,
-                       "test_image_size": test_size(config, image_size),
-                       "global_batch": global_batch,
-                       "per_replica_batch": global_batch // replicas, "replicas": replicas,
-                       "steps_per_epoch": steps, "steps_per_execution": per_call,
-                       "precision": precision, "strategy": strategy_info.kind,
-                       "workers": strategy_info.workers, "prepared_data": str(prepared),
-                       "classes": list(manifest.classes),
-                       # what predict and export need, also once the prepared data has moved
-                       "stored_size": manifest.stored_size,
-                       "jpeg_quality": manifest.quality,
-                       "lr_per_epoch": [lr for phase, n in phases
-                                        for lr in lr_per_epoch(phase, steps, n)]}
-            folder = RunFolder(run)
-            folder.config.write_text(json.dumps(
-                {"config": config.to_dict(), "derived": derived}, indent=1))
-            folder.plots.mkdir()
-            names = " + fine-tune ".join(c.name for c in (config.schedule, config.fine_tune_schedule)
-                                         [:len(phases)])
-            plot_schedule(phases, steps, folder.plot("lr_schedule"),
-                          title=f"{names} schedule, {config.name or config.model}")
-        write_worker_report(strategy, run)
-        kind, index = task_of(strategy)
-        workdir = run if chief else Path(tempfile.mkdtemp(prefix=f"convlab-{kind}{index}-"))
-        if not chief:
-            print(f"{kind} {index} of {strategy_info.workers}: not the chief; its files go to "
-                  f"{workdir} (removed at the end)")
-        try:
-            plan = _Plan(config, strategy_info, precision, global_batch, steps, start_epoch,
-                         manifest, run, workdir, chief, progress)
-            return _fit_and_write(plan, model, train_ds, val_ds)
-        finally:
-            if not chief:
-                shutil.rmtree(workdir, ignore_errors=True)
+            plan = replace(plan, run=new_run_folder(config.runs_dir, config.name or config.model))
+            held.enter_context(_locked_run(plan.run))
+            _write_run_config(plan)
+        write_worker_report(strategy, plan.run)
+        return _fit_in_workdir(plan, model, train_ds, val_ds)
+
+
+def _image_size(config: TrainConfig) -> int:
+    """The training size, once the model is known to allow the config's phases.
+
+    Raises:
+        ConvlabError: fine-tuning, or cached features, without a frozen pretrained backbone.
+    """
+    from convlab.models import get_model_info
+
+    info = get_model_info(config.model)
+    image_size = config.image_size or info.default_size
+    if config.fine_tune_epochs and not info.pretrained:
+        raise ConvlabError(f"--fine-tune-epochs needs a pretrained backbone to unfreeze; "
+                           f"{config.model!r} has none (use more --epochs instead)")
+    frozen = info.pretrained and not config.model_options.get("trainable_backbone", False) \
+        and config.model_options.get("weights", "imagenet") is not None
+    if config.feature_views and not frozen:
+        raise ConvlabError(f"--feature-views needs a frozen pretrained backbone; {config.model!r}"
+                           f" with options {config.model_options} has none (drop --feature-views)")
+    return image_size
+
+
+def _steps_per_call(config: TrainConfig, strategy_info: StrategyInfo, steps: int) -> int:
+    """TPUs run best with many steps per call; elsewhere the user's setting."""
+    return (min(steps, 32) if strategy_info.tpu and config.steps_per_execution == 1
+            else config.steps_per_execution)
+
+
+def _phases(config: TrainConfig, steps: int, replicas: int) -> list[tuple]:
+    """(learning-rate schedule, epochs) of each phase: the first, then any fine-tuning."""
+    schedule = build_schedule(config.schedule, steps_per_epoch=steps, epochs=config.epochs,
+                              replicas=replicas)
+    phases = [(schedule, config.epochs)]
+    if config.fine_tune_epochs:
+        phases.append((_fine_tune_schedule(config, steps, replicas), config.fine_tune_epochs))
+    return phases
 
 
 def _fine_tune_schedule(config: TrainConfig, steps: int, replicas: int):
@@ -468,32 +443,147 @@ class _Plan:
     config: TrainConfig
     strategy_info: StrategyInfo
     precision: str
+    image_size: int
     global_batch: int
-    steps: int  # per epoch
-    start_epoch: int
+    prepared: object  # the prepared folder (a path or gs:// URL)
     manifest: Manifest
-    run: Path | None  # the run folder (the chief's; None on other workers before it exists)
-    workdir: Path  # where this process writes: the run folder, or a temporary one
+    steps: int  # per epoch
+    per_call: int  # steps per execution
+    phases: list[tuple]  # (schedule, epochs) of each phase
+    start_epoch: int
     chief: bool
     progress: bool
+    after_fit: AfterFit | None
+    run: Path | None  # the run folder (the chief's; None on other workers before it exists)
+    workdir: Path | None = None  # where this process writes: the run folder, or a temporary one
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy_info.strategy.num_replicas_in_sync
+
+
+def _print_start(plan: _Plan) -> None:
+    """The run's set-up and what it will do, before anything is built."""
+    batch, size = plan.global_batch, plan.image_size
+    print(f"strategy: {plan.strategy_info.describe()}; precision: {plan.precision}; global batch "
+          f"{batch} ({batch // plan.replicas} per replica); {plan.steps} steps/epoch")
+    print(_start_line(plan.config, size, plan.manifest))
+    stored = plan.manifest.stored_size
+    if size > stored:
+        print(f"warning: the prepared images are {stored} px and are enlarged to "
+              f"{size} px for training (no detail is added); prepare the photos at "
+              f"{size} px or more for their full detail")
+
+
+def _build_model(plan: _Plan, resumed: tuple | None) -> keras.Model:
+    """Inside the strategy's scope: the resumed checkpoint's model, or a new one compiled
+    with the first phase's schedule."""
+    from convlab.models import create_model
+
+    config, strategy = plan.config, plan.strategy_info.strategy
+    multi_worker = is_multi_worker(strategy)
+    with strategy.scope():
+        if resumed:
+            start_epoch, path, model = resumed
+            print(f"resuming {plan.run} after epoch {start_epoch} from {path.name}")
+        else:
+            options = dict(config.model_options)
+            model = create_model(config.model, plan.manifest.num_classes, plan.image_size,
+                                 **options)
+            if config.fine_tune_epochs and config.fine_tune_from:
+                from convlab.models.backbone import first_trainable_index
+
+                first_trainable_index(model, config.fine_tune_from)  # a typo: now
+            compile_model(model, config, plan.phases[0][0], count_examples=multi_worker,
+                          steps_per_execution=plan.per_call)
+        if multi_worker and (synced := synchronize_batch_norm(model)):
+            print(f"batch norm: {synced} layer(s) use the global batch's statistics "
+                  "(synchronized across workers)")
+    return model
+
+
+def _write_run_config(plan: _Plan) -> None:
+    """A new run folder's config.json (the config and what was derived from it) and its
+    learning-rate plot."""
+    config, steps = plan.config, plan.steps
+    derived = {"image_size": plan.image_size,
+               "test_image_size": test_size(config, plan.image_size),
+               "global_batch": plan.global_batch,
+               "per_replica_batch": plan.global_batch // plan.replicas,
+               "replicas": plan.replicas,
+               "steps_per_epoch": steps, "steps_per_execution": plan.per_call,
+               "precision": plan.precision, "strategy": plan.strategy_info.kind,
+               "workers": plan.strategy_info.workers, "prepared_data": str(plan.prepared),
+               "classes": list(plan.manifest.classes),
+               # what predict and export need, also once the prepared data has moved
+               "stored_size": plan.manifest.stored_size,
+               "jpeg_quality": plan.manifest.quality,
+               "lr_per_epoch": [lr for phase, n in plan.phases
+                                for lr in lr_per_epoch(phase, steps, n)]}
+    folder = RunFolder(plan.run)
+    folder.config.write_text(json.dumps(
+        {"config": config.to_dict(), "derived": derived}, indent=1))
+    folder.plots.mkdir()
+    names = " + fine-tune ".join(c.name for c in (config.schedule, config.fine_tune_schedule)
+                                 [:len(plan.phases)])
+    plot_schedule(plan.phases, steps, folder.plot("lr_schedule"),
+                  title=f"{names} schedule, {config.name or config.model}")
+
+
+def _fit_in_workdir(plan: _Plan, model, train_ds, val_ds) -> Path | None:
+    """Only the chief writes the run folder. The other workers run exactly the same steps
+    (saving touches every variable on every worker) but into a temporary folder."""
+    strategy_info = plan.strategy_info
+    kind, index = task_of(strategy_info.strategy)
+    workdir = plan.run if plan.chief else Path(tempfile.mkdtemp(prefix=f"convlab-{kind}{index}-"))
+    if not plan.chief:
+        print(f"{kind} {index} of {strategy_info.workers}: not the chief; its files go to "
+              f"{workdir} (removed at the end)")
+    try:
+        return _fit_and_write(replace(plan, workdir=workdir), model, train_ds, val_ds)
+    finally:
+        if not plan.chief:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
-    config, strategy_info, steps, start_epoch = (plan.config, plan.strategy_info, plan.steps,
-                                                 plan.start_epoch)
-    run, workdir, progress, global_batch = plan.run, plan.workdir, plan.progress, plan.global_batch
-    strategy = strategy_info.strategy
-    throughput = Throughput(global_batch, steps)
-    # The same callbacks on every worker: some read distributed variables, which under a
-    # multi-worker strategy is a collective that all workers must join (TensorBoard alone on
-    # the chief deadlocked or crashed a job). Non-chief workers write into their temp folder.
+    strategy = plan.strategy_info.strategy
+    throughput = Throughput(plan.global_batch, plan.steps)
+    verbose, lines = fit_output(plan.progress)
+    callbacks, head_callbacks, validation = _callbacks(plan, model, val_ds, throughput, lines)
+    fit_args = {"validation_data": validation, "steps_per_epoch": plan.steps, "shuffle": False,
+                "callbacks": callbacks, "verbose": verbose}
+    started = time.time()
+    feature_seconds = _fit_phases(plan, model, train_ds, val_ds, fit_args, head_callbacks)
+    wall = time.time() - started
+    model.save(RunFolder(plan.workdir).final)
+    if is_multi_worker(strategy):
+        barrier(strategy)
+    write_worker_report(strategy, plan.run, model, history_rows(plan.workdir))
+    if not plan.chief:
+        return None
+    _write_summary(plan.run, plan.config, model, plan.manifest, plan.strategy_info,
+                   plan.precision, wall, throughput, feature_seconds)
+    if plan.after_fit is not None:
+        plan.after_fit(plan.run, plan.config, plan.manifest, progress=plan.progress)
+    return plan.run
+
+
+def _callbacks(plan: _Plan, model, val_ds, throughput, lines) -> tuple[list, list, object]:
+    """(model.fit's callbacks, those of the head on cached features, fit's validation data).
+
+    The same callbacks on every worker: some read distributed variables, which under a
+    multi-worker strategy is a collective that all workers must join (TensorBoard alone on
+    the chief deadlocked or crashed a job). Non-chief workers write into their temp folder.
+    """
+    config, strategy, workdir = plan.config, plan.strategy_info.strategy, plan.workdir
     validation = val_ds
     if is_multi_worker(strategy) and val_ds is not None:
         # First, so that the checkpoint, CSV and TensorBoard callbacks see val_* in the logs.
-        callbacks = [ShardedValidation(val_ds, strategy)]
+        first = [ShardedValidation(val_ds, strategy)]
         validation = None
     else:
-        callbacks = []
+        first = []
     # Keras' validation sees the weights' moving average; fit ends with it in the model.
     ema = [keras.callbacks.SwapEMAWeights()] if config.ema_momentum else []
     files = RunFolder(workdir)
@@ -502,41 +592,29 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
     # Saves `model` also while only its head is being fit (cached features). Last: its
     # state.json is the commit point of an epoch, written after the epoch's logs.
     checkpoint = EpochCheckpoint(workdir, model=model, keep=config.keep_checkpoints)
-    finite = FiniteLoss(run, [(0, config.schedule.learning_rate),
-                              (config.epochs, config.fine_tune_schedule.learning_rate)])
-    verbose, lines = fit_output(progress)
-    callbacks += [finite, *ema, throughput, *lines, *logging, checkpoint]
-    fit_args = {"validation_data": validation, "steps_per_epoch": steps, "shuffle": False,
-                "callbacks": callbacks, "verbose": verbose}
-    started, feature_seconds = time.time(), None
+    finite = FiniteLoss(plan.run, [(0, config.schedule.learning_rate),
+                                   (config.epochs, config.fine_tune_schedule.learning_rate)])
+    every = [finite, *ema, throughput, *lines, *logging, checkpoint]
+    return first + every, every, validation
 
-    def head(first: int) -> None:
-        nonlocal feature_seconds
-        if config.feature_views:
-            feature_seconds = _fit_head_on_features(
-                config, model, train_ds, val_ds, steps, first, global_batch, progress,
-                [finite, *ema, throughput, *lines, *logging, checkpoint])
-        else:
-            model.fit(train_ds, epochs=config.epochs, initial_epoch=first, **fit_args)
 
-    def fine_tune(first: int) -> None:
-        if first == config.epochs:  # a fresh start of the phase (a resumed one is compiled)
-            # The whole network, at a lower rate, with a new optimizer.
-            with strategy.scope():
-                _set_backbone(model, True, config.fine_tune_from)
-                _compile(model, config, _fine_tune_schedule(config, steps,
-                                                            strategy_info.replicas),
-                         count_examples=is_multi_worker(strategy),
-                         steps_per_execution=model.steps_per_execution)
-        model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
+def _fit_phases(plan: _Plan, model, train_ds, val_ds, fit_args: dict,
+                head_callbacks: list) -> float | None:
+    """Fit the head's epochs, then the fine-tuning ones: a resumed run skips the finished
+    phase and enters the current one where it stopped. Returns the seconds spent caching
+    features (None: none were cached).
 
-    # The phases, each (first epoch, end epoch, run from a given epoch): a resumed run skips
-    # the finished ones and enters the current one where it stopped.
-    phases = [(0, config.epochs, head), (config.epochs, config.total_epochs, fine_tune)]
+    Raises:
+        ConvlabError: a full disk, or a lost worker (with the command that continues).
+    """
+    config, start, run = plan.config, plan.start_epoch, plan.run
+    feature_seconds = None
     try:
-        for begin, end, run_phase in phases:
-            if begin < end and start_epoch < end:
-                run_phase(max(start_epoch, begin))
+        if start < config.epochs:
+            feature_seconds = _fit_head(plan, model, train_ds, val_ds, fit_args,
+                                        head_callbacks, first=start)
+        if config.epochs < config.total_epochs and start < config.total_epochs:
+            _fine_tune(plan, model, train_ds, fit_args, first=max(start, config.epochs))
     except KeyboardInterrupt:
         done = last_checkpoint(run) if run is not None else None
         print(f"\ninterrupted after {done[0] if done else 0} completed epoch(s); continue with: "
@@ -545,9 +623,9 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        raise ConvlabError(f"cannot write {err.filename or 'to ' + str(workdir)}: {err.strerror}; "
-                           f"free some space, then continue with `convlab train --resume "
-                           f"{run}`") from None
+        raise ConvlabError(f"cannot write {err.filename or 'to ' + str(plan.workdir)}: "
+                           f"{err.strerror}; free some space, then continue with `convlab "
+                           f"train --resume {run}`") from None
     except PEER_ERRORS as err:
         # A peer died or stopped answering: collectives abort instead of waiting forever.
         done = last_checkpoint(run) if run is not None else None
@@ -558,32 +636,33 @@ def _fit_and_write(plan: _Plan, model, train_ds, val_ds) -> Path | None:
             f"{LOST_CONTACT} ({type(err).__name__}{where}); the chief's "
             f"last checkpoint is epoch {done[0] if done else 0}: restart every worker with "
             f"`convlab train --resume {folder}`") from None
-    wall = time.time() - started
-    model.save(RunFolder(workdir).final)
-    if is_multi_worker(strategy):
-        barrier(strategy)
-    write_worker_report(strategy, run, model, history_rows(workdir))
-    if not plan.chief:
-        return None
-    _write_summary(run, config, model, plan.manifest, strategy_info, plan.precision, wall,
-                   throughput, feature_seconds)
-    validated = plan.manifest.has_split("validation")
-    if validated:
-        from convlab.prediction import calibrate
+    return feature_seconds
 
-        print(f"calibration: {calibrate(run, progress=progress).summary()}")
-    if config.report and not validated:
-        print("report: not written, as the data has no validation split; measure the model "
-              f"on other photos with `convlab evaluate {run} --data PHOTOS`")
-    elif config.report:
-        from convlab.evaluation.metrics import load_metrics, summary_line
-        from convlab.evaluation.report import report, test_split
 
-        print(f"report: {report(run)}")
-        print(f"validation split: {summary_line(load_metrics(run))}")
-        if (tested := test_split(read_record(run))) is not None:
-            print(f"test split: {summary_line(tested)}")
-    return run
+def _fit_head(plan: _Plan, model, train_ds, val_ds, fit_args: dict, head_callbacks: list, *,
+              first: int) -> float | None:
+    """The first phase from epoch `first`; the seconds spent caching features, if it did."""
+    config = plan.config
+    if config.feature_views:
+        return _fit_head_on_features(config, model, train_ds, val_ds, plan.steps, first,
+                                     plan.global_batch, plan.progress, head_callbacks)
+    model.fit(train_ds, epochs=config.epochs, initial_epoch=first, **fit_args)
+    return None
+
+
+def _fine_tune(plan: _Plan, model, train_ds, fit_args: dict, *, first: int) -> None:
+    """The fine-tuning phase from epoch `first`."""
+    config, strategy_info = plan.config, plan.strategy_info
+    strategy = strategy_info.strategy
+    if first == config.epochs:  # a fresh start of the phase (a resumed one is compiled)
+        # The whole network, at a lower rate, with a new optimizer.
+        with strategy.scope():
+            _set_backbone(model, True, config.fine_tune_from)
+            compile_model(model, config, _fine_tune_schedule(config, plan.steps,
+                                                             strategy_info.replicas),
+                          count_examples=is_multi_worker(strategy),
+                          steps_per_execution=model.steps_per_execution)
+    model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
 
 
 def _fit_head_on_features(config, model, train_ds, val_ds, steps, start_epoch, global_batch,

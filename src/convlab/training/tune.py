@@ -25,10 +25,14 @@ import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from convlab.config import TrainConfig, named_config
 from convlab.errors import ConvlabError
 from convlab.files import figure, write_text_atomic
+
+if TYPE_CHECKING:
+    from convlab.training.trainer import AfterFit
 
 
 @dataclass(frozen=True)
@@ -185,9 +189,11 @@ class Search:
     """One search: its folder, base config, space and bookkeeping."""
 
     def __init__(self, base: TrainConfig, space: list[Range], folder: Path, *,
-                 budget_seconds: float | None, progress: bool, trials: int):
+                 budget_seconds: float | None, progress: bool, trials: int,
+                 after_fit: AfterFit | None = None):
         self.base, self.space, self.folder = base, space, folder
         self.budget_seconds, self.progress, self.trials = budget_seconds, progress, trials
+        self.after_fit = after_fit  # what follows each trial's fitting, as for `train`
         self.started = time.time()
         self.durations: list[float] = []
 
@@ -224,7 +230,7 @@ class Search:
         print(f"trial {trial.trial_id}: {shown}, {epochs} epoch(s)", flush=True)
         start = time.time()
         try:
-            run = train(config, progress=self.progress)
+            run = train(config, progress=self.progress, after_fit=self.after_fit)
         except ConvlabError as err:
             raise kt.errors.FailedTrialError(str(err)) from None
         seconds = time.time() - start
@@ -284,7 +290,7 @@ def _oracle(algorithm: str, trials: int, max_epochs: int, seed: int, hp):
 def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float | None = None,
          algorithm: str = "hyperband", space: list[str] | None = None,
          out: str | os.PathLike | None = None, overwrite: bool = False, seed: int = 0,
-         progress: bool = False, **overrides) -> dict:
+         progress: bool = False, after_fit: AfterFit | None = None, **overrides) -> dict:
     """Search hyperparameters for a recipe or model; see the module docstring.
 
     Args:
@@ -300,6 +306,8 @@ def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float |
         overwrite: start over in `out`, forgetting its trials.
         seed: the oracle's seed.
         progress: progress bars in each trial (else one line per epoch).
+        after_fit: what follows each trial's fitting, as for `convlab.training.trainer.train`
+            (`convlab.workflow.tune` calibrates each trial's model).
         **overrides: `TrainConfig` fields for every trial (data, image_size, ...).
 
     Returns:
@@ -310,13 +318,7 @@ def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float |
         ConvlabError: bad options, an unknown hyperparameter, an empty range, a budget too
             small for one trial.
     """
-    if not isinstance(trials, int) or trials < 1:
-        raise ConvlabError(f"--trials must be at least 1, received: {trials!r}")
-    if budget_minutes is not None and not budget_minutes > 0:
-        raise ConvlabError(f"--budget-minutes must be positive, received: {budget_minutes}")
-    if algorithm not in ALGORITHMS:
-        raise ConvlabError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, received: "
-                           f"{algorithm!r}")
+    _check_options(trials, budget_minutes, algorithm)
     base = named_config(config) if isinstance(config, str) else config
     base = base.override(**overrides)
     base.validate()
@@ -327,6 +329,28 @@ def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float |
     spec = {"base": base.to_dict(), "space": [r.describe() for r in ranges],
             "algorithm": algorithm, "trials": trials, "seed": seed}
     spec = json.loads(json.dumps(spec))  # as it reads back (tuples become lists)
+    _open_folder(folder, spec, overwrite)
+    search = Search(base, ranges, folder, trials=trials, progress=progress, after_fit=after_fit,
+                    budget_seconds=budget_minutes * 60 if budget_minutes else None)
+    tuner = _tuner(search, algorithm, seed)
+    print(f"searching {', '.join(r.describe() for r in ranges)}; {algorithm}, at most {trials} "
+          f"trial(s){f', {budget_minutes:g} min' if budget_minutes else ''}; results in {folder}")
+    return _run_search(tuner, search)
+
+
+def _check_options(trials, budget_minutes, algorithm) -> None:
+    if not isinstance(trials, int) or trials < 1:
+        raise ConvlabError(f"--trials must be at least 1, received: {trials!r}")
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise ConvlabError(f"--budget-minutes must be positive, received: {budget_minutes}")
+    if algorithm not in ALGORITHMS:
+        raise ConvlabError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, received: "
+                           f"{algorithm!r}")
+
+
+def _open_folder(folder: Path, spec: dict, overwrite: bool) -> None:
+    """The search folder with this search's search.json: the same search continues there, a
+    different one (or a folder that is not a search's) is refused unless overwritten."""
     spec_file = folder / "search.json"
     if spec_file.exists() and not overwrite:
         held = json.loads(spec_file.read_text())
@@ -346,17 +370,25 @@ def tune(config: TrainConfig | str, *, trials: int = 10, budget_minutes: float |
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(spec_file, json.dumps(spec, indent=1))
 
-    search = Search(base, ranges, folder, trials=trials, progress=progress,
-                    budget_seconds=budget_minutes * 60 if budget_minutes else None)
+
+def _tuner(search: Search, algorithm: str, seed: int):
+    """KerasTuner's tuner over `search`, its oracle's state in FOLDER/oracle/ (reloaded when
+    the search continues)."""
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
     search.hyperparameters(hp)
-    oracle = _oracle(algorithm, trials, base.epochs, seed, hp)
-    tuner = _tuner_class()(oracle, search=search, directory=str(folder), project_name="oracle",
-                           overwrite=False)
-    print(f"searching {', '.join(r.describe() for r in ranges)}; {algorithm}, at most {trials} "
-          f"trial(s){f', {budget_minutes:g} min' if budget_minutes else ''}; results in {folder}")
+    oracle = _oracle(algorithm, search.trials, search.base.epochs, seed, hp)
+    return _tuner_class()(oracle, search=search, directory=str(search.folder),
+                          project_name="oracle", overwrite=False)
+
+
+def _run_search(tuner, search: Search) -> dict:
+    """KerasTuner's search loop; results.json and the rest at its end, also when it stops
+    early."""
+    import keras_tuner as kt
+
+    folder, base, ranges, oracle = search.folder, search.base, search.space, tuner.oracle
     try:
         tuner.search(verbose=0)  # our own line per trial instead of KerasTuner's
     except kt.errors.FatalError as err:
