@@ -86,7 +86,7 @@ def test_each_training_flag_sets_its_config_field_and_names_its_default():
 
     argv = ["train", "squeezenet-plus", "--data", "photos/", "--epochs", "3", "--batch-size",
             "16", "--image-size", "96", "--test-scale", "1.25", "--lr", "0.01", "--schedule",
-            "cosine", "--optimizer", "sgd", "--label-smoothing", "0.2", "--mixup", "0.4",
+            "cosine", "--optimizer", "sgd", "--weight-decay", "0.05", "--label-smoothing", "0.2", "--mixup", "0.4",
             "--cutmix", "1", "--class-weights", "balanced", "--augment", "strong",
             "--fine-tune-epochs", "2", "--fine-tune-lr", "1e-4", "--feature-views", "0",
             "--precision", "float32", "--strategy", "default", "--steps-per-execution", "4",
@@ -97,6 +97,7 @@ def test_each_training_flag_sets_its_config_field_and_names_its_default():
     assert (got["data"], got["epochs"], got["batch_size"], got["batch_per_replica"]) == (
         "photos/", 3, 16, None)
     assert (got["image_size"], got["test_scale"], got["optimizer"]) == (96, 1.25, "sgd")
+    assert got["weight_decay"] == 0.05
     assert got["schedule"]["learning_rate"] == 0.01 and got["schedule"]["name"] == "cosine"
     # merged into the recipe's schedule: its other fields kept
     assert got["schedule"]["warmup_epochs"] == recipe_config("squeezenet-plus").schedule.warmup_epochs

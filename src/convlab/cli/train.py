@@ -250,6 +250,8 @@ TRAINING_FLAGS = (
          {"type": float}),
     Flag("--schedule", "schedule.name", "learning-rate schedule", {"choices": SCHEDULES}),
     Flag("--optimizer", "optimizer", "optimizer", {"choices": OPTIMIZERS}),
+    Flag("--weight-decay", "weight_decay", "decoupled weight decay (adamw only)",
+         {"type": float}),
     Flag("--label-smoothing", "label_smoothing", "label smoothing of the loss",
          {"type": float}),
     Flag("--mixup", "mixup", "MixUp each training batch, fractions from Beta(ALPHA, ALPHA); "
