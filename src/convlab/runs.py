@@ -127,7 +127,7 @@ class RunRecord:
 
     path: Path
     config: TrainConfig
-    image_size: int
+    image_size: int  # the training size (test_size: the size the model is run at)
     classes: list[str]
     prepared_data: str | None  # the prepared folder trained on (a path or gs:// URL)
     stored_size: int | None  # its images' size; None for runs made before it was recorded
