@@ -186,7 +186,8 @@ def test_100_classes_of_2_photos_and_a_class_of_1(tmp_path):
     assert "1 of 101 classes have no validation photos: 'lonely'" in notes
 
 
-def test_many_classes_stay_readable_and_a_split_folder_run_scores_its_test_split(tmp_path):
+def test_many_classes_stay_readable_and_a_split_folder_run_scores_its_test_split(
+        tmp_path, monkeypatch):
     """40 classes in train/ and test/ folders (one class with a single photo): the run
     trains, its report scores the given test split, shows the top confusions instead of a
     40 x 40 matrix, and puts balanced accuracy and macro F1 beside accuracy; the terminal
@@ -196,6 +197,7 @@ def test_many_classes_stay_readable_and_a_split_folder_run_scores_its_test_split
     from convlab.evaluation.metrics import format_metrics, other_evaluations
     from convlab.workflow import train
 
+    monkeypatch.setenv("CONVLAB_CACHE", str(tmp_path / "cache"))  # not the user's cache
     per_class = {f"kind{i:02d}": 4 for i in range(39)}
     per_class["single"] = 1
     root = tmp_path / "many"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,51 @@ def test_partial_fine_tuning_keeps_the_early_blocks_frozen(tiny_data, tmp_path):
               batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1, report=False,
               fine_tune_from="blok5_", runs_dir=str(tmp_path), progress=False,
               model_options={"weights": None})
+
+
+def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
+        tiny_data, tmp_path, capsys):
+    """Fine-tuning from half the size up (1 head epoch at 64 px, then 32, 32, 64 px): the
+    sizes are recorded and said, they change the weights, and a run resumed inside the
+    32 px epochs ends with the same weights as an uninterrupted one."""
+    overrides = {"data": str(tiny_data), "model": "efficientnet_lite0", "image_size": 64,
+                 "batch_size": 8, "precision": "float32", "epochs": 1, "fine_tune_epochs": 3,
+                 "fine_tune_start_scale": 0.5, "report": False, "seed": 5,
+                 "model_options": {"weights": None, "dropout": 0.0}}
+    whole = train(TrainConfig(), runs_dir=str(tmp_path / "whole"), progress=False,
+                  keep_checkpoints=0, **overrides)
+    out = capsys.readouterr().out
+    assert "their size growing from 32 to 64 px" in out
+    assert "fine-tuning epochs 2-3 at 32 px" in out and "fine-tuning epoch 4 at 64 px" in out
+    saved = json.loads((whole / "config.json").read_text())
+    assert saved["derived"]["epoch_sizes"] == [64, 32, 32, 64]
+    assert saved["config"]["fine_tune_start_scale"] == 0.5
+    assert keras.models.load_model(whole / "model.keras").input_shape == (None, None, None, 3)
+
+    fixed = train(TrainConfig(), runs_dir=str(tmp_path / "fixed"), progress=False,
+                  **{**overrides, "fine_tune_start_scale": 1.0})
+    assert json.loads((fixed / "config.json").read_text())["derived"]["epoch_sizes"] == [64] * 4
+    assert keras.models.load_model(fixed / "model.keras").input_shape == (None, 64, 64, 3)
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        weights_of(whole / "model.keras"), weights_of(fixed / "model.keras"), strict=True))
+
+    cut = tmp_path / "cut" / whole.name
+    shutil.copytree(whole, cut)  # config.json records no path of its own
+    # What a crash after epoch 2 (the first at 32 px) leaves
+    (cut / "model.keras").unlink()
+    for late in ("epoch-003.keras", "epoch-004.keras"):
+        (cut / "checkpoints" / late).unlink()
+    state = json.loads((cut / "state.json").read_text())
+    (cut / "state.json").write_text(json.dumps({**state, "epoch": 2}))
+    rows = (cut / "history.csv").read_text().splitlines()
+    (cut / "history.csv").write_text("\n".join(rows[:3]) + "\n")
+    capsys.readouterr()
+    assert resume(cut, progress=False) == cut
+    assert "fine-tuning epoch 3 at 32 px" in capsys.readouterr().out
+    assert [h["epoch"] for h in json.loads((cut / "history.json").read_text())] == [0, 1, 2, 3]
+    for a, b in zip(weights_of(cut / "model.keras"), weights_of(whole / "model.keras"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):

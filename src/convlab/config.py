@@ -153,6 +153,12 @@ class TrainConfig:
     # (e.g. "block5_" for EfficientNet-Lite: the stem and early blocks, at the largest
     # feature maps, stay frozen and need no backward pass); None: the whole backbone
     fine_tune_from: str | None = None
+    # Progressive resizing of the fine-tuning phase (fastai; EfficientNetV2 without its
+    # regularization ramp): its first epoch trains at the training size times this, the size
+    # growing linearly to the training size at its last epoch, in steps of 32 px (what the
+    # backbone downsamples by); validation stays at the training size. 1: every epoch at the
+    # training size. Arithmetic per step falls with the square of the size.
+    fine_tune_start_scale: float = 1.0
     # >0: the head-only epochs train on backbone features cached from this many augmented
     # passes over the training split (frozen pretrained backbones; see training/features.py)
     feature_views: int = 0
@@ -213,6 +219,10 @@ class TrainConfig:
                                f"{self.weight_decay}")
         if not 0 <= self.momentum < 1:
             raise ConvlabError(f"momentum must be in [0, 1), received: {self.momentum}")
+        if not 0.25 <= self.fine_tune_start_scale <= 1:
+            raise ConvlabError(f"--fine-tune-start-scale must be between 0.25 and 1 (1: every "
+                               f"fine-tuning epoch at the training size), received: "
+                               f"{self.fine_tune_start_scale}")
         if not 0 <= self.ema_momentum < 1:
             raise ConvlabError(f"ema_momentum must be in [0, 1) (0: no moving average), "
                                f"received: {self.ema_momentum}")
@@ -227,6 +237,16 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         return self.epochs + self.fine_tune_epochs
+
+    def epoch_sizes(self, image_size: int) -> list[int]:
+        """The training size of each epoch: the first phase's at `image_size`, the
+        fine-tuning ones growing from `image_size` x `fine_tune_start_scale` to `image_size`
+        (see `fine_tune_start_scale`)."""
+        n, start = self.fine_tune_epochs, image_size * self.fine_tune_start_scale
+        ramp = [start + (image_size - start) * i / max(1, n - 1) for i in range(n)]
+        step = 32 if start >= 32 else 8  # tiny sizes (tests) in steps of 8
+        sizes = [max(step, int(s) // step * step) for s in ramp[:-1]] + [image_size][:n]
+        return [image_size] * self.epochs + [min(s, image_size) for s in sizes]
 
     def to_dict(self) -> dict:
         return asdict(self)

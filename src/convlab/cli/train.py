@@ -270,6 +270,10 @@ TRAINING_FLAGS = (
          "too (batch norm stays frozen)", {"action": "store_true"}),
     Flag("--fine-tune-epochs", "fine_tune_epochs", "after --epochs on the head, this many "
          "with the backbone unfrozen", {"type": int}),
+    Flag("--fine-tune-start-scale", "fine_tune_start_scale",
+         "progressive resizing: the first fine-tuning epoch at the training size times X, the "
+         "size growing to it by the last (validation at the training size)",
+         {"type": float, "metavar": "X"}),
     Flag("--fine-tune-lr", "fine_tune_schedule.learning_rate", "learning rate of that second "
          "phase", {"type": float}),
     Flag("--feature-views", "feature_views", "frozen pretrained backbones: train the head on "

@@ -84,11 +84,13 @@ def lr_per_epoch(schedule, steps_per_epoch: int, epochs: int) -> list[float]:
     return [float(schedule(e * steps_per_epoch)) for e in range(epochs)]
 
 
-def plot_schedule(phases, steps_per_epoch: int, path, title: str = "") -> None:
+def plot_schedule(phases, steps_per_epoch: int, path, title: str = "",
+                  sizes: list[int] | None = None) -> None:
     """Write a PNG of the learning rate over training (per step).
 
     `phases`: (schedule, epochs) pairs, one after the other (e.g. head, then fine-tune);
-    each schedule counts its steps from the start of its own phase.
+    each schedule counts its steps from the start of its own phase. `sizes`: each epoch's
+    training size (progressive resizing), drawn on a second axis.
     """
     xs, rates, offset = [], [], 0
     for schedule, epochs in phases:
@@ -104,5 +106,10 @@ def plot_schedule(phases, steps_per_epoch: int, path, title: str = "") -> None:
     ax.set_ylabel("learning rate")
     ax.set_title(title or "learning-rate schedule")
     ax.grid(alpha=0.3)
+    if sizes:
+        px = ax.twinx()
+        px.step(range(len(sizes) + 1), [*sizes, sizes[-1]], where="post", color="tab:orange")
+        px.set_ylabel("training size (px)", color="tab:orange")
+        px.tick_params(axis="y", labelcolor="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

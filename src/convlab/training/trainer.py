@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import keras
@@ -92,8 +93,8 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
                      tpu=strategy_info is not None and strategy_info.tpu)
     has_val = manifest.has_split("validation")
     strategy = strategy_info.strategy if strategy_info is not None else None
+    train = splits.train(strategy)
     if strategy is not None and is_multi_worker(strategy):
-        train = strategy.distribute_datasets_from_function(lambda c: splits.make("train", c))
         # This worker's part of the validation split, as a plain dataset: `ShardedValidation`
         # evaluates it locally (the parts may differ by a batch; see there).
         _, index = task_of(strategy)
@@ -101,11 +102,10 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
                                              strategy.num_replicas_in_sync)
         val = splits.make("validation", context) if has_val else None
     elif splits.tpu:
-        train = strategy.distribute_datasets_from_function(lambda c: splits.make("train", c))
         val = strategy.distribute_datasets_from_function(
             lambda c: splits.make("validation", c)) if has_val else None
     else:
-        train, val = splits.make("train"), (splits.make("validation") if has_val else None)
+        val = splits.make("validation") if has_val else None
     return prepared, manifest, train, val
 
 
@@ -122,6 +122,13 @@ class _Splits:
     start_epoch: int
     weights: dict | None  # class weights of the loss
     tpu: bool
+
+    def train(self, strategy=None):
+        """The training split: one input pipeline per worker (or TPU host) where the
+        strategy distributes, else one dataset."""
+        if strategy is not None and (self.tpu or is_multi_worker(strategy)):
+            return strategy.distribute_datasets_from_function(lambda c: self.make("train", c))
+        return self.make("train")
 
     def make(self, split: str, context: tf.distribute.InputContext | None = None):
         from convlab.data.pipeline import input_plan, load
@@ -295,6 +302,8 @@ def _start_line(config: TrainConfig, image_size: int, manifest: Manifest) -> str
         what += (f", then {config.fine_tune_epochs} fine-tune epoch(s) at {ft.learning_rate:g} "
                  f"({ft.name})" + (f" of the backbone from {config.fine_tune_from}"
                                    if config.fine_tune_from else ""))
+        if (first := config.epoch_sizes(image_size)[config.epochs]) != image_size:
+            what += f", their size growing from {first} to {image_size} px"
     if mixes := [f"{name} (alpha {alpha:g})" for name, alpha in
                  (("MixUp", config.mixup), ("CutMix", config.cutmix)) if alpha]:
         what += "; each training batch mixed by " + " or ".join(mixes)
@@ -383,7 +392,8 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool,
         plan = _Plan(config, strategy_info, precision, image_size, global_batch, prepared,
                      manifest, steps, per_call=_steps_per_call(config, strategy_info, steps),
                      phases=_phases(config, steps, replicas), start_epoch=start_epoch,
-                     chief=chief, progress=progress, after_fit=after_fit, run=run)
+                     chief=chief, progress=progress, after_fit=after_fit, run=run,
+                     epoch_sizes=config.epoch_sizes(image_size))
         _print_start(plan)
         model = _build_model(plan, resumed)
         if chief and run is None:
@@ -456,6 +466,12 @@ class _Plan:
     after_fit: AfterFit | None
     run: Path | None  # the run folder (the chief's; None on other workers before it exists)
     workdir: Path | None = None  # where this process writes: the run folder, or a temporary one
+    epoch_sizes: list[int] = dataclass_field(default_factory=list)  # each epoch's training size
+
+    @property
+    def progressive(self) -> bool:
+        """Some epochs train at another size than the training size."""
+        return any(size != self.image_size for size in self.epoch_sizes)
 
     @property
     def replicas(self) -> int:
@@ -478,7 +494,7 @@ def _print_start(plan: _Plan) -> None:
 def _build_model(plan: _Plan, resumed: tuple | None) -> keras.Model:
     """Inside the strategy's scope: the resumed checkpoint's model, or a new one compiled
     with the first phase's schedule."""
-    from convlab.models import create_model
+    from convlab.models import create_model, with_free_size
 
     config, strategy = plan.config, plan.strategy_info.strategy
     multi_worker = is_multi_worker(strategy)
@@ -494,6 +510,8 @@ def _build_model(plan: _Plan, resumed: tuple | None) -> keras.Model:
                 from convlab.models.backbone import first_trainable_index
 
                 first_trainable_index(model, config.fine_tune_from)  # a typo: now
+            if plan.progressive:  # one network for every epoch's size
+                model = with_free_size(model)
             compile_model(model, config, plan.phases[0][0], count_examples=multi_worker,
                           steps_per_execution=plan.per_call)
         if multi_worker and (synced := synchronize_batch_norm(model)):
@@ -519,7 +537,8 @@ def _write_run_config(plan: _Plan) -> None:
                "stored_size": plan.manifest.stored_size,
                "jpeg_quality": plan.manifest.quality,
                "lr_per_epoch": [lr for phase, n in plan.phases
-                                for lr in lr_per_epoch(phase, steps, n)]}
+                                for lr in lr_per_epoch(phase, steps, n)],
+               "epoch_sizes": list(plan.epoch_sizes)}
     folder = RunFolder(plan.run)
     folder.config.write_text(json.dumps(
         {"config": config.to_dict(), "derived": derived}, indent=1))
@@ -527,7 +546,8 @@ def _write_run_config(plan: _Plan) -> None:
     names = " + fine-tune ".join(c.name for c in (config.schedule, config.fine_tune_schedule)
                                  [:len(plan.phases)])
     plot_schedule(plan.phases, steps, folder.plot("lr_schedule"),
-                  title=f"{names} schedule, {config.name or config.model}")
+                  title=f"{names} schedule, {config.name or config.model}",
+                  sizes=plan.epoch_sizes if plan.progressive else None)
 
 
 def _fit_in_workdir(plan: _Plan, model, train_ds, val_ds) -> Path | None:
@@ -662,7 +682,29 @@ def _fine_tune(plan: _Plan, model, train_ds, fit_args: dict, *, first: int) -> N
                                                              strategy_info.replicas),
                           count_examples=is_multi_worker(strategy),
                           steps_per_execution=model.steps_per_execution)
-    model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
+    if not plan.progressive:
+        model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
+        return
+    for size, start, end in size_segments(plan.epoch_sizes, first):
+        epochs = f"epoch {end}" if end - start == 1 else f"epochs {start + 1}-{end}"
+        print(f"fine-tuning {epochs} at {size} px")
+        # Numbered by the run's own epochs, so that a resumed run augments as this one does.
+        data = _Splits(config, plan.prepared, plan.manifest, size, plan.global_batch,
+                       steps=plan.steps, start_epoch=start,
+                       weights=_class_weights(config, plan.manifest),
+                       tpu=strategy_info.tpu).train(strategy)
+        model.fit(data, epochs=end, initial_epoch=start, **fit_args)
+
+
+def size_segments(sizes: list[int], first: int) -> list[tuple[int, int, int]]:
+    """(size, first epoch, end epoch) of each run of equal sizes from epoch `first` on."""
+    segments: list[list[int]] = []
+    for epoch in range(first, len(sizes)):
+        if segments and segments[-1][0] == sizes[epoch]:
+            segments[-1][2] = epoch + 1
+        else:
+            segments.append([sizes[epoch], epoch, epoch + 1])
+    return [tuple(s) for s in segments]
 
 
 def _fit_head_on_features(config, model, train_ds, val_ds, steps, start_epoch, global_batch,
