@@ -201,6 +201,17 @@ def test_partial_fine_tuning_keeps_the_early_blocks_frozen(tiny_data, tmp_path):
               model_options={"weights": None})
 
 
+def test_progressive_sizes_grow_in_steps_of_32_px_to_the_training_size():
+    sizes = lambda scale, size=300: TrainConfig(  # noqa: E731
+        epochs=3, fine_tune_epochs=8, fine_tune_start_scale=scale).epoch_sizes(size)
+    assert sizes(1.0) == [300] * 11  # off: every epoch at the training size
+    assert sizes(0.75) == [300] * 3 + [224, 224, 224, 256, 256, 256, 288, 300]
+    assert sizes(0.5, 224) == [224] * 3 + [96, 128, 128, 160, 160, 192, 192, 224]
+    assert TrainConfig(epochs=2).epoch_sizes(64) == [64, 64]
+    with pytest.raises(ConvlabError, match="--fine-tune-start-scale must be between 0.25"):
+        TrainConfig(fine_tune_start_scale=0.1).validate()
+
+
 def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
         tiny_data, tmp_path, capsys):
     """Fine-tuning from half the size up (1 head epoch at 64 px, then 32, 32, 64 px): the
@@ -215,6 +226,7 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
     out = capsys.readouterr().out
     assert "their size growing from 32 to 64 px" in out
     assert "fine-tuning epochs 2-3 at 32 px" in out and "fine-tuning epoch 4 at 64 px" in out
+    assert "epoch 2/4: " in out and "epoch 4/4: " in out  # the run's epochs, not the fit's
     saved = json.loads((whole / "config.json").read_text())
     assert saved["derived"]["epoch_sizes"] == [64, 32, 32, 64]
     assert saved["config"]["fine_tune_start_scale"] == 0.5

@@ -245,8 +245,9 @@ class TrainConfig:
         n, start = self.fine_tune_epochs, image_size * self.fine_tune_start_scale
         ramp = [start + (image_size - start) * i / max(1, n - 1) for i in range(n)]
         step = 32 if start >= 32 else 8  # tiny sizes (tests) in steps of 8
-        sizes = [max(step, int(s) // step * step) for s in ramp[:-1]] + [image_size][:n]
-        return [image_size] * self.epochs + [min(s, image_size) for s in sizes]
+        sizes = [image_size if s >= image_size else max(step, int(s) // step * step)
+                 for s in ramp[:-1]] + [image_size][:n]
+        return [image_size] * self.epochs + sizes
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -69,6 +69,8 @@ class EpochLine(keras.callbacks.Callback):
     val_loss 0.3805, val_accuracy 0.9302; 1,732.1 img/s, 6.0 s`. Metrics at 4 significant
     digits; the speed is `Throughput`'s, so this callback comes after it."""
 
+    total: int | None = None  # the run's epochs, where one fit covers only some of them
+
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
@@ -78,7 +80,7 @@ class EpochLine(keras.callbacks.Callback):
         logs.pop("elapsed_seconds", None)
         metrics = ", ".join(f"{name} {float(value):.4g}" for name, value in logs.items())
         speed = f"{rate:,.1f} img/s, " if rate is not None and math.isfinite(rate) else ""
-        print(f"epoch {epoch + 1}/{self.params.get('epochs', '?')}: {metrics}; {speed}"
+        print(f"epoch {epoch + 1}/{self.total or self.params.get('epochs', '?')}: {metrics}; {speed}"
               f"{time.perf_counter() - self._start:.1f} s", flush=True)
 
 

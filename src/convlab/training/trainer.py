@@ -38,7 +38,13 @@ from convlab.runs import (
     read_record,
     why_not_loaded,
 )
-from convlab.training.callbacks import EpochCheckpoint, FiniteLoss, Throughput, fit_output
+from convlab.training.callbacks import (
+    EpochCheckpoint,
+    EpochLine,
+    FiniteLoss,
+    Throughput,
+    fit_output,
+)
 from convlab.training.distributed import (
     LOST_CONTACT,
     PEER_ERRORS,
@@ -685,6 +691,8 @@ def _fine_tune(plan: _Plan, model, train_ds, fit_args: dict, *, first: int) -> N
     if not plan.progressive:
         model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
         return
+    for line in (c for c in fit_args["callbacks"] if isinstance(c, EpochLine)):
+        line.total = config.total_epochs  # each size is a fit of its own epochs
     for size, start, end in size_segments(plan.epoch_sizes, first):
         epochs = f"epoch {end}" if end - start == 1 else f"epochs {start + 1}-{end}"
         print(f"fine-tuning {epochs} at {size} px")
