@@ -32,6 +32,18 @@ def weights_of(path):
     return [w for w in keras.models.load_model(path).get_weights()]
 
 
+def crash_after_epoch_2(run):
+    """Leave a finished 4-epoch run (all checkpoints kept) as a crash after epoch 2 would:
+    checkpoints and history up to it, no final model."""
+    (run / "model.keras").unlink()
+    for late in ("epoch-003.keras", "epoch-004.keras"):
+        (run / "checkpoints" / late).unlink()
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 2}))
+    rows = (run / "history.csv").read_text().splitlines()
+    (run / "history.csv").write_text("\n".join(rows[:3]) + "\n")
+
+
 def test_codelab_rampup_schedule_reproduces_its_printed_values():
     # The codelab (8 TPU cores): start 1e-5, max 5e-5 x 8, min 1e-5, 5 ramp-up epochs, decay 0.8.
     config = recipe_config("codelab-xception").schedule
@@ -242,13 +254,7 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
     cut = tmp_path / "cut" / whole.name
     shutil.copytree(whole, cut)  # config.json records no path of its own
     # What a crash after epoch 2 (the first at 32 px) leaves
-    (cut / "model.keras").unlink()
-    for late in ("epoch-003.keras", "epoch-004.keras"):
-        (cut / "checkpoints" / late).unlink()
-    state = json.loads((cut / "state.json").read_text())
-    (cut / "state.json").write_text(json.dumps({**state, "epoch": 2}))
-    rows = (cut / "history.csv").read_text().splitlines()
-    (cut / "history.csv").write_text("\n".join(rows[:3]) + "\n")
+    crash_after_epoch_2(cut)
     capsys.readouterr()
     assert resume(cut, progress=False) == cut
     assert "fine-tuning epoch 3 at 32 px" in capsys.readouterr().out
@@ -343,13 +349,7 @@ def test_cached_feature_run_resumed_mid_way_ends_with_the_same_weights(tiny_data
     cut = train(TrainConfig(), runs_dir=str(tmp_path / "cut"), progress=False, keep_checkpoints=0,
                 **overrides)
     # What a crash after epoch 2 leaves: checkpoints and history up to it, no final model.
-    (cut / "model.keras").unlink()
-    for late in ("epoch-003.keras", "epoch-004.keras"):
-        (cut / "checkpoints" / late).unlink()
-    state = json.loads((cut / "state.json").read_text())
-    (cut / "state.json").write_text(json.dumps({**state, "epoch": 2}))
-    rows = (cut / "history.csv").read_text().splitlines()
-    (cut / "history.csv").write_text("\n".join(rows[:3]) + "\n")
+    crash_after_epoch_2(cut)
 
     assert resume(cut, progress=False) == cut
     assert [h["epoch"] for h in json.loads((cut / "history.json").read_text())] == [0, 1, 2, 3]
