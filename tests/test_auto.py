@@ -7,12 +7,15 @@ import sys
 
 import pytest
 
+from convlab.config import recipe_config
 from convlab.data.synthetic import draw
 from convlab.training.auto import (
+    FINE_TUNE_RECIPE,
     Counts,
     Photos,
     StepTimes,
     choose_size,
+    fine_tune_cost,
     look_at_photos,
     plan_epochs,
 )
@@ -39,12 +42,29 @@ def test_fine_tuning_epochs_follow_the_budget_and_the_number_of_photos():
     assert overrides["recipe"] == "efficientnet-lite0-finetune"
     epochs = overrides["fine_tune_epochs"]
     assert 2 <= epochs <= 8 and expected <= 20 * 60
-    # more time: more epochs, up to the recipe's steps (8 epochs at 86 steps per epoch)
+    # more time: more epochs, up to the recipe's steps (its epochs at 86 steps per epoch)
     more, _, _ = plan_epochs(FLOWERS, times, seconds_left=60 * 60)
-    assert more["fine_tune_epochs"] == 8
+    assert more["fine_tune_epochs"] == recipe_config(FINE_TUNE_RECIPE).fine_tune_epochs
     # few photos: more epochs for the same steps, within the bound
     few, _, _ = plan_epochs(Counts(300, 60, 3), times, seconds_left=60 * 60)
     assert few["fine_tune_epochs"] == 15
+
+
+def test_the_plan_counts_the_recipes_smaller_first_epochs_as_cheaper():
+    """The recipe's fine-tuning grows its size (224 -> 300 px): its epochs cost less than as
+    many at 300 px, so a tight budget fits more of them than whole-size epochs would."""
+    recipe = recipe_config(FINE_TUNE_RECIPE)
+    sizes = recipe.epoch_sizes(300)[recipe.epochs:]
+    assert sizes[0] < sizes[-1] == 300
+    assert fine_tune_cost(1, 300) == 1.0  # one epoch: at the training size
+    assert len(sizes) * 0.5 < fine_tune_cost(len(sizes), 300) < len(sizes)
+    times = StepTimes(forward=0.01, train=0.04)
+    steps = FLOWERS.train // 32
+    one_epoch = 1.1 * (0.04 * steps * 32 + 0.01 * FLOWERS.validation)
+    overrides, reasons, expected = plan_epochs(FLOWERS, times, seconds_left=11 * 60)
+    assert "growing from 224 to 300 px" in reasons[0]
+    assert expected <= 11 * 60
+    assert overrides["fine_tune_epochs"] > (11 * 60 - 200) // one_epoch
 
 
 def test_a_small_budget_keeps_the_backbone_frozen_and_says_why():

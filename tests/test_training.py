@@ -228,13 +228,13 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
         tiny_data, tmp_path, capsys):
     """Fine-tuning from half the size up (1 head epoch at 64 px, then 32, 32, 64 px): the
     sizes are recorded and said, they change the weights, and a run resumed inside the
-    32 px epochs ends with the same weights as an uninterrupted one."""
+    32 px epochs ends with the same weights as an uninterrupted one; so does a run of fixed
+    size resumed inside its fine-tuning (its epochs numbered by the run's, not restarted)."""
     overrides = {"data": str(tiny_data), "model": "efficientnet_lite0", "image_size": 64,
                  "batch_size": 8, "precision": "float32", "epochs": 1, "fine_tune_epochs": 3,
-                 "fine_tune_start_scale": 0.5, "report": False, "seed": 5,
+                 "fine_tune_start_scale": 0.5, "report": False, "seed": 5, "keep_checkpoints": 0,
                  "model_options": {"weights": None, "dropout": 0.0}}
-    whole = train(TrainConfig(), runs_dir=str(tmp_path / "whole"), progress=False,
-                  keep_checkpoints=0, **overrides)
+    whole = train(TrainConfig(), runs_dir=str(tmp_path / "whole"), progress=False, **overrides)
     out = capsys.readouterr().out
     assert "their size growing from 32 to 64 px" in out
     assert "fine-tuning epochs 2-3 at 32 px" in out and "fine-tuning epoch 4 at 64 px" in out
@@ -251,17 +251,17 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
     assert any(not np.array_equal(a, b) for a, b in zip(
         weights_of(whole / "model.keras"), weights_of(fixed / "model.keras"), strict=True))
 
-    cut = tmp_path / "cut" / whole.name
-    shutil.copytree(whole, cut)  # config.json records no path of its own
-    # What a crash after epoch 2 (the first at 32 px) leaves
-    crash_after_epoch_2(cut)
-    capsys.readouterr()
-    assert resume(cut, progress=False) == cut
-    assert "fine-tuning epoch 3 at 32 px" in capsys.readouterr().out
-    assert [h["epoch"] for h in json.loads((cut / "history.json").read_text())] == [0, 1, 2, 3]
-    for a, b in zip(weights_of(cut / "model.keras"), weights_of(whole / "model.keras"),
-                    strict=True):
-        np.testing.assert_array_equal(a, b)
+    for run, line in ((whole, "fine-tuning epoch 3 at 32 px"), (fixed, "epoch 3/4: ")):
+        cut = tmp_path / "cut" / run.parent.name / run.name
+        shutil.copytree(run, cut)  # config.json records no path of its own
+        crash_after_epoch_2(cut)  # the first fine-tuning epoch done
+        capsys.readouterr()
+        assert resume(cut, progress=False) == cut
+        assert line in capsys.readouterr().out
+        assert [h["epoch"] for h in json.loads((cut / "history.json").read_text())] == [0, 1, 2, 3]
+        for a, b in zip(weights_of(cut / "model.keras"), weights_of(run / "model.keras"),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):

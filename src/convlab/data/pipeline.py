@@ -142,8 +142,16 @@ def _mix(seed: int, epoch) -> tf.Tensor:
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
-def _cached(ds: tf.data.Dataset, cache) -> tf.data.Dataset:
-    # Cache decoded uint8 images (4x smaller than float32), before anything random.
+def _cached(records, file_seed, cache, key: tuple = ()) -> tf.data.Dataset:
+    """`records(file_seed)`, cached as `cache` says: decoded uint8 images (4x smaller than
+    float32), before anything random. A dict `cache` is shared between datasets: the same
+    records (`key` and `file_seed`) fill and read one in-memory cache."""
+    if isinstance(cache, dict):
+        key = (*key, file_seed)
+        if key not in cache:
+            cache[key] = records(file_seed).cache()
+        return cache[key]
+    ds = records(file_seed)
     if cache is True or cache == "memory":
         return ds.cache()
     return ds.cache(str(cache)) if cache else ds
@@ -158,15 +166,15 @@ def to_float(images):
 def _assemble(records, count: int, *, batch_size: int, training: bool,
               augment: Augment | None, cache, shuffle_buffer: int, repeat: bool,
               drop_remainder: bool, seed: int | None, start_epoch: int,
-              batches_per_epoch: int | None = None,
-              crop_size: int | None = None) -> tf.data.Dataset:
+              batches_per_epoch: int | None = None, crop_size: int | None = None,
+              cache_key: tuple = ()) -> tf.data.Dataset:
     """Batches from `records(file_seed)`, a function giving decoded (uint8 image, label).
 
     `crop_size`: the records are larger than the training size; the augmentation's zoom
-    crops them down to it.
+    crops them down to it. `cache_key`: what tells these records apart in a shared cache.
     """
     if not training:
-        ds = _cached(records(None), cache)
+        ds = _cached(records, None, cache, cache_key)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
         return ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=AUTOTUNE).prefetch(
             AUTOTUNE)
@@ -175,7 +183,8 @@ def _assemble(records, count: int, *, batch_size: int, training: bool,
     # stateless ops. A run resumed at epoch k therefore sees exactly the batches an
     # uninterrupted run sees from epoch k on; and no batch straddles two epochs.
     seed = random.randrange(2**31) if seed is None else seed
-    base = _cached(records(seed), cache) if cache else None
+    shared = isinstance(cache, dict)
+    base = _cached(records, seed, cache, cache_key) if cache or shared else None
     buffer = max(1, min(shuffle_buffer, count))
 
     def epoch(e):
@@ -209,7 +218,7 @@ def _read_shards(files: tf.data.Dataset, read, count: int, deterministic: bool):
 
 def load(path: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
          image_size: int | None = None, training: bool | None = None,
-         augment: Augment | bool | None = None, cache: bool | str = True,
+         augment: Augment | bool | None = None, cache: bool | str | dict = True,
          shuffle_buffer: int = 2048, repeat: bool | None = None,
          drop_remainder: bool | None = None, deterministic: bool | None = None,
          seed: int | None = None, start_epoch: int = 0,
@@ -228,7 +237,9 @@ def load(path: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
         augment: an `Augment`, True for the codelab's (flip + saturation), False/None for none.
             Only applied when `training`.
         cache: True/"memory" to cache decoded images in RAM, a file path to cache on disk,
-            False for none.
+            False for none; a dict (kept by the caller, empty at first) to share one RAM
+            cache between the datasets of the same decoded records, e.g. one dataset per
+            training size when they all crop from the stored pixels.
         shuffle_buffer: shuffle buffer size, in images.
         repeat, drop_remainder: default to `training`. When training, each repetition is
             one full epoch.
@@ -266,7 +277,8 @@ def load(path: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
                      repeat=training if repeat is None else repeat,
                      drop_remainder=training if drop_remainder is None else drop_remainder,
                      seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch,
-                     crop_size=crop_size)
+                     crop_size=crop_size, cache_key=(str(path), split, stored if crop_size
+                                                     else size, plan.index, deterministic))
 
 
 def _shard_records(plan: InputPlan, stored: int, decode_size: int, deterministic: bool,

@@ -34,15 +34,16 @@ LARGEST_SIZE = 300  # the recipes' size: objects then look as large as in ImageN
 SMALLEST_SIZE = 224
 # when even the frozen backbone at that size does not fit the budget (a very large collection)
 FALLBACK_SIZES = (192, 160, 128)
-# The fine-tune recipe's phase on flower_photos: 8 epochs of 86 steps. Fewer photos get more
+# The fine-tune recipe's phase on flower_photos: its epochs of 86 steps. Fewer photos get more
 # epochs (the same number of steps), more photos fewer, within these bounds.
-FINE_TUNE_STEPS = 8 * 86
+FINE_TUNE_STEPS = recipe_config(FINE_TUNE_RECIPE).fine_tune_epochs * 86
 FINE_TUNE_EPOCHS = (2, 15)
-# Fine-tuning leaves the stem and blocks 0-4 (the 150, 75 and 38 px stages at 300 px) frozen:
-# no backward pass through the largest feature maps, 1.04-1.07 s instead of 1.44-1.49 s a
-# step at 300 px (batch 32, a 2-core Zen 4; benchmarks/fine_tune_from.py), so more epochs fit
-# the budget; their ImageNet features are generic.
-FINE_TUNE_FROM = "block5_"
+# The part of the backbone the recipe fine-tunes (block 5 on): what the plan times.
+FINE_TUNE_FROM = recipe_config(FINE_TUNE_RECIPE).fine_tune_from
+# A training step at a smaller size (the recipe's progressive resizing) costs about its share
+# of the pixels: on flower_photos (from block 5, batch 32), a 224 px epoch's steps took 0.59x
+# and a 256 px one's 0.73x the time of a 300 px one's (0.60x and 0.75x here).
+FIXED_SHARE = 0.1
 # Real epochs take longer than the bare steps timed here (the input pipeline shares the
 # cores, validation, checkpoints): 1.04x on clothing-small's fine-tuning epochs (156 s real,
 # 150 s from the timed steps), 1.1 to leave room; the reserve covers evaluating (the
@@ -151,40 +152,56 @@ class Counts:
     classes: int
 
 
-def plan_epochs(counts: Counts, times: StepTimes, seconds_left: float, batch_size: int = 32
-                ) -> tuple[dict, list[str], float]:
-    """The config overrides of the training phases, the reasons, and the seconds expected."""
+def fine_tune_cost(epochs: int, size: int) -> float:
+    """The fine-tune recipe's `epochs` training epochs at `size`, in epochs at full size: its
+    progressive resizing trains the first ones smaller (`TrainConfig.epoch_sizes`)."""
+    recipe = recipe_config(FINE_TUNE_RECIPE).override(fine_tune_epochs=epochs)
+    return sum(FIXED_SHARE + (1 - FIXED_SHARE) * (s / size) ** 2
+               for s in recipe.epoch_sizes(size)[recipe.epochs:])
+
+
+def plan_epochs(counts: Counts, times: StepTimes, seconds_left: float, batch_size: int = 32,
+                size: int = LARGEST_SIZE) -> tuple[dict, list[str], float]:
+    """The config overrides of the training phases at `size` px (`times` measured there), the
+    reasons, and the seconds expected."""
     steps = max(1, counts.train // batch_size)
     # the head: cached features of the training views + validation, then nearly free epochs
     def caching(views: int) -> float:
         return OVERHEAD * times.forward * (views * steps * batch_size + counts.validation)
 
-    fine_epoch = OVERHEAD * (times.train * steps * batch_size
-                             + times.forward * counts.validation)
+    def fine_tuning(epochs: int) -> float:  # training (growing sizes), validation at `size`
+        return OVERHEAD * (times.train * steps * batch_size * fine_tune_cost(epochs, size)
+                           + times.forward * counts.validation * epochs)
+
     # calibration (a pass over validation and one over training, at the test size), then
     # the evaluation of the report (validation, plots)
     evaluate = times.forward * (counts.validation * 2.3 + counts.train) + REPORT_SECONDS
     lo, hi = FINE_TUNE_EPOCHS
     wanted = min(hi, max(lo + 2, math.ceil(FINE_TUNE_STEPS / steps)))
     head_ft = recipe_config(FINE_TUNE_RECIPE)
-    fits = int((seconds_left - evaluate - caching(head_ft.feature_views)) // fine_epoch)
+    room = seconds_left - evaluate - caching(head_ft.feature_views)
+    fits = 0
+    while fits < 4 * hi and fine_tuning(fits + 1) <= room:
+        fits += 1
     reasons = []
     if fits >= lo:
         epochs = min(wanted, fits)
+        growing = head_ft.override(fine_tune_epochs=epochs).epoch_sizes(size)[head_ft.epochs:]
+        sizes = f", growing from {growing[0]} to {size} px" if growing[0] < size else ""
         reasons.append(f"fine-tuning: {epochs} epoch(s) of the backbone from {FINE_TUNE_FROM}"
+                       + sizes
                        + (f" ({wanted} wanted for ~{FINE_TUNE_STEPS} steps at "
                           f"{steps} steps/epoch; {fits} fit the budget)" if epochs < wanted else
                           f" (~{FINE_TUNE_STEPS} steps at {steps} steps/epoch; "
                           f"{fits} would fit the budget)"))
-        expected = caching(head_ft.feature_views) + epochs * fine_epoch + evaluate
-        overrides = {"recipe": FINE_TUNE_RECIPE, "fine_tune_epochs": epochs,
-                     "fine_tune_from": FINE_TUNE_FROM}
+        expected = caching(head_ft.feature_views) + fine_tuning(epochs) + evaluate
+        overrides = {"recipe": FINE_TUNE_RECIPE, "fine_tune_epochs": epochs}
         return overrides, reasons, expected
     head = recipe_config(HEAD_RECIPE)
     views = head.feature_views
     while views > 1 and caching(views) + evaluate > seconds_left:
         views -= 1
-    reasons.append(f"frozen backbone only: a fine-tuning epoch takes ~{fine_epoch / 60:.1f} "
+    reasons.append(f"frozen backbone only: a fine-tuning epoch takes ~{fine_tuning(1) / 60:.1f} "
                    f"min here and fewer than {lo} fit the budget; the head on {views} cached "
                    "augmented view(s)")
     expected = caching(views) + evaluate
@@ -225,7 +242,8 @@ def plan(data: str, *, budget_minutes: float | None = None, progress: bool = Tru
         # arithmetic grows with the pixels: the times measured, scaled
         scale = (trial / size) ** 2
         times = StepTimes(measured.forward * scale, measured.train * scale)
-        overrides, phase_reasons, expected = plan_epochs(counts, times, left, batch)
+        overrides, phase_reasons, expected = plan_epochs(counts, times, left, batch,
+                                                          size=trial)
         if expected <= left:
             break
     if trial != size:

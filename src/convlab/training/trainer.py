@@ -85,6 +85,14 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     pipeline that reads only its part of the data (`tf.distribute`'s
     `distribute_datasets_from_function`); elsewhere one pipeline feeds all local replicas.
     """
+    splits = _splits(config, image_size, global_batch, start_epoch=start_epoch,
+                     progress=progress, strategy_info=strategy_info)
+    return splits.prepared, splits.manifest, *_datasets(splits, strategy_info)
+
+
+def _splits(config: TrainConfig, image_size: int, global_batch: int, *, start_epoch: int,
+            progress: bool, strategy_info: StrategyInfo | None) -> _Splits:
+    """The prepared data (prepared first where needed) and how to read its splits."""
     from convlab.data.resolve import resolve_data
 
     prepared = resolve_data(config.data, image_size, progress=progress)
@@ -93,11 +101,15 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
     if n_train < global_batch:
         raise ConvlabError(f"only {n_train} training images in '{prepared}', fewer than the "
                            f"global batch of {global_batch}; lower --batch-size")
-    splits = _Splits(config, prepared, manifest, image_size, global_batch,
-                     steps=n_train // global_batch, start_epoch=start_epoch,
-                     weights=_class_weights(config, manifest),
-                     tpu=strategy_info is not None and strategy_info.tpu)
-    has_val = manifest.has_split("validation")
+    return _Splits(config, prepared, manifest, image_size, global_batch,
+                   steps=n_train // global_batch, start_epoch=start_epoch,
+                   weights=_class_weights(config, manifest),
+                   tpu=strategy_info is not None and strategy_info.tpu)
+
+
+def _datasets(splits: _Splits, strategy_info: StrategyInfo | None):
+    """(train dataset, validation dataset or None) of `splits` under the strategy."""
+    has_val = splits.manifest.has_split("validation")
     strategy = strategy_info.strategy if strategy_info is not None else None
     train = splits.train(strategy)
     if strategy is not None and is_multi_worker(strategy):
@@ -112,7 +124,7 @@ def build_datasets(config: TrainConfig, image_size: int, global_batch: int, *,
             lambda c: splits.make("validation", c)) if has_val else None
     else:
         val = splits.make("validation") if has_val else None
-    return prepared, manifest, train, val
+    return train, val
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,9 @@ class _Splits:
     start_epoch: int
     weights: dict | None  # class weights of the loss
     tpu: bool
+    # the decoded records' RAM cache, shared by every dataset made from these splits (and
+    # from copies of them at other sizes: `dataclasses.replace` keeps the same dict)
+    records: dict = dataclass_field(default_factory=dict, compare=False)
 
     def train(self, strategy=None):
         """The training split: one input pipeline per worker (or TPU host) where the
@@ -147,7 +162,7 @@ class _Splits:
             print(input_plan(self.prepared, split, input_context=context, manifest=self.manifest,
                              needed=self.steps * local * batch if training else None).describe())
         common = {"batch_size": batch, "image_size": self.image_size, "deterministic": True,
-                  "input_context": context}
+                  "input_context": context, "cache": self.records}
         if training:
             ds = load(self.prepared, "train", augment=config.augment, seed=config.seed,
                       start_epoch=self.start_epoch, batches_per_epoch=self.steps * local,
@@ -391,12 +406,13 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool,
         start_epoch = resumed[0] if resumed else 0
         # Cached features are always the views of epochs 0..N-1, also when resuming mid-way.
         data_start = 0 if config.feature_views and start_epoch < config.epochs else start_epoch
-        prepared, manifest, train_ds, val_ds = build_datasets(
-            config, image_size, global_batch, start_epoch=data_start, progress=progress,
-            strategy_info=strategy_info)
-        steps = manifest.count("train") // global_batch
-        plan = _Plan(config, strategy_info, precision, image_size, global_batch, prepared,
-                     manifest, steps, per_call=_steps_per_call(config, strategy_info, steps),
+        splits = _splits(config, image_size, global_batch, start_epoch=data_start,
+                         progress=progress, strategy_info=strategy_info)
+        train_ds, val_ds = _datasets(splits, strategy_info)
+        steps = splits.steps
+        plan = _Plan(config, strategy_info, precision, image_size, global_batch, splits.prepared,
+                     splits.manifest, steps, splits,
+                     per_call=_steps_per_call(config, strategy_info, steps),
                      phases=_phases(config, steps, replicas), start_epoch=start_epoch,
                      chief=chief, progress=progress, after_fit=after_fit, run=run,
                      epoch_sizes=config.epoch_sizes(image_size))
@@ -464,6 +480,7 @@ class _Plan:
     prepared: object  # the prepared folder (a path or gs:// URL)
     manifest: Manifest
     steps: int  # per epoch
+    splits: _Splits  # how the training data is read (at the training size)
     per_call: int  # steps per execution
     phases: list[tuple]  # (schedule, epochs) of each phase
     start_epoch: int
@@ -640,7 +657,7 @@ def _fit_phases(plan: _Plan, model, train_ds, val_ds, fit_args: dict,
             feature_seconds = _fit_head(plan, model, train_ds, val_ds, fit_args,
                                         head_callbacks, first=start)
         if config.epochs < config.total_epochs and start < config.total_epochs:
-            _fine_tune(plan, model, train_ds, fit_args, first=max(start, config.epochs))
+            _fine_tune(plan, model, fit_args, first=max(start, config.epochs))
     except KeyboardInterrupt:
         done = last_checkpoint(run) if run is not None else None
         print(f"\ninterrupted after {done[0] if done else 0} completed epoch(s); continue with: "
@@ -676,7 +693,7 @@ def _fit_head(plan: _Plan, model, train_ds, val_ds, fit_args: dict, head_callbac
     return None
 
 
-def _fine_tune(plan: _Plan, model, train_ds, fit_args: dict, *, first: int) -> None:
+def _fine_tune(plan: _Plan, model, fit_args: dict, *, first: int) -> None:
     """The fine-tuning phase from epoch `first`."""
     config, strategy_info = plan.config, plan.strategy_info
     strategy = strategy_info.strategy
@@ -688,19 +705,17 @@ def _fine_tune(plan: _Plan, model, train_ds, fit_args: dict, *, first: int) -> N
                                                              strategy_info.replicas),
                           count_examples=is_multi_worker(strategy),
                           steps_per_execution=model.steps_per_execution)
-    if not plan.progressive:
-        model.fit(train_ds, epochs=config.total_epochs, initial_epoch=first, **fit_args)
-        return
-    for line in (c for c in fit_args["callbacks"] if isinstance(c, EpochLine)):
-        line.total = config.total_epochs  # each size is a fit of its own epochs
+    if plan.progressive:
+        for line in (c for c in fit_args["callbacks"] if isinstance(c, EpochLine)):
+            line.total = config.total_epochs  # each size is a fit of its own epochs
     for size, start, end in size_segments(plan.epoch_sizes, first):
-        epochs = f"epoch {end}" if end - start == 1 else f"epochs {start + 1}-{end}"
-        print(f"fine-tuning {epochs} at {size} px")
-        # Numbered by the run's own epochs, so that a resumed run augments as this one does.
-        data = _Splits(config, plan.prepared, plan.manifest, size, plan.global_batch,
-                       steps=plan.steps, start_epoch=start,
-                       weights=_class_weights(config, plan.manifest),
-                       tpu=strategy_info.tpu).train(strategy)
+        if plan.progressive:
+            epochs = f"epoch {end}" if end - start == 1 else f"epochs {start + 1}-{end}"
+            print(f"fine-tuning {epochs} at {size} px")
+        # Numbered by the run's own epochs (not from the first phase's start, which a new
+        # iterator of `train_ds` would repeat), so that a resumed run augments as an
+        # uninterrupted one does; every size crops from the same cached records.
+        data = replace(plan.splits, image_size=size, start_epoch=start).train(strategy)
         model.fit(data, epochs=end, initial_epoch=start, **fit_args)
 
 
