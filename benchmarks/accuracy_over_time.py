@@ -2,6 +2,7 @@
 run, one colour per group (e.g. the old and the new recipe, several seeds each).
 
     .venv/bin/python benchmarks/accuracy_over_time.py --out docs/images/fine-tune-time-to-accuracy.png \\
+        --mark-minutes 12 \\
         --group "recipe before" runs/A runs/B runs/C --group "recipe now" runs/D runs/E runs/F
 
 Reads each run's history.csv (`elapsed_seconds`: from the first epoch's start, validation
@@ -41,6 +42,7 @@ def parse_groups(argv: list[str] | None = None):
     parser.add_argument("--group", nargs="+", action="append", required=True,
                         metavar=("LABEL", "RUN"), help="a label, then its run folders")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("--mark-minutes", type=float, help="a dashed line at this time (a target)")
     parser.add_argument("--title", default="Fine-tuning EfficientNet-Lite0 on flower_photos, "
                                            "2-core CPU")
     args = parser.parse_args(argv)
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         headline = statistics.mean(r["headline"] for r in read)
         print(f"{label}: {len(read)} run(s), training {wall:.1f} min on average, headline "
               f"{headline:.2f}% (" + ", ".join(f"{r['headline']:.1f}" for r in read) + ")")
+    if args.mark_minutes:
+        ax.axvline(args.mark_minutes, color="black", ls="--", lw=0.8,
+                   label=f"{args.mark_minutes:g} min")
     ax.set_xlabel("training wall time (minutes; feature caching included)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_ylim(88, 98)

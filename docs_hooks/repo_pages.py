@@ -2,7 +2,8 @@
 
 - BENCHMARKS.md (at the repository's root, edited there) becomes benchmarks.md, read at each
   build. Its links to files of the repository that the site does not hold (benchmark
-  scripts, results JSON) become plain text, so they cannot break the strict build.
+  scripts, results JSON) become plain text, so they cannot break the strict build; its
+  images under docs/ (plots) are shown from the site's copy.
 - The tutorial notebooks (notebooks/*.ipynb, committed with their outputs) become
   notebooks/*.ipynb pages, which mkdocs-jupyter renders without executing them.
 """
@@ -38,8 +39,8 @@ def _relink(match: re.Match) -> str:
         return match.group(0)
     path, _, anchor = target.partition("#")
     inside = site_path(path)
-    if inside is not None and not bang:
-        return f"[{text}]({inside}{'#' + anchor if anchor else ''})"
+    if inside is not None:  # a page, or an image under docs/ (a plot)
+        return f"{bang}[{text}]({inside}{'#' + anchor if anchor else ''})"
     if text.strip("`") == path:
         return f"`{path}`"
     return f"{text} (`{path}`)"

@@ -107,9 +107,15 @@ def test_notebooks_and_benchmarks_are_in_the_site(site):
         title = "".join(json.loads(notebook.read_text())["cells"][0]["source"]).splitlines()[0]
         assert title.lstrip("# ") in _text(page), notebook.name
         assert "data:image/" in page, f"{notebook.name}: no output image"  # outputs kept
-    text = _text((site / "benchmarks.html").read_text(encoding="utf-8"))
+    page = (site / "benchmarks.html").read_text(encoding="utf-8")
+    text = _text(page)
     for heading in re.findall(r"^## (.+)$", (ROOT / "BENCHMARKS.md").read_text(), re.M):
         assert heading.replace("`", "") in text, heading
+    # its plots (images under docs/) are shown, from the site's own copy
+    plots = re.findall(r"!\[[^\]]*\]\(docs/([^)]+)\)", (ROOT / "BENCHMARKS.md").read_text())
+    assert plots
+    for plot in plots:
+        assert f'src="{plot}"' in page and (site / plot).is_file(), plot
 
 
 @pytest.fixture(scope="module")

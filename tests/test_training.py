@@ -179,17 +179,6 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_dat
         resume(run, progress=False)
 
 
-def test_two_phase_fine_tuning_unfreezes_the_backbone(tiny_data, tmp_path):
-    run = train(TrainConfig(), data=str(tiny_data), model="efficientnet_lite0", image_size=32,
-                batch_size=8, precision="float32", epochs=1, fine_tune_epochs=1, report=False,
-                model_options={"weights": None}, runs_dir=str(tmp_path), progress=False)
-    model = keras.models.load_model(run / "model.keras")
-    first = keras.models.load_model(run / "checkpoints" / "epoch-001.keras")
-    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
-    assert trainable(model) > 10 * trainable(first)
-    assert len(json.loads((run / "history.json").read_text())) == 2
-
-
 def test_partial_fine_tuning_keeps_the_early_blocks_frozen(tiny_data, tmp_path):
     # ImageNet weights: a randomly initialised backbone with frozen batch norm passes almost
     # no gradient at 32 px, so nothing would move either way
@@ -229,7 +218,8 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
     """Fine-tuning from half the size up (1 head epoch at 64 px, then 32, 32, 64 px): the
     sizes are recorded and said, they change the weights, and a run resumed inside the
     32 px epochs ends with the same weights as an uninterrupted one; so does a run of fixed
-    size resumed inside its fine-tuning (its epochs numbered by the run's, not restarted)."""
+    size resumed inside its fine-tuning (its epochs numbered by the run's, not restarted),
+    whose second phase unfroze the backbone."""
     overrides = {"data": str(tiny_data), "model": "efficientnet_lite0", "image_size": 64,
                  "batch_size": 8, "precision": "float32", "epochs": 1, "fine_tune_epochs": 3,
                  "fine_tune_start_scale": 0.5, "report": False, "seed": 5, "keep_checkpoints": 0,
@@ -247,7 +237,12 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_resumes_exactly(
     fixed = train(TrainConfig(), runs_dir=str(tmp_path / "fixed"), progress=False,
                   **{**overrides, "fine_tune_start_scale": 1.0})
     assert json.loads((fixed / "config.json").read_text())["derived"]["epoch_sizes"] == [64] * 4
-    assert keras.models.load_model(fixed / "model.keras").input_shape == (None, 64, 64, 3)
+    model = keras.models.load_model(fixed / "model.keras")
+    assert model.input_shape == (None, 64, 64, 3)
+    # the second phase unfroze the backbone (fine_tune_from None: all of it)
+    head_only = keras.models.load_model(fixed / "checkpoints" / "epoch-001.keras")
+    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert trainable(model) > 10 * trainable(head_only)
     assert any(not np.array_equal(a, b) for a, b in zip(
         weights_of(whole / "model.keras"), weights_of(fixed / "model.keras"), strict=True))
 

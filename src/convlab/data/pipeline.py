@@ -232,14 +232,12 @@ def load(path: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
         batch_size: images per batch (per input pipeline).
         image_size: resize to this square size after decoding; default: the stored size.
             Training with a zoom on images stored larger crops them from the stored pixels.
-        training: shuffle, repeat, drop the last partial batch and augment. Default: True for
-            the train split.
+        training: shuffle, repeat, drop the last partial batch and augment (default: for "train").
         augment: an `Augment`, True for the codelab's (flip + saturation), False/None for none.
             Only applied when `training`.
         cache: True/"memory" to cache decoded images in RAM, a file path to cache on disk,
-            False for none; a dict (kept by the caller, empty at first) to share one RAM
-            cache between the datasets of the same decoded records, e.g. one dataset per
-            training size when they all crop from the stored pixels.
+            False for none; a dict (empty at first): one RAM cache shared by datasets of the same
+            records (e.g. one per training size, all cropping the stored pixels).
         shuffle_buffer: shuffle buffer size, in images.
         repeat, drop_remainder: default to `training`. When training, each repetition is
             one full epoch.
@@ -266,19 +264,18 @@ def load(path: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
     augment = _as_augment(augment, training)
     crop_size = _crop_size(augment, stored, size)
     needed = batches_per_epoch * batch_size if training and batches_per_epoch else None
-    plan = input_plan(path, split, input_context=input_context, needed=needed,
-                      manifest=manifest)
+    plan = input_plan(path, split, input_context=input_context, needed=needed, manifest=manifest)
     # Every pipeline must see the records in the same order to keep disjoint parts.
     deterministic = deterministic or plan.policy == "data"
-    records = _shard_records(plan, stored, stored if crop_size else size, deterministic,
-                             open_latency)
+    decode_size = stored if crop_size else size
+    records = _shard_records(plan, stored, decode_size, deterministic, open_latency)
     return _assemble(records, plan.records, batch_size=batch_size, training=training,
                      augment=augment, cache=cache, shuffle_buffer=shuffle_buffer,
                      repeat=training if repeat is None else repeat,
                      drop_remainder=training if drop_remainder is None else drop_remainder,
                      seed=seed, start_epoch=start_epoch, batches_per_epoch=batches_per_epoch,
-                     crop_size=crop_size, cache_key=(str(path), split, stored if crop_size
-                                                     else size, plan.index, deterministic))
+                     crop_size=crop_size,
+                     cache_key=(str(path), split, decode_size, plan.index, deterministic))
 
 
 def _shard_records(plan: InputPlan, stored: int, decode_size: int, deterministic: bool,
