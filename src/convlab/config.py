@@ -488,8 +488,8 @@ MEASURED = {
     "efficientnet-lite0-transfer": "93.9% final validation accuracy (mean of 2 seeds), 4.4 "
                                    "min, photos prepared at 300 px, 2-core CPU",
     "efficientnet-lite0-finetune": "96.3% validation accuracy evaluated at 340 px (mean of 3 "
-                                   "seeds: 95.9, 96.5, 96.5), 10.8-12.1 min of training, "
-                                   "13.1-14.3 min for the whole command, photos prepared at "
+                                   "seeds: 95.9, 96.5, 96.5), 9.9-12.1 min of training, "
+                                   "12.3-14.3 min for the whole command, photos prepared at "
                                    "300 px, 2-core CPU",
     "squeezenet-plus": "87.6% final validation accuracy evaluated at 144 px (mean of 3 seeds; "
                        "87.1% at the 128 px trained at), 26.5-29.1 min, photos prepared at "
