@@ -33,26 +33,9 @@ FROM = {None: "the whole network", "block5_": "from block 5 (stem and blocks 0-4
 
 
 def keras_step(first: str | None, size: int, batch: int, steps: int) -> float:
-    import keras
-    import numpy as np
+    from fine_tune_from import step_seconds  # beside this file
 
-    from convlab.models import create_model
-    from convlab.models.backbone import set_backbone_trainable
-
-    model = create_model("efficientnet_lite0", 5, size, weights=None)
-    set_backbone_trainable(model, True, first_trainable=first)  # batch norm stays frozen
-    model.compile(optimizer=keras.optimizers.Adam(1e-4),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
-    x = np.random.default_rng(0).random((batch, size, size, 3), np.float32)
-    y = np.eye(5, dtype=np.float32)[np.arange(batch) % 5]
-    model.train_on_batch(x, y)
-    spans = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        spans.append(time.perf_counter() - start)
-    keras.backend.clear_session()
-    return min(spans)
+    return step_seconds(first, size, batch, rounds=steps, label_smoothing=0.1)
 
 
 def torch_step(first: str | None, size: int, batch: int, steps: int) -> float:

@@ -152,12 +152,17 @@ class Counts:
     classes: int
 
 
-def fine_tune_cost(epochs: int, size: int) -> float:
-    """The fine-tune recipe's `epochs` training epochs at `size`, in epochs at full size: its
+def fine_tune_sizes(epochs: int, size: int) -> list[int]:
+    """The size of each of the fine-tune recipe's `epochs` fine-tuning epochs at `size`: its
     progressive resizing trains the first ones smaller (`TrainConfig.epoch_sizes`)."""
     recipe = recipe_config(FINE_TUNE_RECIPE).override(fine_tune_epochs=epochs)
+    return recipe.epoch_sizes(size)[recipe.epochs:]
+
+
+def fine_tune_cost(epochs: int, size: int) -> float:
+    """The fine-tune recipe's `epochs` training epochs at `size`, in epochs at full size."""
     return sum(FIXED_SHARE + (1 - FIXED_SHARE) * (s / size) ** 2
-               for s in recipe.epoch_sizes(size)[recipe.epochs:])
+               for s in fine_tune_sizes(epochs, size))
 
 
 def plan_epochs(counts: Counts, times: StepTimes, seconds_left: float, batch_size: int = 32,
@@ -186,8 +191,8 @@ def plan_epochs(counts: Counts, times: StepTimes, seconds_left: float, batch_siz
     reasons = []
     if fits >= lo:
         epochs = min(wanted, fits)
-        growing = head_ft.override(fine_tune_epochs=epochs).epoch_sizes(size)[head_ft.epochs:]
-        sizes = f", growing from {growing[0]} to {size} px" if growing[0] < size else ""
+        first = fine_tune_sizes(epochs, size)[0]
+        sizes = f", growing from {first} to {size} px" if first < size else ""
         reasons.append(f"fine-tuning: {epochs} epoch(s) of the backbone from {FINE_TUNE_FROM}"
                        + sizes
                        + (f" ({wanted} wanted for ~{FINE_TUNE_STEPS} steps at "

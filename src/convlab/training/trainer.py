@@ -410,8 +410,7 @@ def _fit(config: TrainConfig, run: Path | None, progress: bool,
                          progress=progress, strategy_info=strategy_info)
         train_ds, val_ds = _datasets(splits, strategy_info)
         steps = splits.steps
-        plan = _Plan(config, strategy_info, precision, image_size, global_batch, splits.prepared,
-                     splits.manifest, steps, splits,
+        plan = _Plan(config, strategy_info, precision, splits,
                      per_call=_steps_per_call(config, strategy_info, steps),
                      phases=_phases(config, steps, replicas), start_epoch=start_epoch,
                      chief=chief, progress=progress, after_fit=after_fit, run=run,
@@ -475,12 +474,9 @@ class _Plan:
     config: TrainConfig
     strategy_info: StrategyInfo
     precision: str
-    image_size: int
-    global_batch: int
-    prepared: object  # the prepared folder (a path or gs:// URL)
-    manifest: Manifest
-    steps: int  # per epoch
-    splits: _Splits  # how the training data is read (at the training size)
+    # the prepared data and how it is read, at the training size (`image_size`, `prepared`,
+    # `manifest`, `global_batch` and `steps` per epoch are its)
+    splits: _Splits
     per_call: int  # steps per execution
     phases: list[tuple]  # (schedule, epochs) of each phase
     start_epoch: int
@@ -490,6 +486,26 @@ class _Plan:
     run: Path | None  # the run folder (the chief's; None on other workers before it exists)
     workdir: Path | None = None  # where this process writes: the run folder, or a temporary one
     epoch_sizes: list[int] = dataclass_field(default_factory=list)  # each epoch's training size
+
+    @property
+    def image_size(self) -> int:
+        return self.splits.image_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.splits.global_batch
+
+    @property
+    def prepared(self) -> object:  # the prepared folder (a path or gs:// URL)
+        return self.splits.prepared
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.splits.manifest
+
+    @property
+    def steps(self) -> int:  # per epoch, over all replicas
+        return self.splits.steps
 
     @property
     def progressive(self) -> bool:
